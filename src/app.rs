@@ -1,0 +1,364 @@
+//! Wiring: [`App::build`] binds and connects (port 0 works; [`App::port`]
+//! tells which), [`App::run`] runs every task until cancelled, then drains
+//! them within `shutdown_timeout`, naming any that did not stop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::clock::Clock;
+use crate::config::{Config, SourceKindConfig};
+use crate::core::{Persisted, Snapshot, SourceId, SourceKind, Supervisor};
+use crate::driver::{CONFIRM_CAPACITY, Driver, OBSERVATION_CAPACITY};
+use crate::http::{HttpState, router};
+use crate::liveness::Liveness;
+use crate::sinks::metrics::Metrics;
+use crate::sinks::state::FileStore;
+use crate::sources::push::PushState;
+use crate::sources::redis::RedisSource;
+use crate::sources::{SourceCtx, run_polled};
+
+/// Options that tests change.
+#[derive(Clone, Debug)]
+pub struct AppOptions {
+    pub clock: Clock,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            clock: Clock::System,
+        }
+    }
+}
+
+/// A source read periodically, by system.
+pub enum Polled {
+    Redis(Arc<RedisSource>),
+}
+
+impl Polled {
+    /// Build the client for a polled source; `None` for the push source.
+    pub fn build(
+        id: &SourceId,
+        kind: &SourceKindConfig,
+        clock: &Clock,
+    ) -> anyhow::Result<Option<Self>> {
+        Ok(match kind {
+            SourceKindConfig::Redis(c) => Some(Polled::Redis(Arc::new(
+                RedisSource::new(id.clone(), c, clock.clone())
+                    .with_context(|| format!("source {id}"))?,
+            ))),
+            SourceKindConfig::Push(_) => None,
+        })
+    }
+
+    pub fn interval(&self) -> Duration {
+        use crate::sources::PollSource;
+        match self {
+            Polled::Redis(s) => s.interval(),
+        }
+    }
+}
+
+/// Supervisor source list from the config.
+pub fn source_kinds(config: &Config) -> Vec<(SourceId, SourceKind, String)> {
+    config
+        .sources
+        .iter()
+        .map(|s| {
+            let kind = match s.kind {
+                SourceKindConfig::Push(_) => SourceKind::Push,
+                _ => SourceKind::Polled,
+            };
+            (s.name.clone(), kind, s.kind.type_name().to_string())
+        })
+        .collect()
+}
+
+pub struct App {
+    config: Config,
+    listener: TcpListener,
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    liveness: Liveness,
+    clock: Clock,
+    obs_tx: mpsc::Sender<Observation>,
+    driver: Driver,
+    polled: Vec<(SourceId, Polled, mpsc::Receiver<Vec<crate::core::AgentId>>)>,
+    push: Option<PushState>,
+    snapshot_rx: watch::Receiver<Arc<Snapshot>>,
+    store: Option<(FileStore, watch::Receiver<Arc<Persisted>>)>,
+}
+
+use crate::core::Observation;
+
+impl App {
+    /// Bind the listener, open the state store, restore state and build the
+    /// source clients. Does not wait for any datastore.
+    pub async fn build(config: Config, opts: AppOptions) -> anyhow::Result<App> {
+        let clock = opts.clock;
+        let metrics = Arc::new(
+            Metrics::new(config.metrics.max_agent_series).context("registering metrics")?,
+        );
+        let liveness = Liveness::default();
+        let now = clock.now();
+        let mut sup = Supervisor::new(config.policy(), source_kinds(&config), now);
+
+        let (store, persist_tx) = match &config.state.path {
+            Some(dir) => {
+                let store = FileStore::open(dir).context("opening the state store")?;
+                match store.load() {
+                    Ok(saved) => {
+                        let n = saved.checks.len();
+                        sup.restore(saved.clone(), now);
+                        if n > 0 {
+                            info!(checks = n, path = %store.path().display(), "Restored state.");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "Could not restore state."),
+                }
+                let (tx, rx) = watch::channel(Arc::new(sup.persist()));
+                (Some((store, rx)), Some(tx))
+            }
+            None => (None, None),
+        };
+
+        let (obs_tx, obs_rx) = mpsc::channel(OBSERVATION_CAPACITY);
+        let mut polled = Vec::new();
+        let mut confirm_txs = HashMap::new();
+        let mut push = None;
+        for s in &config.sources {
+            metrics.register_source(&s.name, matches!(s.kind, SourceKindConfig::Push(_)));
+            if let SourceKindConfig::Push(p) = &s.kind {
+                push = Some(PushState {
+                    source: s.name.clone(),
+                    token: p.token.clone(),
+                    tx: obs_tx.clone(),
+                    metrics: metrics.clone(),
+                    clock: clock.clone(),
+                });
+            }
+            if let Some(src) = Polled::build(&s.name, &s.kind, &clock)? {
+                let (tx, rx) = mpsc::channel(CONFIRM_CAPACITY);
+                confirm_txs.insert(s.name.clone(), tx);
+                polled.push((s.name.clone(), src, rx));
+            }
+        }
+
+        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(sup.snapshot(now)));
+        let driver = Driver {
+            sup,
+            rx: obs_rx,
+            confirm_txs,
+            events_tx: None,
+            snapshot_tx,
+            persist_tx,
+            persist_every: config.state.flush_interval,
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            liveness: liveness.clone(),
+        };
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        Ok(App {
+            config,
+            listener,
+            addr,
+            metrics,
+            liveness,
+            clock,
+            obs_tx,
+            driver,
+            polled,
+            push,
+            snapshot_rx,
+            store,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The latest snapshot, as the API serves it.
+    pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot_rx.clone()
+    }
+
+    /// Run until `cancel`, then drain every task within `shutdown_timeout`.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let App {
+            config,
+            listener,
+            addr,
+            metrics,
+            liveness,
+            clock,
+            obs_tx,
+            driver,
+            polled,
+            push,
+            snapshot_rx,
+            store,
+        } = self;
+        let mut tasks: Vec<(String, JoinHandle<()>)> = Vec::new();
+        let mut spawn = |name: String, fut: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
+            let c = cancel.clone();
+            let n = name.clone();
+            let handle = tokio::spawn(
+                async move {
+                    fut.await;
+                    if !c.is_cancelled() {
+                        error!(task = %n, "Task exited before shutdown; stopping.");
+                        c.cancel();
+                    }
+                }
+                .instrument(info_span!("task", name = %name)),
+            );
+            tasks.push((name, handle));
+        };
+
+        // Sources stop first so the core can drain what they sent.
+        let sources_cancel = cancel.child_token();
+        for (id, src, confirms) in polled {
+            let ctx = SourceCtx {
+                id: id.clone(),
+                tx: obs_tx.clone(),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+                liveness: liveness.clone(),
+            };
+            let allowance = src.interval() * 3 + Duration::from_secs(30);
+            liveness.register(id.as_str(), allowance);
+            let c = sources_cancel.clone();
+            match src {
+                Polled::Redis(r) => {
+                    r.connect();
+                    let r2 = r.clone();
+                    spawn(
+                        format!("source:{id}"),
+                        Box::pin(async move {
+                            run_polled(r, ctx, confirms, c).await;
+                            r2.disconnect().await;
+                        }),
+                    );
+                }
+            }
+        }
+        drop(obs_tx);
+
+        let core_cancel = CancellationToken::new();
+        {
+            let cc = core_cancel.clone();
+            spawn("core".into(), Box::pin(driver.run(cc)));
+        }
+        if let Some((store, rx)) = store {
+            spawn(
+                "state".into(),
+                Box::pin(write_state(store, rx, config.state.flush_interval)),
+            );
+        }
+        let http_state = HttpState {
+            snapshot: snapshot_rx,
+            metrics: metrics.clone(),
+            liveness: liveness.clone(),
+        };
+        let app = router(http_state, push);
+        let hc = cancel.clone();
+        spawn(
+            "http".into(),
+            Box::pin(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { hc.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    error!(error = %e, "HTTP server failed.");
+                }
+            }),
+        );
+        info!(listen = %addr, sources = config.sources.len(), "agent-supervisor started.");
+
+        cancel.cancelled().await;
+        info!("Shutting down.");
+        let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+        sources_cancel.cancel();
+        // Let sources finish first, then stop the core, which saves state.
+        let mut rest = Vec::new();
+        for (name, handle) in tasks {
+            if name.starts_with("source:") {
+                join_by(&name, handle, deadline).await;
+            } else {
+                rest.push((name, handle));
+            }
+        }
+        core_cancel.cancel();
+        for (name, handle) in rest {
+            join_by(&name, handle, deadline).await;
+        }
+        info!("Stopped.");
+        Ok(())
+    }
+}
+
+async fn join_by(name: &str, mut handle: JoinHandle<()>, deadline: tokio::time::Instant) {
+    match tokio::time::timeout_at(deadline, &mut handle).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(task = %name, error = %e, "Task panicked."),
+        Err(_) => {
+            warn!(task = %name, "Task did not stop within shutdown_timeout; abandoning it.");
+            handle.abort();
+        }
+    }
+}
+
+/// Write the latest state at most once per `every`, and the last one when
+/// the core stops.
+async fn write_state(store: FileStore, mut rx: watch::Receiver<Arc<Persisted>>, every: Duration) {
+    let mut saved: Option<Arc<Persisted>> = None;
+    let mut failing = false;
+    loop {
+        let closed = rx.changed().await.is_err();
+        let latest = rx.borrow_and_update().clone();
+        if saved.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &latest)) {
+            let st = store.clone();
+            let value = latest.clone();
+            match tokio::task::spawn_blocking(move || st.save(&value)).await {
+                Ok(Ok(())) => {
+                    if failing {
+                        info!("State store writable again.");
+                    }
+                    failing = false;
+                    saved = Some(latest);
+                }
+                Ok(Err(e)) => {
+                    if !failing {
+                        error!(error = %e, "Could not save state; alert state may be lost on restart.");
+                    }
+                    failing = true;
+                }
+                Err(e) => error!(error = %e, "State writer panicked."),
+            }
+        }
+        if closed {
+            break;
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,0 +1,578 @@
+//! `config.yaml`: parsed once into typed values, every problem collected.
+//!
+//! Loading is: read the file, parse the YAML, substitute `${VAR}` in string
+//! values, then convert each section into typed values while recording every
+//! problem with its path. A config with problems is rejected as a whole
+//! ([`ConfigError::Invalid`]); the binary exits 64 before binding anything.
+
+mod env;
+mod walk;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use crate::core::{AgentRule, Defaults, Labels, Policy, SourceId};
+pub use walk::Problem;
+use walk::{Obj, Problems, index};
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid YAML: {message}")]
+    Yaml { path: PathBuf, message: String },
+    #[error("{path}: {} problem(s):\n{}", .problems.len(), list(.problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The whole config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address of the HTTP server (`/metrics`, API, push endpoint).
+    pub listen: SocketAddr,
+    /// No agent alerts before every source was read once, or this passed.
+    pub startup_grace: Duration,
+    pub defaults: Defaults,
+    /// How long a point read may take before it is asked again.
+    pub confirm_timeout: Duration,
+    /// How long SIGTERM waits for tasks to stop.
+    pub shutdown_timeout: Duration,
+    pub state: StateConfig,
+    pub metrics: MetricsConfig,
+    pub sources: Vec<SourceConfig>,
+    pub agents: Vec<AgentRule>,
+}
+
+impl Config {
+    /// The core's policy from this config.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            defaults: self.defaults.clone(),
+            startup_grace: self.startup_grace,
+            confirm_timeout: self.confirm_timeout,
+            rules: self.agents.clone(),
+            source_stale_after: self
+                .sources
+                .iter()
+                .filter_map(|s| s.stale_after.map(|d| (s.name.clone(), d)))
+                .collect(),
+        }
+    }
+}
+
+/// `state:`: the embedded file store.
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    /// Directory of the state file; `None` disables persistence.
+    pub path: Option<PathBuf>,
+    /// At most one write per this interval (and one at shutdown).
+    pub flush_interval: Duration,
+}
+
+/// `metrics:`.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Per-agent series are rendered for at most this many agents
+    /// (non-healthy first); the rest are counted in `agent_series_omitted`.
+    pub max_agent_series: usize,
+}
+
+/// One entry of `sources:`.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    pub name: SourceId,
+    /// Threshold for this source's checks where no agent rule sets one.
+    pub stale_after: Option<Duration>,
+    pub kind: SourceKindConfig,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceKindConfig {
+    Redis(RedisConfig),
+    Push(PushConfig),
+}
+
+impl SourceKindConfig {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceKindConfig::Redis(_) => "redis",
+            SourceKindConfig::Push(_) => "push",
+        }
+    }
+}
+
+/// A URL that may hold a password: shown only redacted.
+#[derive(Clone)]
+pub struct SecretUrl {
+    secret: SecretString,
+    redacted: String,
+}
+
+impl SecretUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut url = url::Url::parse(s).map_err(|e| format!("not a valid URL ({e})"))?;
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        Ok(Self {
+            secret: SecretString::from(s.to_string()),
+            redacted: url.to_string(),
+        })
+    }
+
+    pub fn expose(&self) -> &str {
+        self.secret.expose_secret()
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted)
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+/// `type: redis`.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    pub url: SecretUrl,
+    /// Full scan period.
+    pub interval: Duration,
+    /// Timeout of every Redis command and of connecting.
+    pub timeout: Duration,
+    pub layout: RedisLayout,
+    /// Page size of SCAN / HSCAN / ZSCAN and of MGET batches.
+    pub batch: NonZeroUsize,
+    /// Field read from JSON values (`{"last_seen": ...}`); dotted paths allowed.
+    pub json_field: String,
+}
+
+/// How heartbeats are laid out in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisLayout {
+    /// One string key per agent: `agent:{agent}:last_seen`.
+    Keys(KeyPattern),
+    /// One hash, field = agent id, value = timestamp.
+    Hash { key: String },
+    /// One sorted set, member = agent id, score = timestamp.
+    Zset { key: String },
+}
+
+/// A key pattern with exactly one `{agent}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPattern {
+    pub prefix: String,
+    pub suffix: String,
+}
+
+impl KeyPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = s.split("{agent}");
+        let prefix = parts.next().unwrap_or_default();
+        let Some(suffix) = parts.next() else {
+            return Err("must contain `{agent}` where the agent id goes".into());
+        };
+        if parts.next().is_some() {
+            return Err("must contain `{agent}` exactly once".into());
+        }
+        if prefix.is_empty() && suffix.is_empty() {
+            return Err("`{agent}` alone would match every key; add a prefix or suffix".into());
+        }
+        Ok(Self {
+            prefix: prefix.to_string(),
+            suffix: suffix.to_string(),
+        })
+    }
+
+    pub fn key(&self, agent: &str) -> String {
+        format!("{}{}{}", self.prefix, agent, self.suffix)
+    }
+
+    /// The agent id in `key`, if the key matches.
+    pub fn agent<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let id = key.strip_prefix(&self.prefix)?.strip_suffix(&self.suffix)?;
+        (!id.is_empty()).then_some(id)
+    }
+
+    /// The SCAN MATCH glob: prefix and suffix escaped, `*` for the id.
+    pub fn scan_match(&self) -> String {
+        format!(
+            "{}*{}",
+            escape_glob(&self.prefix),
+            escape_glob(&self.suffix)
+        )
+    }
+}
+
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^' | '-') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `type: push`: agents `POST /api/v1/heartbeats/{agent}`.
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    /// Required bearer token, if set.
+    pub token: Option<SecretString>,
+}
+
+/// Read and check a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path, &|name| std::env::var(name).ok())
+}
+
+/// Parse config text; `lookup` resolves environment variables.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut tree: Value = if text.trim().is_empty() {
+        Value::Object(Default::default())
+    } else {
+        serde_saphyr::from_str(text).map_err(|e| ConfigError::Yaml {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?
+    };
+    let mut p = Problems::default();
+    env::substitute(&mut tree, "", lookup, &mut p);
+    let config = convert(&tree, &mut p);
+    match config {
+        Some(c) if p.0.is_empty() => Ok(c),
+        _ => Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems: p.0,
+        }),
+    }
+}
+
+fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
+    let mut root = Obj::new(Some(tree), "", p);
+
+    let listen = match root.string("listen", p) {
+        None => Some(SocketAddr::from(([0, 0, 0, 0], 9464))),
+        Some(s) => match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.add("listen", format!("`{s}` is not an address like 0.0.0.0:9464"));
+                None
+            }
+        },
+    };
+    let startup_grace = root
+        .duration("startup_grace", p)
+        .unwrap_or(Duration::from_secs(30));
+    let confirm_timeout = root
+        .positive_duration("confirm_timeout", p)
+        .unwrap_or(Duration::from_secs(5));
+    let shutdown_timeout = root
+        .positive_duration("shutdown_timeout", p)
+        .unwrap_or(Duration::from_secs(10));
+
+    let defaults = {
+        let mut o = Obj::new(root.get("defaults"), "defaults", p);
+        let base = Defaults::default();
+        let d = Defaults {
+            stale_after: o.positive_duration("stale_after", p).unwrap_or(base.stale_after),
+            forget_after: o
+                .positive_duration("forget_after", p)
+                .unwrap_or(base.forget_after),
+            max_clock_skew: o.duration("max_clock_skew", p).unwrap_or(base.max_clock_skew),
+        };
+        if d.forget_after < d.stale_after {
+            p.add(
+                "defaults.forget_after",
+                "must not be shorter than defaults.stale_after",
+            );
+        }
+        o.finish(p);
+        d
+    };
+
+    let state = {
+        let mut o = Obj::new(root.get("state"), "state", p);
+        let path = match o.get("path") {
+            None => Some(PathBuf::from("./data")),
+            Some(Value::Bool(false)) => None,
+            Some(v) => walk::as_string(v, &o.at("path"), p)
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+        };
+        let flush_interval = o
+            .positive_duration("flush_interval", p)
+            .unwrap_or(Duration::from_secs(2));
+        o.finish(p);
+        StateConfig {
+            path,
+            flush_interval,
+        }
+    };
+
+    let metrics = {
+        let mut o = Obj::new(root.get("metrics"), "metrics", p);
+        let max = o.integer("max_agent_series", 0..=10_000_000, p).unwrap_or(10_000);
+        o.finish(p);
+        MetricsConfig {
+            max_agent_series: max as usize,
+        }
+    };
+
+    let source_items = root.list("sources", p);
+    if !root.has("sources") || source_items.is_empty() {
+        p.add("sources", "at least one source is required");
+    }
+    let mut sources = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut push_count = 0;
+    for (i, item) in source_items.iter().enumerate() {
+        let path = index("sources", i);
+        if let Some(s) = source(item, &path, p) {
+            if !names.insert(s.name.clone()) {
+                p.add(
+                    format!("{path}.name"),
+                    format!("duplicate source name `{}`", s.name),
+                );
+            }
+            if matches!(s.kind, SourceKindConfig::Push(_)) {
+                push_count += 1;
+                if push_count > 1 {
+                    p.add(format!("{path}.type"), "only one push source is allowed");
+                }
+            }
+            sources.push(s);
+        }
+    }
+
+    let mut agents = Vec::new();
+    for (i, item) in root.list("agents", p).iter().enumerate() {
+        if let Some(rule) = agent_rule(item, &index("agents", i), p) {
+            agents.push(rule);
+        }
+    }
+    root.finish(p);
+
+    Some(Config {
+        listen: listen?,
+        startup_grace,
+        defaults,
+        confirm_timeout,
+        shutdown_timeout,
+        state,
+        metrics,
+        sources,
+        agents,
+    })
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn source(item: &Value, path: &str, p: &mut Problems) -> Option<SourceConfig> {
+    let mut o = Obj::new(Some(item), path, p);
+    let name = o.required_string("name", p);
+    if let Some(n) = &name
+        && !valid_name(n)
+    {
+        p.add(
+            o.at("name"),
+            "use 1 to 64 letters, digits, `_`, `-` or `.`",
+        );
+    }
+    let stale_after = o.positive_duration("stale_after", p);
+    let ty = o.required_string("type", p);
+    let kind = match ty.as_deref() {
+        Some("redis") => redis(&mut o, p).map(SourceKindConfig::Redis),
+        Some("push") => {
+            let token = o
+                .string("token", p)
+                .filter(|t| !t.is_empty())
+                .map(SecretString::from);
+            Some(SourceKindConfig::Push(PushConfig { token }))
+        }
+        Some(other) => {
+            p.add(
+                o.at("type"),
+                format!("unknown source type `{other}` (supported: redis, push)"),
+            );
+            None
+        }
+        None => None,
+    };
+    o.finish(p);
+    Some(SourceConfig {
+        name: SourceId::new(name?.as_str()),
+        stale_after,
+        kind: kind?,
+    })
+}
+
+fn redis(o: &mut Obj<'_>, p: &mut Problems) -> Option<RedisConfig> {
+    let url = o.required_string("url", p).and_then(|s| {
+        let parsed = SecretUrl::parse(&s).and_then(|u| {
+            let scheme = u.expose().split("://").next().unwrap_or_default();
+            match scheme {
+                "redis" | "rediss" | "redis+unix" | "unix" => Ok(u),
+                _ => Err(format!(
+                    "scheme must be redis:// or rediss:// (found `{scheme}://`)"
+                )),
+            }
+        });
+        parsed.map_err(|e| p.add(o.at("url"), e)).ok()
+    });
+    let interval = o
+        .positive_duration("interval", p)
+        .unwrap_or(Duration::from_secs(5));
+    let timeout = o
+        .positive_duration("timeout", p)
+        .unwrap_or(Duration::from_secs(2));
+    let batch = o.integer("batch", 1..=100_000, p).unwrap_or(1000) as usize;
+    let json_field = o
+        .string("json_field", p)
+        .unwrap_or_else(|| "last_seen".to_string());
+    let layout_name = o.string("layout", p).unwrap_or_else(|| "keys".into());
+    let layout = match layout_name.as_str() {
+        "keys" => {
+            let pattern = o.required_string("pattern", p);
+            pattern.and_then(|s| {
+                KeyPattern::parse(&s)
+                    .map_err(|e| p.add(o.at("pattern"), e))
+                    .ok()
+                    .map(RedisLayout::Keys)
+            })
+        }
+        "hash" | "zset" => {
+            let key = o.required_string("key", p).filter(|k| {
+                if k.is_empty() {
+                    p.add(o.at("key"), "must not be empty");
+                }
+                !k.is_empty()
+            });
+            key.map(|key| {
+                if layout_name == "hash" {
+                    RedisLayout::Hash { key }
+                } else {
+                    RedisLayout::Zset { key }
+                }
+            })
+        }
+        other => {
+            p.add(
+                o.at("layout"),
+                format!("unknown layout `{other}` (supported: keys, hash, zset)"),
+            );
+            None
+        }
+    };
+    Some(RedisConfig {
+        url: url?,
+        interval,
+        timeout,
+        layout: layout?,
+        batch: NonZeroUsize::new(batch)?,
+        json_field,
+    })
+}
+
+fn valid_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with("__")
+}
+
+fn agent_rule(item: &Value, path: &str, p: &mut Problems) -> Option<AgentRule> {
+    let mut o = Obj::new(Some(item), path, p);
+    let pattern = o.required_string("match", p);
+    let stale_after = o.positive_duration("stale_after", p);
+    let expected = o.boolean("expected", p).unwrap_or(false);
+    let mut labels = Labels::new();
+    let labels_path = o.at("labels");
+    match o.get("labels") {
+        None => {}
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                let at = walk::join(&labels_path, k);
+                if !valid_label_name(k) {
+                    p.add(
+                        &at,
+                        "label names use letters, digits and `_`, not starting with a digit or `__`",
+                    );
+                } else if k == "agent" {
+                    p.add(&at, "`agent` is set by agent-supervisor itself");
+                }
+                if let Some(s) = walk::as_string(v, &at, p) {
+                    labels.insert(k.clone(), s);
+                }
+            }
+        }
+        Some(_) => p.add(&labels_path, "expected a mapping of label names to values"),
+    }
+    o.finish(p);
+    let pattern = pattern?;
+    if expected && !crate::core::policy::is_literal_pattern(&pattern) {
+        p.add(
+            format!("{path}.expected"),
+            "expected: true needs a literal agent id in `match`, not a glob",
+        );
+    }
+    match AgentRule::new(&pattern, stale_after, labels, expected) {
+        Ok(rule) => Some(rule),
+        Err(e) => {
+            p.add(format!("{path}.match"), format!("not a valid glob: {}", e.kind()));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,193 @@
+use super::*;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn parse_ok(text: &str) -> Config {
+    match parse(text, Path::new("t.yaml"), &no_env) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn problems(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
+    match parse(text, Path::new("t.yaml"), env) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+#[test]
+fn shipped_config_yaml_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let c = parse(&text, &path, &no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.sources.iter().any(|s| s.kind.type_name() == "push"));
+    assert!(c.sources.iter().any(|s| s.kind.type_name() == "redis"));
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let c = parse_ok("sources: [{name: push, type: push}]");
+    assert_eq!(c.listen.to_string(), "0.0.0.0:9464");
+    assert_eq!(c.startup_grace, Duration::from_secs(30));
+    assert_eq!(c.defaults.stale_after, Duration::from_secs(60));
+    assert_eq!(c.defaults.forget_after, Duration::from_secs(86400));
+    assert_eq!(c.state.path, Some(PathBuf::from("./data")));
+    assert_eq!(c.metrics.max_agent_series, 10_000);
+}
+
+#[test]
+fn redis_layouts_parse() {
+    let c = parse_ok(
+        r#"
+sources:
+  - {name: k, type: redis, url: "redis://127.0.0.1:6379", layout: keys, pattern: "agent:{agent}:last_seen"}
+  - {name: h, type: redis, url: "rediss://h:6380/2", layout: hash, key: "agents:hb", json_field: ts}
+  - {name: z, type: redis, url: "redis://127.0.0.1", layout: zset, key: "agents:heartbeat", interval: 1s}
+"#,
+    );
+    let SourceKindConfig::Redis(k) = &c.sources[0].kind else {
+        panic!()
+    };
+    assert_eq!(
+        k.layout,
+        RedisLayout::Keys(KeyPattern {
+            prefix: "agent:".into(),
+            suffix: ":last_seen".into()
+        })
+    );
+    let SourceKindConfig::Redis(z) = &c.sources[2].kind else {
+        panic!()
+    };
+    assert_eq!(z.interval, Duration::from_secs(1));
+    assert_eq!(
+        z.layout,
+        RedisLayout::Zset {
+            key: "agents:heartbeat".into()
+        }
+    );
+}
+
+#[test]
+fn three_mistakes_are_all_reported_with_their_paths() {
+    let text = r#"
+listen: 0.0.0.0:9464
+defaults: {stale_after: soon}
+sources:
+  - {name: redis, type: redis, url: "redis://127.0.0.1:6379", layout: keys, pattern: "agent:last_seen"}
+  - {name: push, type: push, tokn: x}
+"#;
+    let got = problems(text, &no_env);
+    let paths: Vec<&str> = got.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "defaults.stale_after",
+            "sources[0].pattern",
+            "sources[1].tokn"
+        ],
+        "{got:?}"
+    );
+}
+
+#[test]
+fn unknown_type_and_layout_and_glob_are_reported() {
+    let text = r#"
+sources:
+  - {name: a, type: kafka}
+  - {name: b, type: redis, url: "redis://x", layout: list, key: k}
+agents:
+  - {match: "trading_[", stale_after: 1s}
+  - {match: "trading_*", expected: true}
+  - {match: x, labels: {agent: y, "1bad": z}}
+"#;
+    let got = problems(text, &no_env);
+    let msgs: Vec<String> = got.iter().map(|p| p.to_string()).collect();
+    let joined = msgs.join("\n");
+    assert!(joined.contains("sources[0].type: unknown source type `kafka`"), "{joined}");
+    assert!(joined.contains("sources[1].layout: unknown layout `list`"), "{joined}");
+    assert!(joined.contains("agents[0].match: not a valid glob"), "{joined}");
+    assert!(joined.contains("agents[1].expected"), "{joined}");
+    assert!(joined.contains("agents[2].labels.agent"), "{joined}");
+    assert!(joined.contains("agents[2].labels.1bad"), "{joined}");
+}
+
+#[test]
+fn env_substitution_applies_and_missing_variables_name_their_path() {
+    let env = |n: &str| match n {
+        "REDIS_URL" => Some("redis://:hunter2@10.0.0.5:6379/0".to_string()),
+        _ => None,
+    };
+    let c = parse(
+        r#"
+listen: "${LISTEN:-127.0.0.1:9999}"
+sources: [{name: r, type: redis, url: "${REDIS_URL}", pattern: "hb:{agent}"}]
+"#,
+        Path::new("t.yaml"),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
+    let got = problems(
+        "sources: [{name: r, type: redis, url: \"${NOPE_URL}\", pattern: \"hb:{agent}\"}]",
+        &env,
+    );
+    assert_eq!(got[0].path, "sources[0].url");
+    assert!(got[0].message.contains("NOPE_URL"));
+}
+
+#[test]
+fn secrets_are_never_printed() {
+    let env = |n: &str| match n {
+        "REDIS_URL" => Some("redis://:hunter2@10.0.0.5:6379/0".to_string()),
+        "TOKEN" => Some("tok-s3cret".to_string()),
+        _ => None,
+    };
+    let text = r#"
+sources:
+  - {name: r, type: redis, url: "${REDIS_URL}", pattern: "hb:{agent}"}
+  - {name: p, type: push, token: "${TOKEN}"}
+"#;
+    let c = parse(text, Path::new("t.yaml"), &env).unwrap();
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(!debug.contains("tok-s3cret"), "{debug}");
+    assert!(debug.contains("***"));
+    // A bad URL holding a password is reported without it.
+    let bad = problems(
+        "sources: [{name: r, type: redis, url: \"http://u:hunter2@x\", pattern: \"hb:{agent}\"}]",
+        &env,
+    );
+    assert!(!format!("{bad:?}").contains("hunter2"));
+}
+
+#[test]
+fn yaml_syntax_error_is_reported_with_a_position() {
+    let err = parse("sources: [\n  {name: x", Path::new("t.yaml"), &no_env).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ConfigError::Yaml { .. }), "{msg}");
+    assert!(msg.contains("line") || msg.contains(':'), "{msg}");
+}
+
+#[test]
+fn key_pattern_round_trips_and_escapes_glob_characters() {
+    let k = KeyPattern::parse("hb[x]:{agent}:*").unwrap();
+    assert_eq!(k.key("a1"), "hb[x]:a1:*");
+    assert_eq!(k.agent("hb[x]:a1:*"), Some("a1"));
+    assert_eq!(k.agent("hb[x]::*"), None);
+    assert_eq!(k.scan_match(), r"hb\[x\]:*:\*");
+    assert!(KeyPattern::parse("no-placeholder").is_err());
+    assert!(KeyPattern::parse("{agent}:{agent}").is_err());
+}
+
+#[test]
+fn duplicate_source_names_and_two_push_sources_are_rejected() {
+    let got = problems(
+        "sources: [{name: p, type: push}, {name: p, type: push}]",
+        &no_env,
+    );
+    let paths: Vec<&str> = got.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, vec!["sources[1].name", "sources[1].type"]);
+}

@@ -1,0 +1,280 @@
+//! A small walker over the parsed YAML tree that records every problem with
+//! its path instead of stopping at the first one (serde's derive stops at the
+//! first error, and operators fixing a config want the whole list at once).
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// One problem in the config, with its place (`sources[1].url`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Collects problems.
+#[derive(Default, Debug)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+pub fn index(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// A mapping being read. Every key read is marked; [`Obj::finish`] reports
+/// the others as unknown.
+pub struct Obj<'a> {
+    path: String,
+    map: &'a Map<String, Value>,
+    known: Vec<&'static str>,
+}
+
+static EMPTY: std::sync::LazyLock<Map<String, Value>> = std::sync::LazyLock::new(Map::new);
+
+impl<'a> Obj<'a> {
+    /// `None` (absent or null) reads as an empty mapping.
+    pub fn new(v: Option<&'a Value>, path: &str, p: &mut Problems) -> Obj<'a> {
+        let map = match v {
+            None | Some(Value::Null) => &*EMPTY,
+            Some(Value::Object(m)) => m,
+            Some(other) => {
+                p.add(path, format!("expected a mapping, found {}", type_name(other)));
+                &*EMPTY
+            }
+        };
+        Obj {
+            path: path.to_string(),
+            map,
+            known: Vec::new(),
+        }
+    }
+
+    pub fn at(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    /// The raw value of `key` (null counts as absent).
+    pub fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.known.push(key);
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.map.get(key).is_some_and(|v| !v.is_null())
+    }
+
+    pub fn string(&mut self, key: &'static str, p: &mut Problems) -> Option<String> {
+        let path = self.at(key);
+        self.get(key).and_then(|v| as_string(v, &path, p))
+    }
+
+    pub fn required_string(&mut self, key: &'static str, p: &mut Problems) -> Option<String> {
+        if !self.has(key) {
+            self.known.push(key);
+            p.add(self.at(key), "required");
+            return None;
+        }
+        self.string(key, p)
+    }
+
+    pub fn duration(&mut self, key: &'static str, p: &mut Problems) -> Option<Duration> {
+        let path = self.at(key);
+        self.get(key).and_then(|v| as_duration(v, &path, p))
+    }
+
+    /// A duration that must be greater than zero.
+    pub fn positive_duration(&mut self, key: &'static str, p: &mut Problems) -> Option<Duration> {
+        let d = self.duration(key, p)?;
+        if d.is_zero() {
+            p.add(self.at(key), "must be greater than zero");
+            return None;
+        }
+        Some(d)
+    }
+
+    pub fn boolean(&mut self, key: &'static str, p: &mut Problems) -> Option<bool> {
+        let path = self.at(key);
+        match self.get(key)? {
+            Value::Bool(b) => Some(*b),
+            Value::String(s) if s == "true" => Some(true),
+            Value::String(s) if s == "false" => Some(false),
+            other => {
+                p.add(path, format!("expected true or false, found {}", type_name(other)));
+                None
+            }
+        }
+    }
+
+    /// An integer in `range`.
+    pub fn integer(
+        &mut self,
+        key: &'static str,
+        range: std::ops::RangeInclusive<u64>,
+        p: &mut Problems,
+    ) -> Option<u64> {
+        let path = self.at(key);
+        let v = self.get(key)?;
+        let n = match v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        };
+        match n {
+            Some(n) if range.contains(&n) => Some(n),
+            _ => {
+                p.add(
+                    path,
+                    format!(
+                        "expected a whole number from {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn list(&mut self, key: &'static str, p: &mut Problems) -> &'a [Value] {
+        let path = self.at(key);
+        match self.get(key) {
+            None => &[],
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                p.add(path, format!("expected a list, found {}", type_name(other)));
+                &[]
+            }
+        }
+    }
+
+    /// Report keys that were never read.
+    pub fn finish(self, p: &mut Problems) {
+        let mut unknown: Vec<&String> = self
+            .map
+            .keys()
+            .filter(|k| !self.known.contains(&k.as_str()))
+            .collect();
+        unknown.sort();
+        let mut expected = self.known.clone();
+        expected.sort();
+        expected.dedup();
+        for k in unknown {
+            p.add(
+                join(&self.path, k),
+                format!("unknown key (expected one of: {})", expected.join(", ")),
+            );
+        }
+    }
+}
+
+pub fn as_string(v: &Value, path: &str, p: &mut Problems) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        other => {
+            p.add(path, format!("expected a string, found {}", type_name(other)));
+            None
+        }
+    }
+}
+
+pub fn as_duration(v: &Value, path: &str, p: &mut Problems) -> Option<Duration> {
+    let s = match v {
+        Value::String(s) => s.trim().to_string(),
+        Value::Number(n) if n.as_u64() == Some(0) => return Some(Duration::ZERO),
+        Value::Number(n) => {
+            p.add(
+                path,
+                format!("a duration needs a unit: write `{n}s` for seconds"),
+            );
+            return None;
+        }
+        other => {
+            p.add(
+                path,
+                format!(
+                    "expected a duration like 500ms, 30s or 5m, found {}",
+                    type_name(other)
+                ),
+            );
+            return None;
+        }
+    };
+    match humantime::parse_duration(&s) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            p.add(
+                path,
+                format!("`{s}` is not a duration ({e}); write e.g. 500ms, 30s or 5m"),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_keys_are_all_reported_with_their_path() {
+        let v = json!({"a": 1, "zz": 2, "yy": 3});
+        let mut p = Problems::default();
+        let mut o = Obj::new(Some(&v), "root", &mut p);
+        let _ = o.get("a");
+        o.finish(&mut p);
+        let paths: Vec<_> = p.0.iter().map(|x| x.path.as_str()).collect();
+        assert_eq!(paths, vec!["root.yy", "root.zz"]);
+    }
+
+    #[test]
+    fn bare_number_duration_asks_for_a_unit() {
+        let mut p = Problems::default();
+        assert_eq!(as_duration(&json!(30), "x", &mut p), None);
+        assert!(p.0[0].message.contains("30s"));
+        assert_eq!(
+            as_duration(&json!("1m 30s"), "x", &mut p),
+            Some(Duration::from_secs(90))
+        );
+    }
+}

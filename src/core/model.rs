@@ -1,0 +1,294 @@
+//! The vocabulary shared by sources, the core and sinks.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Wall-clock instant. Every `last_seen` the core sees is already expressed on
+/// the local clock (sources correct for their datastore's offset).
+pub type Timestamp = DateTime<Utc>;
+
+/// A logical agent's id (`trading_coordinator`, `market_analyst:42`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AgentId(Arc<str>);
+
+/// A source's configured name (`redis`, `push`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SourceId(Arc<str>);
+
+macro_rules! string_id {
+    ($t:ident) => {
+        impl $t {
+            pub fn new(s: impl Into<Arc<str>>) -> Self {
+                Self(s.into())
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+        impl From<&str> for $t {
+            fn from(s: &str) -> Self {
+                Self::new(s)
+            }
+        }
+        impl std::borrow::Borrow<str> for $t {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+string_id!(AgentId);
+string_id!(SourceId);
+
+/// One signal about one agent from one source.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct CheckKey {
+    pub agent: AgentId,
+    pub source: SourceId,
+}
+
+/// State of a check, and of an agent (the worst of its checks).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Healthy,
+    Stale,
+    Failing,
+    Missing,
+    Unknown,
+}
+
+impl State {
+    pub const ALL: [State; 5] = [
+        State::Healthy,
+        State::Stale,
+        State::Failing,
+        State::Missing,
+        State::Unknown,
+    ];
+
+    /// Severity rank: `failing > stale > missing > unknown > healthy`.
+    pub fn severity(self) -> u8 {
+        match self {
+            State::Healthy => 0,
+            State::Unknown => 1,
+            State::Missing => 2,
+            State::Stale => 3,
+            State::Failing => 4,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Healthy => "healthy",
+            State::Stale => "stale",
+            State::Failing => "failing",
+            State::Missing => "missing",
+            State::Unknown => "unknown",
+        }
+    }
+
+    /// Whether this state is an alert condition.
+    pub fn is_alerting(self) -> bool {
+        matches!(self, State::Stale | State::Failing | State::Missing)
+    }
+
+    /// The worse of two states.
+    pub fn worst(self, other: State) -> State {
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a read failed. A closed set: it is a metric label.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    ConnectionRefused,
+    Timeout,
+    Auth,
+    Tls,
+    Dns,
+    Protocol,
+    BadValue,
+    ClockSkew,
+    Other,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::ConnectionRefused,
+        ErrorKind::Timeout,
+        ErrorKind::Auth,
+        ErrorKind::Tls,
+        ErrorKind::Dns,
+        ErrorKind::Protocol,
+        ErrorKind::BadValue,
+        ErrorKind::ClockSkew,
+        ErrorKind::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::ConnectionRefused => "connection_refused",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Dns => "dns",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::BadValue => "bad_value",
+            ErrorKind::ClockSkew => "clock_skew",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A source-level failure as the core sees it: a kind and a human message
+/// (which never carries a secret).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct SourceFailure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// A reported status (from a push body or, later, a `/health` component).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub healthy: bool,
+    pub detail: String,
+}
+
+/// What a source found about one agent.
+#[derive(Clone, PartialEq, Debug)]
+pub enum Reading {
+    /// A heartbeat time, already on the local clock, plus an optional status
+    /// reported alongside it.
+    Heartbeat {
+        agent: AgentId,
+        last_seen: Timestamp,
+        status: Option<Status>,
+    },
+    /// A status with no timestamp (a `/health` component).
+    Status { agent: AgentId, status: Status },
+    /// A point read found no value for this agent (key or row gone).
+    Absent { agent: AgentId },
+    /// A value was there but could not be understood.
+    Invalid { agent: AgentId, reason: String },
+}
+
+impl Reading {
+    pub fn agent(&self) -> &AgentId {
+        match self {
+            Reading::Heartbeat { agent, .. }
+            | Reading::Status { agent, .. }
+            | Reading::Absent { agent }
+            | Reading::Invalid { agent, .. } => agent,
+        }
+    }
+}
+
+/// Messages from sources to the core.
+#[derive(Clone, Debug)]
+pub enum Observation {
+    /// Part of a full scan. A scan is a sequence of batches closed by
+    /// [`Observation::ScanComplete`]; `started_at` is the time (local clock)
+    /// as of which the data was read.
+    Batch {
+        source: SourceId,
+        started_at: Timestamp,
+        readings: Vec<Reading>,
+    },
+    /// A full scan finished successfully.
+    ScanComplete {
+        source: SourceId,
+        started_at: Timestamp,
+        checks_seen: usize,
+    },
+    /// Answer to a confirm request (a point read of a few checks).
+    Confirmed {
+        source: SourceId,
+        read_at: Timestamp,
+        readings: Vec<Reading>,
+    },
+    /// Pushed heartbeats: current as of their arrival.
+    Pushed { source: SourceId, reading: Reading },
+    /// The source could not be read.
+    SourceError {
+        source: SourceId,
+        error: SourceFailure,
+    },
+}
+
+/// A request from the core to a source: re-read these agents now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfirmRequest {
+    pub source: SourceId,
+    pub agents: Vec<AgentId>,
+}
+
+/// What the core tells sinks.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// An agent's state changed (`from` is `None` for a new agent).
+    AgentChanged {
+        agent: AgentId,
+        from: Option<State>,
+        to: State,
+        at: Timestamp,
+        reason: String,
+    },
+    /// A check's state changed.
+    CheckChanged {
+        key: CheckKey,
+        from: Option<State>,
+        to: State,
+        at: Timestamp,
+        reason: String,
+    },
+    /// A source went up or down.
+    SourceChanged {
+        source: SourceId,
+        up: bool,
+        at: Timestamp,
+        error: Option<SourceFailure>,
+    },
+    /// An agent was dropped after `forget_after` without data.
+    AgentForgotten { agent: AgentId, at: Timestamp },
+    /// Counted runtime trouble the core noticed (bad values, clock skew).
+    SourceProblem {
+        source: SourceId,
+        agent: AgentId,
+        kind: ErrorKind,
+        detail: String,
+    },
+}

@@ -1,0 +1,204 @@
+//! What the config says about agents: thresholds, labels, expected agents.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use globset::{Glob, GlobMatcher};
+
+use super::model::{AgentId, SourceId};
+
+/// Agent labels from config (`team`, `severity`); they go on `agent_info`.
+pub type Labels = BTreeMap<String, String>;
+
+/// Global defaults (`defaults:` in the config).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Defaults {
+    pub stale_after: Duration,
+    pub forget_after: Duration,
+    pub max_clock_skew: Duration,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            stale_after: Duration::from_secs(60),
+            forget_after: Duration::from_secs(24 * 3600),
+            max_clock_skew: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One `agents:` rule. The first rule whose `match` matches an agent id wins.
+#[derive(Clone, Debug)]
+pub struct AgentRule {
+    pub pattern: String,
+    matcher: GlobMatcher,
+    pub stale_after: Option<Duration>,
+    pub labels: Arc<Labels>,
+    pub expected: bool,
+}
+
+impl AgentRule {
+    /// `pattern` is a glob (`trading_*`, `market_analyst:?`, `{a,b}`).
+    pub fn new(
+        pattern: &str,
+        stale_after: Option<Duration>,
+        labels: Labels,
+        expected: bool,
+    ) -> Result<Self, globset::Error> {
+        let matcher = Glob::new(pattern)?.compile_matcher();
+        Ok(Self {
+            pattern: pattern.to_string(),
+            matcher,
+            stale_after,
+            labels: Arc::new(labels),
+            expected,
+        })
+    }
+
+    pub fn matches(&self, agent: &str) -> bool {
+        self.matcher.is_match(agent)
+    }
+
+    /// Whether the pattern names exactly one agent (no glob syntax).
+    pub fn is_literal(&self) -> bool {
+        is_literal_pattern(&self.pattern)
+    }
+}
+
+pub fn is_literal_pattern(pattern: &str) -> bool {
+    !pattern.contains(['*', '?', '[', ']', '{', '}', '\\'])
+}
+
+/// What applies to one agent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    pub stale_after: Duration,
+    pub labels: Arc<Labels>,
+    pub expected: bool,
+}
+
+/// All decisions the config feeds into the core.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub defaults: Defaults,
+    pub startup_grace: Duration,
+    /// How long a point read may take before it is asked again.
+    pub confirm_timeout: Duration,
+    pub rules: Vec<AgentRule>,
+    /// Per-source `stale_after`, between the rule and the default.
+    pub source_stale_after: BTreeMap<SourceId, Duration>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            defaults: Defaults::default(),
+            startup_grace: Duration::from_secs(30),
+            confirm_timeout: Duration::from_secs(5),
+            rules: Vec::new(),
+            source_stale_after: BTreeMap::new(),
+        }
+    }
+}
+
+impl Policy {
+    fn rule_for(&self, agent: &str) -> Option<&AgentRule> {
+        self.rules.iter().find(|r| r.matches(agent))
+    }
+
+    /// Threshold for one check: rule, then source, then default.
+    pub fn stale_after(&self, agent: &AgentId, source: &SourceId) -> Duration {
+        self.rule_for(agent.as_str())
+            .and_then(|r| r.stale_after)
+            .or_else(|| self.source_stale_after.get(source).copied())
+            .unwrap_or(self.defaults.stale_after)
+    }
+
+    /// Labels and `expected` for an agent.
+    pub fn resolve(&self, agent: &AgentId) -> Resolved {
+        match self.rule_for(agent.as_str()) {
+            Some(r) => Resolved {
+                stale_after: r.stale_after.unwrap_or(self.defaults.stale_after),
+                labels: r.labels.clone(),
+                expected: r.expected,
+            },
+            None => Resolved {
+                stale_after: self.defaults.stale_after,
+                labels: Arc::new(Labels::new()),
+                expected: false,
+            },
+        }
+    }
+
+    /// Agents named by a literal rule with `expected: true`.
+    pub fn expected_agents(&self) -> Vec<AgentId> {
+        self.rules
+            .iter()
+            .filter(|r| r.expected && r.is_literal())
+            .map(|r| AgentId::new(r.pattern.as_str()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        let mut labels = Labels::new();
+        labels.insert("team".into(), "trading".into());
+        Policy {
+            rules: vec![
+                AgentRule::new("trading_*", Some(Duration::from_secs(30)), labels, false)
+                    .unwrap(),
+                AgentRule::new("market_analyst", None, Labels::new(), true).unwrap(),
+                AgentRule::new("*", Some(Duration::from_secs(90)), Labels::new(), false).unwrap(),
+            ],
+            source_stale_after: [(SourceId::from("push"), Duration::from_secs(15))].into(),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let p = policy();
+        let r = p.resolve(&"trading_coordinator".into());
+        assert_eq!(r.stale_after, Duration::from_secs(30));
+        assert_eq!(r.labels.get("team").map(String::as_str), Some("trading"));
+        assert_eq!(
+            p.resolve(&"other".into()).stale_after,
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn rule_threshold_beats_source_threshold_which_beats_default() {
+        let p = policy();
+        let push = SourceId::from("push");
+        assert_eq!(
+            p.stale_after(&"trading_x".into(), &push),
+            Duration::from_secs(30)
+        );
+        // market_analyst's rule has no threshold: the source's applies.
+        assert_eq!(
+            p.stale_after(&"market_analyst".into(), &push),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            p.stale_after(&"market_analyst".into(), &"redis".into()),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn only_literal_expected_rules_name_expected_agents() {
+        assert_eq!(
+            policy().expected_agents(),
+            vec![AgentId::from("market_analyst")]
+        );
+        assert!(!is_literal_pattern("a*"));
+        assert!(is_literal_pattern("market_analyst:42"));
+    }
+}

@@ -1,0 +1,497 @@
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::*;
+use crate::core::policy::{AgentRule, Defaults};
+
+fn t0() -> Timestamp {
+    DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn at(secs: f64) -> Timestamp {
+    t0() + TimeDelta::microseconds((secs * 1e6) as i64)
+}
+
+fn redis() -> SourceId {
+    SourceId::from("redis")
+}
+
+fn push() -> SourceId {
+    SourceId::from("push")
+}
+
+fn policy() -> Policy {
+    Policy {
+        defaults: Defaults {
+            stale_after: Duration::from_secs(10),
+            forget_after: Duration::from_secs(3600),
+            max_clock_skew: Duration::from_secs(5),
+        },
+        startup_grace: Duration::from_secs(30),
+        confirm_timeout: Duration::from_secs(2),
+        rules: vec![
+            AgentRule::new("expected_one", None, Labels::new(), true).unwrap(),
+            AgentRule::new("slow_*", Some(Duration::from_secs(100)), Labels::new(), false)
+                .unwrap(),
+        ],
+        source_stale_after: Default::default(),
+    }
+}
+
+fn sup() -> Supervisor {
+    Supervisor::new(
+        policy(),
+        [
+            (redis(), SourceKind::Polled, "redis".to_string()),
+            (push(), SourceKind::Push, "push".to_string()),
+        ],
+        t0(),
+    )
+}
+
+fn hb(agent: &str, last_seen: Timestamp) -> Reading {
+    Reading::Heartbeat {
+        agent: agent.into(),
+        last_seen,
+        status: None,
+    }
+}
+
+/// Deliver one complete scan of `redis` that started at `started`.
+fn scan(s: &mut Supervisor, started: Timestamp, now: Timestamp, readings: Vec<Reading>) {
+    let n = readings.len();
+    s.observe(
+        Observation::Batch {
+            source: redis(),
+            started_at: started,
+            readings,
+        },
+        now,
+    );
+    s.observe(
+        Observation::ScanComplete {
+            source: redis(),
+            started_at: started,
+            checks_seen: n,
+        },
+        now,
+    );
+}
+
+fn state(s: &Supervisor, agent: &str, now: Timestamp) -> State {
+    s.snapshot(now)
+        .agent(agent)
+        .map(|a| a.state)
+        .unwrap_or_else(|| panic!("no agent {agent}"))
+}
+
+fn down(kind: ErrorKind) -> Observation {
+    Observation::SourceError {
+        source: redis(),
+        error: SourceFailure {
+            kind,
+            message: "connection refused".into(),
+        },
+    }
+}
+
+#[test]
+fn fresh_heartbeat_is_healthy_and_wakes_at_its_deadline() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.1), vec![hb("a", at(-1.0))]);
+    assert_eq!(state(&s, "a", at(0.1)), State::Healthy);
+    // deadline = -1 + 10 = 9s, woken just after it.
+    let wake = s.next_wakeup();
+    assert!(wake > at(9.0) && wake < at(9.001), "{wake}");
+}
+
+#[test]
+fn heartbeat_exactly_at_threshold_is_healthy() {
+    let mut s = sup();
+    s.observe(
+        Observation::Pushed {
+            source: push(),
+            reading: hb("a", at(0.0)),
+        },
+        at(0.0),
+    );
+    s.tick(at(10.0));
+    assert_eq!(state(&s, "a", at(10.0)), State::Healthy);
+    s.tick(at(10.001));
+    assert_eq!(state(&s, "a", at(10.001)), State::Stale);
+}
+
+#[test]
+fn polled_deadline_is_confirmed_with_a_point_read_before_stale() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(0.0))]);
+    s.tick(at(10.5));
+    assert_eq!(state(&s, "a", at(10.5)), State::Healthy, "not stale before the point read");
+    let confirms = s.take_confirms();
+    assert_eq!(
+        confirms,
+        vec![ConfirmRequest {
+            source: redis(),
+            agents: vec!["a".into()]
+        }]
+    );
+    // The point read finds the same old value: now it is stale.
+    s.observe(
+        Observation::Confirmed {
+            source: redis(),
+            read_at: at(10.51),
+            readings: vec![hb("a", at(0.0))],
+        },
+        at(10.52),
+    );
+    assert_eq!(state(&s, "a", at(10.52)), State::Stale);
+    let snap = s.snapshot(at(10.52));
+    let reason = &snap.agent("a").unwrap().reason;
+    assert!(reason.contains("no heartbeat for 10.5s"), "{reason}");
+}
+
+#[test]
+fn heartbeat_that_arrived_between_scans_is_not_a_false_alarm() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(0.0))]);
+    s.tick(at(10.5));
+    let _ = s.take_confirms();
+    s.observe(
+        Observation::Confirmed {
+            source: redis(),
+            read_at: at(10.51),
+            readings: vec![hb("a", at(8.0))],
+        },
+        at(10.52),
+    );
+    assert_eq!(state(&s, "a", at(10.52)), State::Healthy);
+    assert!(
+        s.take_events()
+            .iter()
+            .all(|e| !matches!(e, Event::AgentChanged { to: State::Stale, .. }))
+    );
+    // Re-armed at the new deadline: nothing more happens before it.
+    s.tick(at(17.9));
+    assert!(s.take_confirms().is_empty());
+    assert!(s.next_wakeup() > at(18.0) && s.next_wakeup() < at(18.001));
+}
+
+#[test]
+fn unanswered_confirm_is_asked_again_after_the_confirm_timeout() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(0.0))]);
+    s.tick(at(10.5));
+    assert_eq!(s.take_confirms().len(), 1);
+    s.tick(at(11.0));
+    assert!(s.take_confirms().is_empty());
+    s.tick(at(12.6));
+    assert_eq!(s.take_confirms().len(), 1);
+}
+
+#[test]
+fn point_read_that_finds_nothing_makes_the_check_missing() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(0.0))]);
+    s.tick(at(10.5));
+    let _ = s.take_confirms();
+    s.observe(
+        Observation::Confirmed {
+            source: redis(),
+            read_at: at(10.51),
+            readings: vec![Reading::Absent { agent: "a".into() }],
+        },
+        at(10.52),
+    );
+    assert_eq!(state(&s, "a", at(10.52)), State::Missing);
+}
+
+#[test]
+fn scan_that_reads_an_old_value_marks_it_stale_without_confirming() {
+    let mut s = sup();
+    scan(&mut s, at(100.0), at(100.2), vec![hb("a", at(50.0))]);
+    assert_eq!(state(&s, "a", at(100.2)), State::Stale);
+    assert!(s.take_confirms().is_empty());
+}
+
+#[test]
+fn push_deadline_is_final_without_confirm() {
+    let mut s = sup();
+    s.observe(
+        Observation::Pushed {
+            source: push(),
+            reading: hb("p", at(0.0)),
+        },
+        at(0.0),
+    );
+    s.tick(at(10.1));
+    assert_eq!(state(&s, "p", at(10.1)), State::Stale);
+    assert!(s.take_confirms().is_empty());
+}
+
+#[test]
+fn source_down_makes_checks_unknown_and_freezes_deadlines() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(0.0))]);
+    s.observe(down(ErrorKind::ConnectionRefused), at(1.0));
+    assert_eq!(state(&s, "a", at(1.0)), State::Unknown);
+    for i in 2..200 {
+        s.tick(at(i as f64));
+    }
+    assert_eq!(state(&s, "a", at(200.0)), State::Unknown);
+    assert!(s.take_confirms().is_empty(), "no point reads while down");
+    let events = s.take_events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::AgentChanged { to: State::Stale, .. })),
+        "no stale storm while the source is down"
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::SourceChanged { up: false, .. }))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn source_recovery_reports_agents_that_stopped_meanwhile_with_their_true_age() {
+    let mut s = sup();
+    scan(
+        &mut s,
+        at(0.0),
+        at(0.0),
+        vec![hb("a", at(0.0)), hb("b", at(0.0))],
+    );
+    s.observe(down(ErrorKind::ConnectionRefused), at(1.0));
+    // Back at 60s: a kept writing, b stopped at 0s.
+    scan(
+        &mut s,
+        at(60.0),
+        at(60.1),
+        vec![hb("a", at(59.0)), hb("b", at(0.0))],
+    );
+    assert_eq!(state(&s, "a", at(60.1)), State::Healthy);
+    assert_eq!(state(&s, "b", at(60.1)), State::Stale);
+    let snap = s.snapshot(at(60.1));
+    let b = snap.agent("b").unwrap();
+    assert!((b.checks[0].age_seconds.unwrap() - 60.1).abs() < 0.01);
+    assert!(b.reason.contains("1m"), "{}", b.reason);
+}
+
+#[test]
+fn check_missing_from_a_recovery_scan_is_confirmed_not_assumed_gone() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(0.0))]);
+    s.observe(down(ErrorKind::Timeout), at(1.0));
+    scan(&mut s, at(5.0), at(5.0), vec![]);
+    assert_eq!(state(&s, "a", at(5.0)), State::Unknown);
+    assert_eq!(s.take_confirms().len(), 1);
+}
+
+#[test]
+fn agent_state_is_the_worst_of_its_checks() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(0.0))]);
+    s.observe(
+        Observation::Pushed {
+            source: push(),
+            reading: Reading::Heartbeat {
+                agent: "a".into(),
+                last_seen: at(0.0),
+                status: Some(Status {
+                    healthy: false,
+                    detail: "db pool exhausted".into(),
+                }),
+            },
+        },
+        at(0.0),
+    );
+    let snap = s.snapshot(at(0.0));
+    let a = snap.agent("a").unwrap();
+    assert_eq!(a.state, State::Failing);
+    assert!(a.reason.contains("db pool exhausted"));
+    assert_eq!(a.checks.len(), 2);
+}
+
+#[test]
+fn expected_agent_goes_missing_after_grace_only_when_sources_are_readable() {
+    let mut s = sup();
+    assert_eq!(state(&s, "expected_one", at(0.0)), State::Unknown);
+    s.observe(down(ErrorKind::ConnectionRefused), at(1.0));
+    s.tick(at(31.0));
+    assert_eq!(state(&s, "expected_one", at(31.0)), State::Unknown);
+    scan(&mut s, at(40.0), at(40.0), vec![]);
+    assert_eq!(state(&s, "expected_one", at(40.0)), State::Missing);
+}
+
+#[test]
+fn expected_agent_goes_missing_once_every_source_was_read_before_grace() {
+    let mut s = sup();
+    scan(&mut s, at(1.0), at(1.0), vec![hb("other", at(1.0))]);
+    assert_eq!(state(&s, "expected_one", at(1.0)), State::Missing);
+}
+
+#[test]
+fn future_last_seen_beyond_skew_is_counted_and_taken_as_now() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(3600.0))]);
+    let problems: Vec<_> = s
+        .take_events()
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::SourceProblem {
+                    kind: ErrorKind::ClockSkew,
+                    ..
+                }
+            )
+        })
+        .collect();
+    assert_eq!(problems.len(), 1);
+    // The same future value keeps coming: it is not a fresh heartbeat.
+    scan(&mut s, at(11.0), at(11.0), vec![hb("a", at(3600.0))]);
+    assert_eq!(state(&s, "a", at(11.0)), State::Stale);
+    assert!(s.take_events().iter().all(|e| !matches!(
+        e,
+        Event::SourceProblem {
+            kind: ErrorKind::ClockSkew,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn small_future_skew_is_accepted_as_is() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(3.0))]);
+    assert_eq!(state(&s, "a", at(0.0)), State::Healthy);
+    assert!(s.next_wakeup() > at(13.0));
+}
+
+#[test]
+fn unreadable_value_is_unknown_and_reported_once() {
+    let mut s = sup();
+    let bad = || Reading::Invalid {
+        agent: "a".into(),
+        reason: "not a timestamp: \"soon\"".into(),
+    };
+    scan(&mut s, at(0.0), at(0.0), vec![bad(), hb("b", at(0.0))]);
+    scan(&mut s, at(5.0), at(5.0), vec![bad(), hb("b", at(5.0))]);
+    assert_eq!(state(&s, "a", at(5.0)), State::Unknown);
+    assert_eq!(state(&s, "b", at(5.0)), State::Healthy);
+    let n = s
+        .take_events()
+        .iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::SourceProblem {
+                    kind: ErrorKind::BadValue,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn restart_with_restored_state_is_not_a_wave_of_transitions() {
+    let mut s = sup();
+    scan(
+        &mut s,
+        at(0.0),
+        at(0.0),
+        vec![hb("a", at(0.0)), hb("old", at(-100.0))],
+    );
+    assert_eq!(state(&s, "old", at(0.0)), State::Stale);
+    let saved = s.persist();
+    let since_old = s.snapshot(at(0.0)).agent("old").unwrap().since;
+
+    let mut s2 = Supervisor::new(
+        policy(),
+        [
+            (redis(), SourceKind::Polled, "redis".to_string()),
+            (push(), SourceKind::Push, "push".to_string()),
+        ],
+        at(5.0),
+    );
+    s2.restore(saved, at(5.0));
+    assert_eq!(state(&s2, "old", at(5.0)), State::Stale);
+    scan(
+        &mut s2,
+        at(6.0),
+        at(6.0),
+        vec![hb("a", at(5.5)), hb("old", at(-100.0))],
+    );
+    let transitions: Vec<_> = s2
+        .take_events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::AgentChanged { .. }))
+        .collect();
+    assert!(transitions.is_empty(), "{transitions:?}");
+    assert_eq!(s2.snapshot(at(6.0)).agent("old").unwrap().since, since_old);
+}
+
+#[test]
+fn restored_checks_are_frozen_until_their_source_is_read() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(0.0))]);
+    let saved = s.persist();
+    let mut s2 = Supervisor::new(
+        policy(),
+        [(redis(), SourceKind::Polled, "redis".to_string())],
+        at(100.0),
+    );
+    s2.restore(saved, at(100.0));
+    s2.tick(at(100.0));
+    assert_eq!(state(&s2, "a", at(100.0)), State::Healthy);
+    assert!(s2.take_confirms().is_empty());
+}
+
+#[test]
+fn forgotten_after_forget_after_without_data() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(0.0))]);
+    scan(&mut s, at(4000.0), at(4000.0), vec![]);
+    s.tick(at(4000.0));
+    assert!(s.snapshot(at(4000.0)).agent("a").is_none());
+    assert!(
+        s.take_events()
+            .iter()
+            .any(|e| matches!(e, Event::AgentForgotten { .. }))
+    );
+}
+
+#[test]
+fn rule_threshold_applies_to_matching_agents() {
+    let mut s = sup();
+    scan(&mut s, at(50.0), at(50.0), vec![hb("slow_1", at(0.0))]);
+    assert_eq!(state(&s, "slow_1", at(50.0)), State::Healthy);
+    let snap = s.snapshot(at(50.0));
+    assert_eq!(snap.agent("slow_1").unwrap().checks[0].threshold_seconds, 100.0);
+}
+
+#[test]
+fn transitions_are_emitted_once_per_change() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(0.0))]);
+    scan(&mut s, at(1.0), at(1.0), vec![hb("a", at(1.0))]);
+    let changes: Vec<_> = s
+        .take_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::AgentChanged { agent, from, to, .. } if agent.as_str() == "a" => {
+                Some((from, to))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(changes, vec![(Some(State::Unknown), State::Healthy)]);
+}

@@ -1,0 +1,216 @@
+//! The one task that owns the [`Supervisor`]: it feeds it observations,
+//! wakes it at its next deadline, and hands what it decides to the sinks.
+//!
+//! Channels and their overflow policies:
+//! - observations in: bounded; polled sources wait (back-pressure on the
+//!   scan), the push handler answers 503 (see `sources::push`);
+//! - point-read requests out, one per source: bounded, `try_send`; a request
+//!   that does not fit is dropped and counted, and the core asks again after
+//!   `confirm_timeout`;
+//! - events out to alert sinks: bounded, `try_send`; overflow is counted in
+//!   `events_dropped_total` (the sinks re-derive state from snapshots);
+//! - snapshots out: a `watch` (latest wins), published at once after a state
+//!   transition and otherwise at most once a second;
+//! - state to the store: a `watch` (latest wins), at most once per
+//!   `state.flush_interval`, and once more at shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+use crate::core::{AgentId, Event, Observation, Persisted, Snapshot, SourceId, State, Supervisor};
+use crate::liveness::Liveness;
+use crate::sinks::metrics::Metrics;
+
+/// Capacity of the observation channel (messages, each up to a page).
+pub const OBSERVATION_CAPACITY: usize = 1024;
+/// Capacity of each source's point-read request channel.
+pub const CONFIRM_CAPACITY: usize = 256;
+/// Point reads are asked in chunks of at most this many agents.
+pub const CONFIRM_CHUNK: usize = 1000;
+/// Most transition log lines per batch of work; the rest are summarised.
+const LOG_LINES_PER_ROUND: usize = 20;
+/// How often the loop ticks when idle (for liveness).
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// Snapshots without a transition are published at most this often.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Driver {
+    pub sup: Supervisor,
+    pub rx: mpsc::Receiver<Observation>,
+    pub confirm_txs: HashMap<SourceId, mpsc::Sender<Vec<AgentId>>>,
+    pub events_tx: Option<mpsc::Sender<Event>>,
+    pub snapshot_tx: watch::Sender<Arc<Snapshot>>,
+    pub persist_tx: Option<watch::Sender<Arc<Persisted>>>,
+    pub persist_every: Duration,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    pub liveness: Liveness,
+}
+
+impl Driver {
+    pub async fn run(mut self, cancel: CancellationToken) {
+        self.liveness.register("core", Duration::from_secs(10));
+        let mut snapshot_due: Option<Instant> = None;
+        let mut last_snapshot = Instant::now();
+        let mut persist_due: Option<Instant> = None;
+        let mut last_persist = Instant::now() - self.persist_every;
+        self.publish(&mut last_snapshot);
+        loop {
+            let wake = self.clock.instant_at(self.sup.next_wakeup());
+            let idle = Instant::now() + IDLE_TICK;
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = sleep_until(wake) => self.sup.tick(self.clock.now()),
+                obs = self.rx.recv() => match obs {
+                    Some(obs) => {
+                        let now = self.clock.now();
+                        self.sup.observe(obs, now);
+                        // Take what else is queued in one go.
+                        for _ in 0..256 {
+                            match self.rx.try_recv() {
+                                Ok(obs) => self.sup.observe(obs, now),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                _ = sleep_until(snapshot_due.unwrap_or(far)), if snapshot_due.is_some() => {}
+                _ = sleep_until(persist_due.unwrap_or(far)), if persist_due.is_some() => {}
+                _ = sleep_until(idle) => {}
+            }
+            self.liveness.tick("core");
+            self.dispatch();
+            let dirty = self.sup.take_dirty();
+            if dirty.transitions {
+                self.publish(&mut last_snapshot);
+                snapshot_due = None;
+            } else if dirty.data && snapshot_due.is_none() {
+                snapshot_due = Some(last_snapshot + SNAPSHOT_EVERY);
+            }
+            if snapshot_due.is_some_and(|d| d <= Instant::now()) {
+                self.publish(&mut last_snapshot);
+                snapshot_due = None;
+            }
+            if (dirty.data || dirty.transitions) && persist_due.is_none() {
+                persist_due = Some(last_persist + self.persist_every);
+            }
+            if persist_due.is_some_and(|d| d <= Instant::now()) {
+                self.persist();
+                last_persist = Instant::now();
+                persist_due = None;
+            }
+        }
+        // Drain: take what the sources already sent, then publish and save.
+        let now = self.clock.now();
+        while let Ok(obs) = self.rx.try_recv() {
+            self.sup.observe(obs, now);
+        }
+        self.dispatch();
+        self.publish(&mut last_snapshot);
+        self.persist();
+        debug!("Core stopped.");
+    }
+
+    fn publish(&mut self, last: &mut Instant) {
+        let snap = Arc::new(self.sup.snapshot(self.clock.now()));
+        self.metrics.sync_sources(&snap);
+        self.snapshot_tx.send_replace(snap);
+        *last = Instant::now();
+    }
+
+    fn persist(&self) {
+        if let Some(tx) = &self.persist_tx {
+            tx.send_replace(Arc::new(self.sup.persist()));
+        }
+    }
+
+    /// Hand events and point-read requests to whoever waits for them.
+    fn dispatch(&mut self) {
+        let events = self.sup.take_events();
+        let mut logged = 0usize;
+        let mut unlogged = 0usize;
+        for ev in events {
+            self.account(&ev, &mut logged, &mut unlogged);
+            if let Some(tx) = &self.events_tx
+                && tx.try_send(ev).is_err()
+            {
+                self.metrics.event_dropped("alerts");
+            }
+        }
+        if unlogged > 0 {
+            warn!(
+                more = unlogged,
+                "More agents changed state than are logged one by one; see /api/v1/agents."
+            );
+        }
+        for req in self.sup.take_confirms() {
+            let Some(tx) = self.confirm_txs.get(&req.source) else {
+                continue;
+            };
+            for chunk in req.agents.chunks(CONFIRM_CHUNK) {
+                if tx.try_send(chunk.to_vec()).is_err() {
+                    self.metrics.event_dropped("confirm");
+                }
+            }
+        }
+    }
+
+    /// Metrics and log lines for one event.
+    fn account(&self, ev: &Event, logged: &mut usize, unlogged: &mut usize) {
+        let mut log = |f: &dyn Fn()| {
+            if *logged < LOG_LINES_PER_ROUND {
+                *logged += 1;
+                f();
+            } else {
+                *unlogged += 1;
+            }
+        };
+        match ev {
+            Event::AgentChanged {
+                agent,
+                from,
+                to,
+                reason,
+                ..
+            } => {
+                if let Some(from) = from {
+                    self.metrics.transition(*from, *to);
+                }
+                let from = from.map(State::as_str).unwrap_or("new");
+                if to.is_alerting() {
+                    log(&|| warn!(agent = %agent, from, to = %to, reason = %reason, "Agent is not healthy."));
+                } else {
+                    log(&|| info!(agent = %agent, from, to = %to, reason = %reason, "Agent state changed."));
+                }
+            }
+            Event::CheckChanged { key, from, to, .. } => {
+                debug!(agent = %key.agent, source = %key.source, from = ?from, to = %to, "Check state changed.");
+            }
+            Event::SourceChanged { source, up, .. } => {
+                self.metrics.source_up(source, *up);
+            }
+            Event::SourceProblem {
+                source,
+                agent,
+                kind,
+                detail,
+            } => {
+                self.metrics.source_error(source, *kind);
+                log(&|| warn!(source = %source, agent = %agent, kind = %kind, detail = %detail, "Unusable heartbeat value."));
+            }
+            Event::AgentForgotten { agent, .. } => {
+                log(&|| info!(agent = %agent, "Agent forgotten after forget_after without data."));
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! The sidecar's own HTTP server: `/metrics`, `/healthz`, `/readyz`, the JSON
+//! API and the push endpoint. Handlers read the latest snapshot; none of
+//! them waits on the core or on a datastore.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::core::snapshot::AgentView;
+use crate::core::{Snapshot, State as AgentState};
+use crate::liveness::Liveness;
+use crate::sinks::metrics::Metrics;
+use crate::sources::push::{self, PushState};
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+    pub liveness: Liveness,
+}
+
+pub fn router(state: HttpState, push: Option<PushState>) -> Router {
+    let api = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/agents", get(agents))
+        .route("/api/v1/agents/{id}", get(agent))
+        .route("/api/v1/sources", get(sources))
+        .with_state(state);
+    let pushes = Router::new()
+        .route("/api/v1/heartbeats/{agent}", post(push::receive))
+        .layer(DefaultBodyLimit::max(push::MAX_BODY))
+        .with_state(push);
+    api.merge(pushes)
+}
+
+fn latest(s: &HttpState) -> Arc<Snapshot> {
+    s.snapshot.borrow().clone()
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    let snap = latest(&s);
+    let body = s.metrics.render(&snap);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): State<HttpState>) -> Response {
+    let stalled = s.liveness.stalled();
+    if stalled.is_empty() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stalled: {}\n", stalled.join(", ")),
+        )
+            .into_response()
+    }
+}
+
+/// Ready once the config is loaded and the server listens: never tied to a
+/// datastore (see DESIGN §6).
+async fn readyz() -> &'static str {
+    "ready\n"
+}
+
+#[derive(Deserialize)]
+struct AgentsQuery {
+    /// Only agents in this state.
+    state: Option<AgentState>,
+}
+
+async fn agents(State(s): State<HttpState>, Query(q): Query<AgentsQuery>) -> Response {
+    let snap = latest(&s);
+    let list: Vec<&AgentView> = snap
+        .agents
+        .iter()
+        .filter(|a| q.state.is_none_or(|st| a.state == st))
+        .collect();
+    let counts: serde_json::Map<String, serde_json::Value> = snap
+        .counts()
+        .iter()
+        .map(|(st, n)| (st.as_str().to_string(), json!(n)))
+        .collect();
+    Json(json!({
+        "taken_at": snap.taken_at,
+        "counts": counts,
+        "agents": list,
+    }))
+    .into_response()
+}
+
+async fn agent(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
+    let snap = latest(&s);
+    match snap.agent(&id) {
+        Some(a) => Json(json!({ "taken_at": snap.taken_at, "agent": a })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no agent `{id}`") })),
+        )
+            .into_response(),
+    }
+}
+
+async fn sources(State(s): State<HttpState>) -> Response {
+    let snap = latest(&s);
+    Json(json!({ "taken_at": snap.taken_at, "sources": snap.sources })).into_response()
+}

@@ -1,0 +1,134 @@
+//! The `agent-supervisor` binary: parse the command line, set up logging,
+//! load the config (exit 64 listing every problem), then run a command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agent_supervisor::app::{App, AppOptions};
+use agent_supervisor::telemetry::{self, LogFormat};
+use agent_supervisor::{config, scan};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Exit code for a config that cannot be used (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(version, about = "Watches the logical agents inside a service and reports, promptly and truthfully, when one has silently stopped.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file.
+    #[arg(long, global = true, env = "AGENT_SUPERVISOR_CONFIG", default_value = "config.yaml")]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar (the default).
+    Run,
+    /// Check the config: exit 0, or 64 listing every problem.
+    CheckConfig,
+    /// Read every source once and print agents and states; exit 0 when all
+    /// are healthy, 2 when one is stale/failing/missing, 3 when a source
+    /// could not be read or an agent is unknown.
+    Scan {
+        /// Longest wait for each source.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let config = match config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("agent-supervisor: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::CheckConfig = command {
+        println!(
+            "{}: ok ({} sources, {} agent rules)",
+            cli.config.display(),
+            config.sources.len(),
+            config.agents.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    // One TLS stack for every client (rediss://, later Postgres and webhooks).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("agent-supervisor: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match command {
+            Command::Scan { timeout } => match scan::scan(&config, timeout).await {
+                Ok(snap) => {
+                    print!("{}", scan::render_table(&snap));
+                    ExitCode::from(scan::exit_code(&snap) as u8)
+                }
+                Err(e) => {
+                    eprintln!("agent-supervisor: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Run | Command::CheckConfig => run(config).await,
+        }
+    })
+}
+
+async fn run(config: config::Config) -> ExitCode {
+    let app = match App::build(config, AppOptions::default()).await {
+        Ok(a) => a,
+        Err(e) => {
+            error!("Cannot start: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("Signal received.");
+        c.cancel();
+    });
+    match app.run(cancel).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

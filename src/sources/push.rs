@@ -1,0 +1,228 @@
+//! The push source: `POST /api/v1/heartbeats/{agent}`.
+//!
+//! Body (optional, JSON): `{"timestamp": <epoch or ISO 8601>, "status":
+//! "ok" | "error" | ..., "detail": "..."}`. Without a timestamp the time of
+//! arrival is the heartbeat. A status other than a healthy word
+//! (`ok`, `healthy`, `active`, `up`, `running`, `true`) makes the check
+//! `failing`.
+//!
+//! Overflow policy: the handler never waits for the core. When the core's
+//! channel is full it answers 503 with `Retry-After: 1` and counts it, so a
+//! slow core cannot pile up requests.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+
+use crate::clock::Clock;
+use crate::core::timestamp::parse_json_value;
+use crate::core::{AgentId, Observation, Reading, SourceId, Status};
+use crate::sinks::metrics::Metrics;
+
+/// Largest accepted body.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Longest accepted agent id.
+pub const MAX_AGENT_ID: usize = 256;
+
+const HEALTHY_WORDS: [&str; 7] = ["ok", "healthy", "active", "up", "running", "true", "pass"];
+
+/// Shared by the push handler.
+#[derive(Clone)]
+pub struct PushState {
+    pub source: SourceId,
+    pub token: Option<SecretString>,
+    pub tx: mpsc::Sender<Observation>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    timestamp: Option<serde_json::Value>,
+    status: Option<serde_json::Value>,
+    detail: Option<String>,
+}
+
+fn problem(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn authorized(token: &Option<SecretString>, headers: &HeaderMap) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given
+        .trim()
+        .as_bytes()
+        .ct_eq(token.expose_secret().as_bytes())
+        .into()
+}
+
+/// Whether an agent id is acceptable from the outside.
+pub fn valid_agent_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_AGENT_ID && !id.chars().any(char::is_control)
+}
+
+fn status_of(v: &serde_json::Value, detail: Option<String>) -> Option<Status> {
+    let healthy = match v {
+        serde_json::Value::Bool(b) => *b,
+        serde_json::Value::String(s) => HEALTHY_WORDS.contains(&s.trim().to_ascii_lowercase().as_str()),
+        _ => return None,
+    };
+    let word = match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    Some(Status {
+        healthy,
+        detail: match detail {
+            Some(d) if !d.is_empty() => format!("{word}: {d}"),
+            _ => word,
+        },
+    })
+}
+
+/// `POST /api/v1/heartbeats/{agent}`.
+pub async fn receive(
+    State(state): State<Option<PushState>>,
+    Path(agent): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(state) = state else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "no push source is configured (add `type: push` to sources)",
+        );
+    };
+    if !authorized(&state.token, &headers) {
+        state.metrics.heartbeat_pushed("unauthorized");
+        return problem(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    if !valid_agent_id(&agent) {
+        state.metrics.heartbeat_pushed("invalid");
+        return problem(
+            StatusCode::BAD_REQUEST,
+            format!("agent id must be 1 to {MAX_AGENT_ID} characters without control characters"),
+        );
+    }
+    let now = state.clock.now();
+    let body: Body = if body.iter().all(u8::is_ascii_whitespace) {
+        Body {
+            timestamp: None,
+            status: None,
+            detail: None,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                state.metrics.heartbeat_pushed("invalid");
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    format!("body must be JSON like {{\"timestamp\": ..., \"status\": \"ok\"}}: {e}"),
+                );
+            }
+        }
+    };
+    let last_seen = match &body.timestamp {
+        None | Some(serde_json::Value::Null) => now,
+        Some(v) => match parse_json_value(v) {
+            Ok(t) => t,
+            Err(e) => {
+                state.metrics.heartbeat_pushed("invalid");
+                return problem(StatusCode::BAD_REQUEST, format!("timestamp: {e}"));
+            }
+        },
+    };
+    let status = match &body.status {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match status_of(v, body.detail.clone()) {
+            Some(s) => Some(s),
+            None => {
+                state.metrics.heartbeat_pushed("invalid");
+                return problem(StatusCode::BAD_REQUEST, "status must be a string or a boolean");
+            }
+        },
+    };
+    let obs = Observation::Pushed {
+        source: state.source.clone(),
+        reading: Reading::Heartbeat {
+            agent: AgentId::new(agent.as_str()),
+            last_seen,
+            status,
+        },
+    };
+    match state.tx.try_send(obs) {
+        Ok(()) => {
+            state.metrics.heartbeat_pushed("accepted");
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "agent": agent, "last_seen": last_seen })),
+            )
+                .into_response()
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            state.metrics.heartbeat_pushed("overloaded");
+            let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, "busy; retry in a second");
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            problem(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_words_and_booleans_map_to_status() {
+        assert!(status_of(&json!("OK"), None).unwrap().healthy);
+        assert!(status_of(&json!(true), None).unwrap().healthy);
+        let s = status_of(&json!("error"), Some("db down".into())).unwrap();
+        assert!(!s.healthy);
+        assert_eq!(s.detail, "error: db down");
+        assert!(status_of(&json!(3), None).is_none());
+    }
+
+    #[test]
+    fn agent_ids_are_bounded_and_printable() {
+        assert!(valid_agent_id("market_analyst:42"));
+        assert!(!valid_agent_id(""));
+        assert!(!valid_agent_id("a\nb"));
+        assert!(!valid_agent_id(&"x".repeat(300)));
+    }
+
+    #[test]
+    fn bearer_token_must_match_exactly() {
+        let token = Some(SecretString::from("s3cret".to_string()));
+        let mut h = HeaderMap::new();
+        assert!(!authorized(&token, &h));
+        h.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
+        assert!(!authorized(&token, &h));
+        h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert!(authorized(&token, &h));
+        assert!(authorized(&None, &HeaderMap::new()));
+    }
+}
