@@ -188,9 +188,13 @@ impl Driver {
                 }
                 let from = from.map(State::as_str).unwrap_or("new");
                 if to.is_alerting() {
-                    log(&|| warn!(agent = %agent, from, to = %to, reason = %reason, "Agent is not healthy."));
+                    log(
+                        &|| warn!(agent = %agent, from, to = %to, reason = %reason, "Agent is not healthy."),
+                    );
                 } else {
-                    log(&|| info!(agent = %agent, from, to = %to, reason = %reason, "Agent state changed."));
+                    log(
+                        &|| info!(agent = %agent, from, to = %to, reason = %reason, "Agent state changed."),
+                    );
                 }
             }
             Event::CheckChanged { key, from, to, .. } => {
@@ -206,11 +210,158 @@ impl Driver {
                 detail,
             } => {
                 self.metrics.source_error(source, *kind);
-                log(&|| warn!(source = %source, agent = %agent, kind = %kind, detail = %detail, "Unusable heartbeat value."));
+                log(
+                    &|| warn!(source = %source, agent = %agent, kind = %kind, detail = %detail, "Unusable heartbeat value."),
+                );
             }
             Event::AgentForgotten { agent, .. } => {
                 log(&|| info!(agent = %agent, "Agent forgotten after forget_after without data."));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::{DateTime, Utc};
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::core::{Policy, Reading, SourceKind, State};
+
+    struct Rig {
+        tx: mpsc::Sender<Observation>,
+        confirms: mpsc::Receiver<Vec<AgentId>>,
+        snaps: watch::Receiver<Arc<Snapshot>>,
+        clock: Clock,
+        cancel: CancellationToken,
+        handle: tokio::task::JoinHandle<()>,
+    }
+
+    fn rig(stale_after: Duration) -> Rig {
+        let wall = DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let clock = Clock::tokio(wall);
+        let mut policy = Policy::default();
+        policy.defaults.stale_after = stale_after;
+        let sup = Supervisor::new(
+            policy,
+            [
+                (SourceId::from("push"), SourceKind::Push, "push".to_string()),
+                (
+                    SourceId::from("redis"),
+                    SourceKind::Polled,
+                    "redis".to_string(),
+                ),
+            ],
+            clock.now(),
+        );
+        let (tx, rx) = mpsc::channel(OBSERVATION_CAPACITY);
+        let (ctx, confirms) = mpsc::channel(CONFIRM_CAPACITY);
+        let (snapshot_tx, snaps) = watch::channel(Arc::new(sup.snapshot(clock.now())));
+        let driver = Driver {
+            sup,
+            rx,
+            confirm_txs: [(SourceId::from("redis"), ctx)].into(),
+            events_tx: None,
+            snapshot_tx,
+            persist_tx: None,
+            persist_every: Duration::from_secs(1),
+            metrics: Arc::new(Metrics::new(100).unwrap()),
+            clock: clock.clone(),
+            liveness: Liveness::default(),
+        };
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(driver.run(cancel.clone()));
+        Rig {
+            tx,
+            confirms,
+            snaps,
+            clock,
+            cancel,
+            handle,
+        }
+    }
+
+    async fn wait_state(snaps: &mut watch::Receiver<Arc<Snapshot>>, agent: &str, want: State) {
+        loop {
+            if snaps.borrow_and_update().agent(agent).map(|a| a.state) == Some(want) {
+                return;
+            }
+            snaps.changed().await.unwrap();
+        }
+    }
+
+    fn hb(agent: &str, t: crate::core::Timestamp) -> Reading {
+        Reading::Heartbeat {
+            agent: agent.into(),
+            last_seen: t,
+            status: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pushed_agent_goes_stale_at_its_deadline_not_at_a_later_tick() {
+        let mut r = rig(Duration::from_secs(3));
+        let start = Instant::now();
+        r.tx.send(Observation::Pushed {
+            source: "push".into(),
+            reading: hb("a", r.clock.now()),
+        })
+        .await
+        .unwrap();
+        wait_state(&mut r.snaps, "a", State::Healthy).await;
+        wait_state(&mut r.snaps, "a", State::Stale).await;
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(3) && took < Duration::from_millis(3010),
+            "stale after {took:?}"
+        );
+        r.cancel.cancel();
+        r.handle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn polled_deadline_asks_for_a_point_read_and_the_answer_decides() {
+        let mut r = rig(Duration::from_secs(3));
+        let t0 = r.clock.now();
+        let start = Instant::now();
+        for obs in [
+            Observation::Batch {
+                source: "redis".into(),
+                started_at: t0,
+                readings: vec![hb("a", t0), hb("b", t0)],
+            },
+            Observation::ScanComplete {
+                source: "redis".into(),
+                started_at: t0,
+                checks_seen: 2,
+            },
+        ] {
+            r.tx.send(obs).await.unwrap();
+        }
+        wait_state(&mut r.snaps, "a", State::Healthy).await;
+        // The next scan is far away (a 5 s interval, say): the deadline at
+        // 3 s triggers a point read instead of waiting for it.
+        let asked = r.confirms.recv().await.unwrap();
+        assert!(start.elapsed() < Duration::from_millis(3010));
+        assert_eq!(asked, vec![AgentId::from("a"), AgentId::from("b")]);
+        // a wrote meanwhile; b did not.
+        let now = r.clock.now();
+        r.tx.send(Observation::Confirmed {
+            source: "redis".into(),
+            read_at: now,
+            readings: vec![hb("a", now), hb("b", t0)],
+        })
+        .await
+        .unwrap();
+        wait_state(&mut r.snaps, "b", State::Stale).await;
+        let snap = r.snaps.borrow().clone();
+        assert_eq!(snap.agent("a").unwrap().state, State::Healthy);
+        r.cancel.cancel();
+        r.handle.await.unwrap();
     }
 }

@@ -15,8 +15,8 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::snapshot::SourceStatus;
 use crate::core::{ErrorKind, Observation, Snapshot, SourceFailure, State, Supervisor};
-use crate::sinks::metrics::Metrics;
 use crate::liveness::Liveness;
+use crate::sinks::metrics::Metrics;
 use crate::sources::{PollSource, SourceCtx, scan_once};
 
 pub const EXIT_OK: i32 = 0;
@@ -154,11 +154,11 @@ pub fn render_table(snap: &Snapshot) -> String {
     let _ = writeln!(out);
     for s in &snap.sources {
         let status = match (s.status, &s.error) {
+            _ if s.kind == "push" => {
+                "push: agents push to the running sidecar; nothing to read here".into()
+            }
             (_, Some(e)) => e.message.clone(),
             (SourceStatus::Up, None) => format!("{}: ok, {} agents", s.kind, s.checks),
-            (SourceStatus::Pending, None) if s.kind == "push" => {
-                "push: nothing to read in a one-shot scan".into()
-            }
             (st, None) => format!("{}: {st:?}", s.kind),
         };
         let _ = writeln!(out, "source {}: {status}", s.name);
@@ -216,7 +216,10 @@ mod tests {
     #[test]
     fn exit_codes_follow_the_worst_agent_then_sources() {
         assert_eq!(exit_code(&snap(&[State::Healthy], false)), EXIT_OK);
-        assert_eq!(exit_code(&snap(&[State::Healthy, State::Stale], false)), EXIT_CRITICAL);
+        assert_eq!(
+            exit_code(&snap(&[State::Healthy, State::Stale], false)),
+            EXIT_CRITICAL
+        );
         assert_eq!(exit_code(&snap(&[State::Unknown], false)), EXIT_UNKNOWN);
         assert_eq!(exit_code(&snap(&[], true)), EXIT_UNKNOWN);
         assert_eq!(exit_code(&snap(&[State::Missing], true)), EXIT_CRITICAL);

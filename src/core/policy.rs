@@ -151,8 +151,7 @@ mod tests {
         labels.insert("team".into(), "trading".into());
         Policy {
             rules: vec![
-                AgentRule::new("trading_*", Some(Duration::from_secs(30)), labels, false)
-                    .unwrap(),
+                AgentRule::new("trading_*", Some(Duration::from_secs(30)), labels, false).unwrap(),
                 AgentRule::new("market_analyst", None, Labels::new(), true).unwrap(),
                 AgentRule::new("*", Some(Duration::from_secs(90)), Labels::new(), false).unwrap(),
             ],

@@ -214,7 +214,15 @@ impl Supervisor {
                 },
             );
             if let Some(agent) = self.agents.get_mut(&pc.agent) {
-                agent.sources.insert(pc.source);
+                agent.sources.insert(pc.source.clone());
+            }
+            // Push checks are evaluable at once: arm their deadlines now.
+            // Polled checks wait for their source's first scan.
+            let push = self
+                .source(&pc.source)
+                .is_some_and(|s| s.kind == SourceKind::Push);
+            if push && let Some(t) = pc.last_seen {
+                self.queue(&key_of(&pc.agent, &pc.source), t + stale_after);
             }
         }
         for pa in persisted.agents {
@@ -357,11 +365,13 @@ impl Supervisor {
         d
     }
 
-    /// Whether every source has been read at least once.
+    /// Whether the startup grace can end before its time: every polled
+    /// source has been read once and no push source waits for its agents'
+    /// first heartbeats.
     pub fn all_sources_read(&self) -> bool {
         self.sources
             .iter()
-            .all(|(_, s)| s.status != SourceStatus::Pending)
+            .all(|(_, s)| s.kind == SourceKind::Polled && s.status != SourceStatus::Pending)
     }
 
     pub fn agent_count(&self) -> usize {
@@ -703,7 +713,12 @@ impl Supervisor {
             // The deadline passed after the data was read: confirm first.
             self.request_confirm(key, now);
         } else {
-            self.set_check_state(key, State::Healthy, "heartbeat within threshold".into(), now);
+            self.set_check_state(
+                key,
+                State::Healthy,
+                "heartbeat within threshold".into(),
+                now,
+            );
             self.queue(key, deadline);
         }
     }
@@ -887,7 +902,10 @@ impl Supervisor {
         } else {
             (
                 State::Unknown,
-                format!("expected agent not seen; not all sources readable: {}", down.join(", ")),
+                format!(
+                    "expected agent not seen; not all sources readable: {}",
+                    down.join(", ")
+                ),
             )
         }
     }
@@ -954,6 +972,13 @@ impl Supervisor {
             }
             self.data = true;
         }
+    }
+}
+
+fn key_of(agent: &AgentId, source: &SourceId) -> CheckKey {
+    CheckKey {
+        agent: agent.clone(),
+        source: source.clone(),
     }
 }
 

@@ -90,7 +90,11 @@ pub fn parse_text(raw: &str, json_field: Option<&str>) -> Result<Timestamp, Time
     }
     // Python's isoformat() with an offset but without seconds fraction rules
     // is covered above; naive forms follow (`T` or space separator).
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
             return Ok(Utc.from_utc_datetime(&t));
         }
@@ -103,7 +107,10 @@ pub fn parse_text(raw: &str, json_field: Option<&str>) -> Result<Timestamp, Time
 }
 
 /// Read a timestamp out of `value[field]`; `field` may be a dotted path.
-pub fn parse_json_field(value: &serde_json::Value, field: &str) -> Result<Timestamp, TimestampError> {
+pub fn parse_json_field(
+    value: &serde_json::Value,
+    field: &str,
+) -> Result<Timestamp, TimestampError> {
     let mut cur = value;
     for part in field.split('.') {
         cur = cur

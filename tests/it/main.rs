@@ -1,2 +1,5 @@
+mod api;
+mod cli;
 mod harness;
 mod harness_smoke;
+mod support;

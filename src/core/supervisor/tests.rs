@@ -34,8 +34,13 @@ fn policy() -> Policy {
         confirm_timeout: Duration::from_secs(2),
         rules: vec![
             AgentRule::new("expected_one", None, Labels::new(), true).unwrap(),
-            AgentRule::new("slow_*", Some(Duration::from_secs(100)), Labels::new(), false)
-                .unwrap(),
+            AgentRule::new(
+                "slow_*",
+                Some(Duration::from_secs(100)),
+                Labels::new(),
+                false,
+            )
+            .unwrap(),
         ],
         source_stale_after: Default::default(),
     }
@@ -129,7 +134,11 @@ fn polled_deadline_is_confirmed_with_a_point_read_before_stale() {
     let mut s = sup();
     scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(0.0))]);
     s.tick(at(10.5));
-    assert_eq!(state(&s, "a", at(10.5)), State::Healthy, "not stale before the point read");
+    assert_eq!(
+        state(&s, "a", at(10.5)),
+        State::Healthy,
+        "not stale before the point read"
+    );
     let confirms = s.take_confirms();
     assert_eq!(
         confirms,
@@ -168,11 +177,13 @@ fn heartbeat_that_arrived_between_scans_is_not_a_false_alarm() {
         at(10.52),
     );
     assert_eq!(state(&s, "a", at(10.52)), State::Healthy);
-    assert!(
-        s.take_events()
-            .iter()
-            .all(|e| !matches!(e, Event::AgentChanged { to: State::Stale, .. }))
-    );
+    assert!(s.take_events().iter().all(|e| !matches!(
+        e,
+        Event::AgentChanged {
+            to: State::Stale,
+            ..
+        }
+    )));
     // Re-armed at the new deadline: nothing more happens before it.
     s.tick(at(17.9));
     assert!(s.take_confirms().is_empty());
@@ -244,9 +255,13 @@ fn source_down_makes_checks_unknown_and_freezes_deadlines() {
     assert!(s.take_confirms().is_empty(), "no point reads while down");
     let events = s.take_events();
     assert!(
-        !events
-            .iter()
-            .any(|e| matches!(e, Event::AgentChanged { to: State::Stale, .. })),
+        !events.iter().any(|e| matches!(
+            e,
+            Event::AgentChanged {
+                to: State::Stale,
+                ..
+            }
+        )),
         "no stale storm while the source is down"
     );
     assert_eq!(
@@ -331,7 +346,11 @@ fn expected_agent_goes_missing_after_grace_only_when_sources_are_readable() {
 
 #[test]
 fn expected_agent_goes_missing_once_every_source_was_read_before_grace() {
-    let mut s = sup();
+    let mut s = Supervisor::new(
+        policy(),
+        [(redis(), SourceKind::Polled, "redis".to_string())],
+        t0(),
+    );
     scan(&mut s, at(1.0), at(1.0), vec![hb("other", at(1.0))]);
     assert_eq!(state(&s, "expected_one", at(1.0)), State::Missing);
 }
@@ -475,7 +494,10 @@ fn rule_threshold_applies_to_matching_agents() {
     scan(&mut s, at(50.0), at(50.0), vec![hb("slow_1", at(0.0))]);
     assert_eq!(state(&s, "slow_1", at(50.0)), State::Healthy);
     let snap = s.snapshot(at(50.0));
-    assert_eq!(snap.agent("slow_1").unwrap().checks[0].threshold_seconds, 100.0);
+    assert_eq!(
+        snap.agent("slow_1").unwrap().checks[0].threshold_seconds,
+        100.0
+    );
 }
 
 #[test]
@@ -487,11 +509,40 @@ fn transitions_are_emitted_once_per_change() {
         .take_events()
         .into_iter()
         .filter_map(|e| match e {
-            Event::AgentChanged { agent, from, to, .. } if agent.as_str() == "a" => {
-                Some((from, to))
-            }
+            Event::AgentChanged {
+                agent, from, to, ..
+            } if agent.as_str() == "a" => Some((from, to)),
             _ => None,
         })
         .collect();
     assert_eq!(changes, vec![(Some(State::Unknown), State::Healthy)]);
+}
+
+#[test]
+fn restored_push_check_still_goes_stale_when_its_deadline_passes() {
+    let mut s = sup();
+    s.observe(
+        Observation::Pushed {
+            source: push(),
+            reading: hb("p", at(0.0)),
+        },
+        at(0.0),
+    );
+    let saved = s.persist();
+    let mut s2 = sup();
+    s2.restore(saved, at(5.0));
+    s2.tick(at(9.0));
+    assert_eq!(state(&s2, "p", at(9.0)), State::Healthy);
+    s2.tick(at(10.1));
+    assert_eq!(state(&s2, "p", at(10.1)), State::Stale);
+}
+
+#[test]
+fn with_a_push_source_expected_agents_get_the_whole_grace_period() {
+    let mut s = sup();
+    scan(&mut s, at(1.0), at(1.0), vec![]);
+    s.tick(at(29.0));
+    assert_eq!(state(&s, "expected_one", at(29.0)), State::Unknown);
+    s.tick(at(30.0));
+    assert_eq!(state(&s, "expected_one", at(30.0)), State::Missing);
 }

@@ -1,0 +1,255 @@
+//! The HTTP API and the push source, end to end through a running app.
+
+use std::process::Command;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::harness::wait_until;
+use crate::support::{sample, spawn_app, spawn_app_in};
+
+const PUSH_ONLY: &str = r#"
+startup_grace: 1s
+sources:
+  - {name: push, type: push, token: "${NONE:-}"}
+agents:
+  - {match: "fast_*", stale_after: 1s, labels: {team: trading, severity: critical}}
+  - {match: expected_one, expected: true}
+"#;
+
+#[tokio::test]
+async fn pushed_heartbeat_shows_in_api_and_metrics() {
+    let app = spawn_app(PUSH_ONLY).await;
+    let (code, body) = app.push("worker_1", None, None).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let a = app
+        .wait_for_state("worker_1", "healthy", Duration::from_secs(5))
+        .await;
+    assert_eq!(a["checks"][0]["source"], "push");
+    assert_eq!(a["checks"][0]["threshold_seconds"], 60.0);
+    let (_, list) = app.get_json("/api/v1/agents?state=healthy").await;
+    assert_eq!(list["agents"].as_array().map(Vec::len), Some(1));
+    let m = app.scrape().await;
+    assert_eq!(
+        sample(&m, r#"agent_supervisor_agent_up{agent="worker_1"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"agent_supervisor_agent_state{agent="worker_1",state="healthy"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &m,
+            r#"agent_supervisor_agent_last_seen_timestamp_seconds{agent="worker_1",source="push"}"#
+        )
+        .is_some()
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"agent_supervisor_pushed_heartbeats_total{result="accepted"}"#
+        ),
+        Some(1.0)
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn pushed_agent_goes_stale_within_a_second_of_its_deadline() {
+    let app = spawn_app(PUSH_ONLY).await;
+    let (code, body) = app.push("fast_1", None, None).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let last_seen: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(body["last_seen"].clone()).unwrap();
+    app.wait_for_state("fast_1", "stale", Duration::from_secs(5))
+        .await;
+    let late = chrono::Utc::now() - (last_seen + chrono::TimeDelta::seconds(1));
+    assert!(
+        late < chrono::TimeDelta::milliseconds(1000),
+        "reported {late} after the deadline"
+    );
+    let m = app.scrape().await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"agent_supervisor_transitions_total{from="healthy",to="stale"}"#
+        ),
+        Some(1.0)
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn error_status_is_failing_with_its_detail() {
+    let app = spawn_app(PUSH_ONLY).await;
+    app.push(
+        "w",
+        Some(json!({"status": "error", "detail": "db pool exhausted"})),
+        None,
+    )
+    .await;
+    let a = app
+        .wait_for_state("w", "failing", Duration::from_secs(5))
+        .await;
+    assert!(
+        a["reason"].as_str().unwrap().contains("db pool exhausted"),
+        "{a}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_push_requests_are_rejected_with_a_reason_and_counted() {
+    let app = spawn_app(PUSH_ONLY).await;
+    let (code, body) = app
+        .push("w", Some(json!({"timestamp": "soon"})), None)
+        .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("timestamp"),
+        "{body}"
+    );
+    let r = app
+        .client
+        .post(app.url("/api/v1/heartbeats/w"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let m = app.scrape().await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"agent_supervisor_pushed_heartbeats_total{result="invalid"}"#
+        ),
+        Some(2.0)
+    );
+    assert!(app.agent("w").await.is_none());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn push_token_is_enforced() {
+    let app = spawn_app("sources: [{name: push, type: push, token: s3cret}]").await;
+    assert_eq!(app.push("w", None, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.push("w", None, Some("nope")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.push("w", None, Some("s3cret")).await.0,
+        StatusCode::ACCEPTED
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn probes_and_sources_endpoints_answer() {
+    let app = spawn_app(PUSH_ONLY).await;
+    assert_eq!(app.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(app.get("/readyz").await.0, StatusCode::OK);
+    let s = app.source("push").await;
+    assert_eq!(s["type"], "push");
+    assert_eq!(s["status"], "up");
+    let (code, v) = app.get_json("/api/v1/agents/nobody").await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    assert!(v["error"].as_str().unwrap().contains("nobody"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn expected_agent_goes_missing_after_startup_grace() {
+    let app = spawn_app(PUSH_ONLY).await;
+    let a = app
+        .wait_for_state("expected_one", "missing", Duration::from_secs(5))
+        .await;
+    assert_eq!(a["expected"], true);
+    app.shutdown().await;
+}
+
+/// The scrape passes `promtool check metrics` with agents in several states.
+#[tokio::test]
+async fn scrape_passes_promtool_check_metrics() {
+    let promtool = which("promtool").unwrap_or_else(|| {
+        panic!("promtool not found: install the Debian package `prometheus` (.ci/run does)")
+    });
+    let app = spawn_app(PUSH_ONLY).await;
+    app.push("fast_stale", None, None).await;
+    app.push("ok_1", None, None).await;
+    app.push("bad_1", Some(json!({"status": "down"})), None)
+        .await;
+    app.push("quote\"agent", None, None).await;
+    app.wait_for_state("fast_stale", "stale", Duration::from_secs(5))
+        .await;
+    app.wait_for_state("bad_1", "failing", Duration::from_secs(5))
+        .await;
+    let body = app.scrape().await;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool: {text}\n---\n{body}");
+    assert!(text.trim().is_empty(), "promtool warnings: {text}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_states_and_since_without_fresh_transitions() {
+    let app = spawn_app(PUSH_ONLY).await;
+    app.push("fast_1", None, None).await;
+    app.push("slow_1", None, None).await;
+    let before = app
+        .wait_for_state("fast_1", "stale", Duration::from_secs(5))
+        .await;
+    let state_file = app.state_dir_path().join("state.json");
+    wait_until("state to be saved", Duration::from_secs(5), || async {
+        std::fs::read_to_string(&state_file)
+            .map(|s| s.contains("stale"))
+            .unwrap_or(false)
+    })
+    .await;
+    let dir = app.shutdown().await;
+
+    let app = spawn_app_in(PUSH_ONLY, dir).await;
+    let after = app.agent("fast_1").await.expect("restored");
+    assert_eq!(after["state"], "stale");
+    assert_eq!(after["since"], before["since"]);
+    assert_eq!(app.state_of("slow_1").await.as_deref(), Some("healthy"));
+    let m = app.scrape().await;
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("agent_supervisor_transitions_total{")),
+        "no transitions after a restart: {m}"
+    );
+    app.shutdown().await;
+}
+
+fn which(bin: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|c| c.is_file())
+    })
+}

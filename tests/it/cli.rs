@@ -1,0 +1,154 @@
+//! The binary itself: exit codes, messages, signals.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::free_port;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_agent-supervisor"));
+    c.env_remove("AGENT_SUPERVISOR_CONFIG")
+        .env_remove("REDIS_URL")
+        .env("AGENT_SUPERVISOR_LOG", "info");
+    c
+}
+
+fn shipped_config() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.yaml")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn check_config_accepts_the_shipped_config() {
+    let o = bin()
+        .args(["check-config", "--config"])
+        .arg(shipped_config())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn config_with_three_mistakes_reports_all_three_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        r#"
+listen: 0.0.0.0:9464
+defaults: {stale_after: 30}
+sources:
+  - {name: redis, type: redis, url: "redis://:hunter2@127.0.0.1:6379", pattern: "agent:last_seen"}
+  - {name: push, type: push, tokn: abc}
+"#,
+    )
+    .unwrap();
+    for cmd in ["check-config", "run"] {
+        let o = bin().arg(cmd).arg("--config").arg(&path).output().unwrap();
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(64), "{cmd}: {out}");
+        for p in [
+            "defaults.stale_after",
+            "sources[0].pattern",
+            "sources[1].tokn",
+        ] {
+            assert!(out.contains(p), "{cmd}: {p} missing from: {out}");
+        }
+        assert!(out.contains("3 problem(s)"), "{out}");
+        assert!(!out.contains("hunter2"), "secret printed: {out}");
+    }
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let o = bin()
+        .args([
+            "check-config",
+            "--config",
+            "/nonexistent/agent-supervisor.yaml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    assert!(text(&o).contains("cannot read config file"), "{}", text(&o));
+}
+
+/// `scan` on a machine without Redis: the table and a clear line, exit 3.
+#[test]
+fn scan_without_redis_prints_the_table_and_connection_refused() {
+    let port = free_port();
+    let o = bin()
+        .args(["scan", "--timeout", "5s", "--config"])
+        .arg(shipped_config())
+        .env("REDIS_URL", format!("redis://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{out}");
+    assert!(out.contains("AGENT"), "{out}");
+    assert!(out.contains("redis: connection refused"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+    assert!(!out.to_lowercase().contains("backtrace"), "{out}");
+}
+
+/// SIGTERM drains and exits 0, saving state; JSON logs are JSON.
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:0\nstate: {{path: \"{}\"}}\nsources: [{{name: push, type: push}}]\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .args(["--log-format", "json", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        assert!(Instant::now() < deadline, "no start line: {seen:?}");
+        let Some(Ok(line)) = lines.next() else {
+            panic!("process ended early: {seen:?}");
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        seen.push(line);
+        if v["message"] == "agent-supervisor started." {
+            break;
+        }
+    }
+    let pid = child.id() as libc::pid_t;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "did not stop within 15s of SIGTERM"
+        );
+        std::thread::yield_now();
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(dir.path().join("state/state.json").is_file());
+}

@@ -1,0 +1,169 @@
+//! `spawn_app` and typed helpers: each test gets its own port and state
+//! directory (and its own Redis key prefix where it uses Redis).
+
+use std::path::Path;
+use std::time::Duration;
+
+use agent_supervisor::app::{App, AppOptions};
+use agent_supervisor::config;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::wait_until;
+
+pub struct TestApp {
+    pub base: String,
+    state_dir: Option<tempfile::TempDir>,
+    pub client: reqwest::Client,
+    cancel: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Build the config from a YAML body (sources, agents...), listening on
+/// 127.0.0.1:0 with a fresh state directory.
+pub async fn spawn_app(yaml: &str) -> TestApp {
+    spawn_app_in(yaml, tempfile::tempdir().expect("tempdir")).await
+}
+
+/// The same with a given state directory (to test restarts).
+pub async fn spawn_app_in(yaml: &str, state_dir: tempfile::TempDir) -> TestApp {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let text = format!(
+        "listen: 127.0.0.1:0\nstate: {{path: \"{}\", flush_interval: 100ms}}\nshutdown_timeout: 5s\n{yaml}",
+        state_dir.path().display()
+    );
+    let config = config::parse(&text, Path::new("test.yaml"), &|_| None)
+        .unwrap_or_else(|e| panic!("test config: {e}"));
+    let app = App::build(config, AppOptions::default())
+        .await
+        .expect("app builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let cancel = CancellationToken::new();
+    let handle = tokio::spawn(app.run(cancel.clone()));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    TestApp {
+        base,
+        state_dir: Some(state_dir),
+        client,
+        cancel,
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    pub fn state_dir_path(&self) -> std::path::PathBuf {
+        self.state_dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, String) {
+        let r = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let code = r.status();
+        (code, r.text().await.expect("body"))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (StatusCode, Value) {
+        let (code, body) = self.get(path).await;
+        let v = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+        (code, v)
+    }
+
+    /// POST a heartbeat; returns the status code and JSON body.
+    pub async fn push(
+        &self,
+        agent: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .post(self.url(&format!("/api/v1/heartbeats/{agent}")));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("push");
+        let code = r.status();
+        (code, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn agent(&self, id: &str) -> Option<Value> {
+        let (code, v) = self.get_json(&format!("/api/v1/agents/{id}")).await;
+        (code == StatusCode::OK).then(|| v["agent"].clone())
+    }
+
+    pub async fn state_of(&self, id: &str) -> Option<String> {
+        self.agent(id)
+            .await
+            .and_then(|a| a["state"].as_str().map(str::to_string))
+    }
+
+    /// Poll until `id` is in `state`; returns the agent's JSON.
+    pub async fn wait_for_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        wait_until(&format!("agent {id} to be {state}"), timeout, || async {
+            self.state_of(id).await.as_deref() == Some(state)
+        })
+        .await;
+        self.agent(id).await.expect("agent")
+    }
+
+    pub async fn source(&self, name: &str) -> Value {
+        let (_, v) = self.get_json("/api/v1/sources").await;
+        v["sources"]
+            .as_array()
+            .and_then(|s| s.iter().find(|x| x["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no source {name} in {v}"))
+    }
+
+    pub async fn scrape(&self) -> String {
+        let (code, body) = self.get("/metrics").await;
+        assert_eq!(code, StatusCode::OK);
+        body
+    }
+
+    /// Stop like SIGTERM would, and wait for the drain.
+    pub async fn shutdown(mut self) -> tempfile::TempDir {
+        self.cancel.cancel();
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(10), h)
+                .await
+                .expect("app drains within 10s")
+                .expect("app task")
+                .expect("app run");
+        }
+        self.state_dir.take().expect("state dir")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// The value of one sample in a scrape, by its exact series text.
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
