@@ -107,9 +107,8 @@ impl App {
     /// source clients. Does not wait for any datastore.
     pub async fn build(config: Config, opts: AppOptions) -> anyhow::Result<App> {
         let clock = opts.clock;
-        let metrics = Arc::new(
-            Metrics::new(config.metrics.max_agent_series).context("registering metrics")?,
-        );
+        let metrics =
+            Arc::new(Metrics::new(config.metrics.max_agent_series).context("registering metrics")?);
         let liveness = Liveness::default();
         let now = clock.now();
         let mut sup = Supervisor::new(config.policy(), source_kinds(&config), now);

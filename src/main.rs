@@ -16,12 +16,20 @@ use tracing::{error, info};
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(version, about = "Watches the logical agents inside a service and reports, promptly and truthfully, when one has silently stopped.")]
+#[command(
+    version,
+    about = "Watches the logical agents inside a service and reports, promptly and truthfully, when one has silently stopped."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Config file.
-    #[arg(long, global = true, env = "AGENT_SUPERVISOR_CONFIG", default_value = "config.yaml")]
+    #[arg(
+        long,
+        global = true,
+        env = "AGENT_SUPERVISOR_CONFIG",
+        default_value = "config.yaml"
+    )]
     config: PathBuf,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]

@@ -63,9 +63,14 @@ pub fn expand(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String
             None => (body, None),
         };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!("`${{{name}}}` is not a valid environment variable name"));
+            return Err(format!(
+                "`${{{name}}}` is not a valid environment variable name"
+            ));
         }
-        match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
+        match (
+            lookup(name).filter(|v| !v.is_empty() || default.is_none()),
+            default,
+        ) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
             (None, None) => {

@@ -297,7 +297,10 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
         Some(s) => match s.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                p.add("listen", format!("`{s}` is not an address like 0.0.0.0:9464"));
+                p.add(
+                    "listen",
+                    format!("`{s}` is not an address like 0.0.0.0:9464"),
+                );
                 None
             }
         },
@@ -316,11 +319,15 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
         let mut o = Obj::new(root.get("defaults"), "defaults", p);
         let base = Defaults::default();
         let d = Defaults {
-            stale_after: o.positive_duration("stale_after", p).unwrap_or(base.stale_after),
+            stale_after: o
+                .positive_duration("stale_after", p)
+                .unwrap_or(base.stale_after),
             forget_after: o
                 .positive_duration("forget_after", p)
                 .unwrap_or(base.forget_after),
-            max_clock_skew: o.duration("max_clock_skew", p).unwrap_or(base.max_clock_skew),
+            max_clock_skew: o
+                .duration("max_clock_skew", p)
+                .unwrap_or(base.max_clock_skew),
         };
         if d.forget_after < d.stale_after {
             p.add(
@@ -353,7 +360,9 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
 
     let metrics = {
         let mut o = Obj::new(root.get("metrics"), "metrics", p);
-        let max = o.integer("max_agent_series", 0..=10_000_000, p).unwrap_or(10_000);
+        let max = o
+            .integer("max_agent_series", 0..=10_000_000, p)
+            .unwrap_or(10_000);
         o.finish(p);
         MetricsConfig {
             max_agent_series: max as usize,
@@ -410,8 +419,7 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
@@ -421,10 +429,7 @@ fn source(item: &Value, path: &str, p: &mut Problems) -> Option<SourceConfig> {
     if let Some(n) = &name
         && !valid_name(n)
     {
-        p.add(
-            o.at("name"),
-            "use 1 to 64 letters, digits, `_`, `-` or `.`",
-        );
+        p.add(o.at("name"), "use 1 to 64 letters, digits, `_`, `-` or `.`");
     }
     let stale_after = o.positive_duration("stale_after", p);
     let ty = o.required_string("type", p);
@@ -568,7 +573,10 @@ fn agent_rule(item: &Value, path: &str, p: &mut Problems) -> Option<AgentRule> {
     match AgentRule::new(&pattern, stale_after, labels, expected) {
         Ok(rule) => Some(rule),
         Err(e) => {
-            p.add(format!("{path}.match"), format!("not a valid glob: {}", e.kind()));
+            p.add(
+                format!("{path}.match"),
+                format!("not a valid glob: {}", e.kind()),
+            );
             None
         }
     }

@@ -106,9 +106,18 @@ agents:
     let got = problems(text, &no_env);
     let msgs: Vec<String> = got.iter().map(|p| p.to_string()).collect();
     let joined = msgs.join("\n");
-    assert!(joined.contains("sources[0].type: unknown source type `kafka`"), "{joined}");
-    assert!(joined.contains("sources[1].layout: unknown layout `list`"), "{joined}");
-    assert!(joined.contains("agents[0].match: not a valid glob"), "{joined}");
+    assert!(
+        joined.contains("sources[0].type: unknown source type `kafka`"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("sources[1].layout: unknown layout `list`"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("agents[0].match: not a valid glob"),
+        "{joined}"
+    );
     assert!(joined.contains("agents[1].expected"), "{joined}");
     assert!(joined.contains("agents[2].labels.agent"), "{joined}");
     assert!(joined.contains("agents[2].labels.1bad"), "{joined}");

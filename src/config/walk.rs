@@ -76,7 +76,10 @@ impl<'a> Obj<'a> {
             None | Some(Value::Null) => &*EMPTY,
             Some(Value::Object(m)) => m,
             Some(other) => {
-                p.add(path, format!("expected a mapping, found {}", type_name(other)));
+                p.add(
+                    path,
+                    format!("expected a mapping, found {}", type_name(other)),
+                );
                 &*EMPTY
             }
         };
@@ -137,7 +140,10 @@ impl<'a> Obj<'a> {
             Value::String(s) if s == "true" => Some(true),
             Value::String(s) if s == "false" => Some(false),
             other => {
-                p.add(path, format!("expected true or false, found {}", type_name(other)));
+                p.add(
+                    path,
+                    format!("expected true or false, found {}", type_name(other)),
+                );
                 None
             }
         }
@@ -211,7 +217,10 @@ pub fn as_string(v: &Value, path: &str, p: &mut Problems) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
         other => {
-            p.add(path, format!("expected a string, found {}", type_name(other)));
+            p.add(
+                path,
+                format!("expected a string, found {}", type_name(other)),
+            );
             None
         }
     }

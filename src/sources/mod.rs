@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
-use crate::liveness::Liveness;
 use crate::core::{AgentId, ErrorKind, Observation, Reading, SourceFailure, SourceId, Timestamp};
+use crate::liveness::Liveness;
 use crate::sinks::metrics::Metrics;
 
 /// A failed read. `system` names the datastore (`redis`), the message never

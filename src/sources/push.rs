@@ -83,7 +83,9 @@ pub fn valid_agent_id(id: &str) -> bool {
 fn status_of(v: &serde_json::Value, detail: Option<String>) -> Option<Status> {
     let healthy = match v {
         serde_json::Value::Bool(b) => *b,
-        serde_json::Value::String(s) => HEALTHY_WORDS.contains(&s.trim().to_ascii_lowercase().as_str()),
+        serde_json::Value::String(s) => {
+            HEALTHY_WORDS.contains(&s.trim().to_ascii_lowercase().as_str())
+        }
         _ => return None,
     };
     let word = match v {
@@ -137,7 +139,9 @@ pub async fn receive(
                 state.metrics.heartbeat_pushed("invalid");
                 return problem(
                     StatusCode::BAD_REQUEST,
-                    format!("body must be JSON like {{\"timestamp\": ..., \"status\": \"ok\"}}: {e}"),
+                    format!(
+                        "body must be JSON like {{\"timestamp\": ..., \"status\": \"ok\"}}: {e}"
+                    ),
                 );
             }
         }
@@ -158,7 +162,10 @@ pub async fn receive(
             Some(s) => Some(s),
             None => {
                 state.metrics.heartbeat_pushed("invalid");
-                return problem(StatusCode::BAD_REQUEST, "status must be a string or a boolean");
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "status must be a string or a boolean",
+                );
             }
         },
     };

@@ -1,0 +1,203 @@
+//! End to end with a real redis-server: staleness decided at the deadline
+//! (not at the next scan), no false alarm for a live agent, and no stale
+//! storm while Redis is down.
+
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use fred::prelude::*;
+use tokio::time::Instant;
+
+use crate::harness::{RedisServer, shared_redis_url, unique_prefix, wait_until};
+use crate::support::{TestApp, sample, spawn_app};
+
+async fn client(url: &str) -> fred::clients::Client {
+    let c = Builder::from_config(Config::from_url(url).expect("url"))
+        .build()
+        .expect("client");
+    c.init().await.expect("redis connects");
+    c
+}
+
+async fn beat(c: &fred::clients::Client, key: &str, at: chrono::DateTime<Utc>) {
+    let v = format!("{:.6}", at.timestamp_micros() as f64 / 1e6);
+    c.set::<(), _, _>(key, v, None, None, false)
+        .await
+        .expect("SET");
+}
+
+fn config(url: &str, prefix: &str, interval: &str) -> String {
+    format!(
+        r#"
+startup_grace: 1s
+sources:
+  - {{name: redis, type: redis, url: "{url}", interval: {interval}, timeout: 1s,
+      layout: keys, pattern: "{prefix}{{agent}}:last_seen"}}
+agents:
+  - {{match: "*", stale_after: 3s}}
+"#
+    )
+}
+
+async fn never_stale_until(app: &TestApp, agent: &str, until: Instant) {
+    while Instant::now() < until {
+        let s = app.state_of(agent).await;
+        assert_ne!(s.as_deref(), Some("stale"), "{agent} reported stale");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// With a 5 s scan interval, an agent that stops is stale within 1 s of
+/// `last_seen + stale_after`, and not before.
+#[tokio::test]
+async fn stopped_agent_is_stale_within_a_second_of_its_deadline_despite_a_5s_scan() {
+    let url = shared_redis_url();
+    let prefix = unique_prefix("e2e_stop");
+    let r = client(&url).await;
+    let key = format!("{prefix}stopper:last_seen");
+    let app = spawn_app(&config(&url, &prefix, "5s")).await;
+    // The agent beats every 500 ms until the supervisor knows it...
+    let mut last_seen = Utc::now();
+    beat(&r, &key, last_seen).await;
+    let known_by = Instant::now() + Duration::from_secs(15);
+    while app.state_of("stopper").await.as_deref() != Some("healthy") {
+        assert!(Instant::now() < known_by, "agent never seen healthy");
+        if Utc::now() - last_seen > TimeDelta::milliseconds(500) {
+            last_seen = Utc::now();
+            beat(&r, &key, last_seen).await;
+        }
+        tokio::task::yield_now().await;
+    }
+    // ...keeps beating for a while (newer than what the last scan saw)...
+    let mut every = tokio::time::interval(Duration::from_millis(700));
+    for _ in 0..4 {
+        every.tick().await;
+        last_seen = Utc::now();
+        beat(&r, &key, last_seen).await;
+    }
+    // ...and stops.
+    let deadline = last_seen + TimeDelta::seconds(3);
+    // Found by the next scan (within 5 s) or, if that comes after the
+    // deadline, by the deadline's point read.
+    loop {
+        match app.state_of("stopper").await.as_deref() {
+            Some("stale") => break,
+            Some("healthy") | Some("unknown") | None => {
+                assert!(
+                    Utc::now() < deadline + TimeDelta::milliseconds(1000),
+                    "not stale 1 s after its deadline"
+                );
+            }
+            Some(other) => panic!("unexpected state {other}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    let now = Utc::now();
+    assert!(now >= deadline, "stale {} before its deadline", deadline - now);
+    assert!(
+        now - deadline < TimeDelta::milliseconds(1000),
+        "stale {} after its deadline",
+        now - deadline
+    );
+    let a = app.agent("stopper").await.unwrap();
+    let age = a["checks"][0]["age_seconds"].as_f64().unwrap();
+    assert!((3.0..4.5).contains(&age), "age {age}");
+    app.shutdown().await;
+}
+
+/// An agent writing every 2 s with a 3 s threshold is never stale over 30 s.
+#[tokio::test]
+async fn agent_writing_every_2s_with_3s_threshold_is_never_stale_over_30s() {
+    let url = shared_redis_url();
+    let prefix = unique_prefix("e2e_live");
+    let r = client(&url).await;
+    let key = format!("{prefix}steady:last_seen");
+    beat(&r, &key, Utc::now()).await;
+    let app = spawn_app(&config(&url, &prefix, "5s")).await;
+    app.wait_for_state("steady", "healthy", Duration::from_secs(10))
+        .await;
+    let writer = {
+        let r = r.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            // The agent's own rhythm: a heartbeat every 2 s.
+            let mut every = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                every.tick().await;
+                beat(&r, &key, Utc::now()).await;
+            }
+        })
+    };
+    never_stale_until(&app, "steady", Instant::now() + Duration::from_secs(30)).await;
+    writer.abort();
+    let m = app.scrape().await;
+    assert_eq!(
+        sample(&m, r#"agent_supervisor_transitions_total{from="healthy",to="stale"}"#),
+        None,
+        "a live agent was reported stale"
+    );
+    assert_eq!(app.state_of("steady").await.as_deref(), Some("healthy"));
+    app.shutdown().await;
+}
+
+/// Redis stopped mid-test: the source is down and nobody goes stale; when it
+/// returns, the agent that stopped meanwhile is stale with its true age.
+#[tokio::test]
+async fn redis_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
+    let mut server = RedisServer::start();
+    let url = server.url.clone();
+    let prefix = unique_prefix("e2e_outage");
+    let r = client(&url).await;
+    let live = format!("{prefix}live:last_seen");
+    let dead = format!("{prefix}dead:last_seen");
+    let t0 = Utc::now();
+    beat(&r, &live, t0).await;
+    beat(&r, &dead, t0).await;
+    let app = spawn_app(&config(&url, &prefix, "1s")).await;
+    app.wait_for_state("live", "healthy", Duration::from_secs(10))
+        .await;
+    app.wait_for_state("dead", "healthy", Duration::from_secs(10))
+        .await;
+
+    server.stop();
+    wait_until("source down", Duration::from_secs(10), || async {
+        app.source("redis").await["status"] == "down"
+    })
+    .await;
+    let src = app.source("redis").await;
+    assert!(
+        src["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("connection refused"),
+        "{src}"
+    );
+    assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
+    // Well past both thresholds, nothing goes stale while Redis is down.
+    never_stale_until(&app, "dead", Instant::now() + Duration::from_secs(5)).await;
+    assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
+    let m = app.scrape().await;
+    assert_eq!(sample(&m, r#"agent_supervisor_source_up{source="redis"}"#), Some(0.0));
+    assert!(
+        sample(&m, r#"agent_supervisor_source_errors_total{source="redis",kind="connection_refused"}"#)
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+
+    // Redis returns (with its data: an AOF-backed Redis would keep it; this
+    // one is rewritten as it was, plus the live agent's fresh beat).
+    server.restart();
+    let r = client(&url).await;
+    beat(&r, &dead, t0).await;
+    beat(&r, &live, Utc::now()).await;
+    let dead_view = app
+        .wait_for_state("dead", "stale", Duration::from_secs(10))
+        .await;
+    let age = dead_view["checks"][0]["age_seconds"].as_f64().unwrap();
+    let true_age = (Utc::now() - t0).num_milliseconds() as f64 / 1e3;
+    assert!((true_age - age).abs() < 1.5, "age {age} vs true {true_age}");
+    app.wait_for_state("live", "healthy", Duration::from_secs(10))
+        .await;
+    assert_eq!(app.source("redis").await["status"], "up");
+    app.shutdown().await;
+}
