@@ -9,8 +9,8 @@
 //!   `confirm_timeout`;
 //! - events out to alert sinks: bounded, `try_send`; overflow is counted in
 //!   `events_dropped_total` (the sinks re-derive state from snapshots);
-//! - snapshots out: a `watch` (latest wins), published at once after a state
-//!   transition and otherwise at most once a second;
+//! - snapshots out: a `watch` (latest wins), published within 100 ms of a
+//!   state transition and otherwise at most once a second;
 //! - state to the store: a `watch` (latest wins), at most once per
 //!   `state.flush_interval`, and once more at shutdown.
 
@@ -40,6 +40,9 @@ const LOG_LINES_PER_ROUND: usize = 20;
 const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Snapshots without a transition are published at most this often.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+/// After a transition, a snapshot follows within this (bounding the cost of
+/// rebuilding it during a storm of transitions in a large fleet).
+const SNAPSHOT_AFTER_TRANSITION: Duration = Duration::from_millis(100);
 
 pub struct Driver {
     pub sup: Supervisor,
@@ -91,11 +94,16 @@ impl Driver {
             self.liveness.tick("core");
             self.dispatch();
             let dirty = self.sup.take_dirty();
-            if dirty.transitions {
-                self.publish(&mut last_snapshot);
-                snapshot_due = None;
-            } else if dirty.data && snapshot_due.is_none() {
-                snapshot_due = Some(last_snapshot + SNAPSHOT_EVERY);
+            let wait = if dirty.transitions {
+                Some(SNAPSHOT_AFTER_TRANSITION)
+            } else if dirty.data {
+                Some(SNAPSHOT_EVERY)
+            } else {
+                None
+            };
+            if let Some(wait) = wait {
+                let at = last_snapshot + wait;
+                snapshot_due = Some(snapshot_due.map_or(at, |d| d.min(at)));
             }
             if snapshot_due.is_some_and(|d| d <= Instant::now()) {
                 self.publish(&mut last_snapshot);

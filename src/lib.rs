@@ -20,6 +20,8 @@
 //! - [`scan`]: the one-shot `scan` command.
 //! - [`clock`], [`liveness`], [`telemetry`]: small shared pieces.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod app;
 pub mod clock;
 pub mod config;

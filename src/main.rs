@@ -1,6 +1,8 @@
 //! The `agent-supervisor` binary: parse the command line, set up logging,
 //! load the config (exit 64 listing every problem), then run a command.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

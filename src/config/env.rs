@@ -14,14 +14,10 @@ pub fn substitute(
     p: &mut Problems,
 ) {
     match v {
-        Value::String(s) => {
-            if s.contains('$') {
-                match expand(s, lookup) {
-                    Ok(out) => *s = out,
-                    Err(msg) => p.add(path, msg),
-                }
-            }
-        }
+        Value::String(s) if s.contains('$') => match expand(s, lookup) {
+            Ok(out) => *s = out,
+            Err(msg) => p.add(path, msg),
+        },
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 substitute(item, &index(path, i), lookup, p);
