@@ -40,6 +40,8 @@ const LOG_LINES_PER_ROUND: usize = 20;
 const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Snapshots without a transition are published at most this often.
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+/// Heartbeat-only changes are saved at most this often.
+const PERSIST_DATA_EVERY: Duration = Duration::from_secs(60);
 /// After a transition, a snapshot follows within this (bounding the cost of
 /// rebuilding it during a storm of transitions in a large fleet).
 const SNAPSHOT_AFTER_TRANSITION: Duration = Duration::from_millis(100);
@@ -109,8 +111,19 @@ impl Driver {
                 self.publish(&mut last_snapshot);
                 snapshot_due = None;
             }
-            if (dirty.data || dirty.transitions) && persist_due.is_none() {
-                persist_due = Some(last_persist + self.persist_every);
+            // State changes are saved within `persist_every`; mere heartbeat
+            // updates (which a restart re-reads from the sources anyway) at
+            // most once a minute, so a large fleet is not rewritten per scan.
+            let wait = if dirty.transitions {
+                Some(self.persist_every)
+            } else if dirty.data {
+                Some(self.persist_every.max(PERSIST_DATA_EVERY))
+            } else {
+                None
+            };
+            if let Some(wait) = wait {
+                let at = last_persist + wait;
+                persist_due = Some(persist_due.map_or(at, |d| d.min(at)));
             }
             if persist_due.is_some_and(|d| d <= Instant::now()) {
                 self.persist();

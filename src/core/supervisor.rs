@@ -113,7 +113,7 @@ pub struct Supervisor {
     wakeups: BinaryHeap<Reverse<(Timestamp, CheckKey)>>,
     events: Vec<Event>,
     confirms: BTreeMap<SourceId, Vec<AgentId>>,
-    /// Set when an agent changed state since the last `take_dirty`.
+    /// Set when an agent or check changed state since the last `take_dirty`.
     transitions: bool,
     /// Set when any data changed since the last `take_dirty`.
     data: bool,
@@ -811,6 +811,7 @@ impl Supervisor {
             at: now,
             reason,
         });
+        self.transitions = true;
         self.data = true;
         self.refresh_agent(&key.agent, now);
     }
