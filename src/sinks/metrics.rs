@@ -191,7 +191,7 @@ impl Metrics {
 
     /// The whole `/metrics` body.
     pub fn render(&self, snap: &Snapshot) -> String {
-        let mut out = String::with_capacity(4096 + snap.agents.len() * 400);
+        let mut out = String::with_capacity(4096 + snap.agents.len() * 900);
         let mut buf = Vec::new();
         // The text encoder only fails on a broken writer; a Vec is not one.
         if TextEncoder::new()
@@ -214,6 +214,10 @@ impl Metrics {
 
 /// Escape a label value per the text exposition format.
 fn escape(v: &str, out: &mut String) {
+    if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        out.push_str(v);
+        return;
+    }
     for c in v.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -244,7 +248,13 @@ fn series(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
         out.push('"');
     }
     out.push_str("} ");
-    let _ = writeln!(out, "{value}");
+    if value == 0.0 {
+        out.push_str("0\n");
+    } else if value == 1.0 {
+        out.push_str("1\n");
+    } else {
+        let _ = writeln!(out, "{value}");
+    }
 }
 
 /// Per-agent families, for at most `max` agents (non-healthy first).

@@ -33,6 +33,7 @@
 //! `postgres` run as the `postgres` OS user (or `nobody` where that user does
 //! not exist), switched to in the child with `setgid`/`setuid`, and the
 //! cluster's temporary directory is handed to that user.
+// Not every test binary uses every helper.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;

@@ -46,9 +46,11 @@ fn dropping_a_private_redis_stops_it() {
     let port = redis.port;
     redis_ping(&redis.url).expect("Redis answers PING");
     drop(redis);
-    wait_until_sync("a dropped Redis refuses connections", Duration::from_secs(10), || {
-        connect_error(port) == Some(io::ErrorKind::ConnectionRefused)
-    });
+    wait_until_sync(
+        "a dropped Redis refuses connections",
+        Duration::from_secs(10),
+        || connect_error(port) == Some(io::ErrorKind::ConnectionRefused),
+    );
 }
 
 #[test]
@@ -99,8 +101,14 @@ async fn shared_postgres_gives_each_test_its_own_database() {
     let first_name = current_database(&first).await;
     let second_name = current_database(&second).await;
     assert_ne!(first_name, second_name);
-    assert!(first.ends_with(&format!("/{first_name}")), "{first} vs {first_name}");
-    assert!(second.ends_with(&format!("/{second_name}")), "{second} vs {second_name}");
+    assert!(
+        first.ends_with(&format!("/{first_name}")),
+        "{first} vs {first_name}"
+    );
+    assert!(
+        second.ends_with(&format!("/{second_name}")),
+        "{second} vs {second_name}"
+    );
 }
 
 #[tokio::test]
@@ -117,7 +125,11 @@ async fn private_postgres_stops_and_restarts_on_the_same_port() {
     );
 
     pg.restart();
-    assert_eq!(current_database(&url).await, name, "the database survives a restart");
+    assert_eq!(
+        current_database(&url).await,
+        name,
+        "the database survives a restart"
+    );
 }
 
 #[tokio::test]

@@ -93,7 +93,11 @@ async fn stopped_agent_is_stale_within_a_second_of_its_deadline_despite_a_5s_sca
         tokio::task::yield_now().await;
     }
     let now = Utc::now();
-    assert!(now >= deadline, "stale {} before its deadline", deadline - now);
+    assert!(
+        now >= deadline,
+        "stale {} before its deadline",
+        deadline - now
+    );
     assert!(
         now - deadline < TimeDelta::milliseconds(1000),
         "stale {} after its deadline",
@@ -132,7 +136,10 @@ async fn agent_writing_every_2s_with_3s_threshold_is_never_stale_over_30s() {
     writer.abort();
     let m = app.scrape().await;
     assert_eq!(
-        sample(&m, r#"agent_supervisor_transitions_total{from="healthy",to="stale"}"#),
+        sample(
+            &m,
+            r#"agent_supervisor_transitions_total{from="healthy",to="stale"}"#
+        ),
         None,
         "a live agent was reported stale"
     );
@@ -177,10 +184,16 @@ async fn redis_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
     never_stale_until(&app, "dead", Instant::now() + Duration::from_secs(5)).await;
     assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
     let m = app.scrape().await;
-    assert_eq!(sample(&m, r#"agent_supervisor_source_up{source="redis"}"#), Some(0.0));
+    assert_eq!(
+        sample(&m, r#"agent_supervisor_source_up{source="redis"}"#),
+        Some(0.0)
+    );
     assert!(
-        sample(&m, r#"agent_supervisor_source_errors_total{source="redis",kind="connection_refused"}"#)
-            .unwrap_or(0.0)
+        sample(
+            &m,
+            r#"agent_supervisor_source_errors_total{source="redis",kind="connection_refused"}"#
+        )
+        .unwrap_or(0.0)
             >= 1.0
     );
 
