@@ -11,3 +11,54 @@ pub use model::*;
 pub use policy::{AgentRule, Defaults, Labels, Policy};
 pub use snapshot::{Persisted, Snapshot};
 pub use supervisor::{Dirty, SourceKind, Supervisor};
+
+#[cfg(test)]
+mod tests {
+    /// The core stays pure: no I/O crate may creep in.
+    #[test]
+    fn core_imports_no_io_crate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+        let mut stack = vec![dir];
+        let mut files = 0;
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                files += 1;
+                let full = std::fs::read_to_string(&path).unwrap();
+                // Test modules may do what they like.
+                let text = full.split("#[cfg(test)]").next().unwrap_or_default();
+                for krate in [
+                    "tokio",
+                    "fred",
+                    "sqlx",
+                    "axum",
+                    "reqwest",
+                    "hyper",
+                    "std::fs",
+                    "std::net",
+                    "std::io",
+                    "std::thread",
+                    "std::process",
+                    "prometheus",
+                    "tracing",
+                ] {
+                    let uses = text.lines().any(|l| {
+                        let l = l.trim_start();
+                        (l.starts_with("use ") || l.contains(" use ")) && l.contains(krate)
+                            || l.contains(&format!("{krate}::"))
+                    });
+                    assert!(
+                        !uses || path.ends_with("tests.rs"),
+                        "{} uses {krate}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        assert!(files >= 5);
+    }
+}
