@@ -191,7 +191,7 @@ async fn redis_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
     assert!(
         sample(
             &m,
-            r#"agent_supervisor_source_errors_total{source="redis",kind="connection_refused"}"#
+            r#"agent_supervisor_source_errors_total{kind="connection_refused",source="redis"}"#
         )
         .unwrap_or(0.0)
             >= 1.0
