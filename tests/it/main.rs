@@ -5,5 +5,6 @@ mod cli;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 mod harness;
 mod harness_smoke;
-mod support;
 mod redis_e2e;
+mod redis_source;
+mod support;
