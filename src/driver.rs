@@ -210,11 +210,11 @@ impl Driver {
                 let from = from.map(State::as_str).unwrap_or("new");
                 if to.is_alerting() {
                     log(
-                        &|| warn!(agent = %agent, from, to = %to, reason = %reason, "Agent is not healthy."),
+                        &|| warn!(agent = %agent, from = %from, to = %to, reason = %reason, "Agent is not healthy."),
                     );
                 } else {
                     log(
-                        &|| info!(agent = %agent, from, to = %to, reason = %reason, "Agent state changed."),
+                        &|| info!(agent = %agent, from = %from, to = %to, reason = %reason, "Agent state changed."),
                     );
                 }
             }
