@@ -6,7 +6,7 @@
 //!
 //! One fred client per source, started by [`RedisSource::connect`] without
 //! waiting for Redis: the first connection follows the same reconnect policy
-//! (exponential, 100 ms → 10 s, with jitter, forever) as every later one, so
+//! (exponential, 100 ms → the scan interval within 1–10 s, with jitter, forever) as every later one, so
 //! the sidecar starts whether or not Redis is up. Every command carries a
 //! timeout (`timeout:` of the source) and fails fast while the client is not
 //! connected instead of queueing until Redis returns.
@@ -69,11 +69,12 @@ use super::{PollSource, ScanSink, SourceError};
 
 const SYSTEM: &str = "redis";
 
-/// Reconnect delays: 100 ms doubling up to 10 s, plus up to 200 ms of jitter,
-/// forever.
+/// Reconnect delays: 100 ms doubling up to the scan interval (clamped to
+/// 1–10 s, so a returning Redis is noticed within about one interval), plus
+/// up to a fifth of that as jitter (many sidecars must not reconnect in
+/// lock-step), forever.
 const RECONNECT_MIN_MS: u32 = 100;
 const RECONNECT_MAX_MS: u32 = 10_000;
-const RECONNECT_JITTER_MS: u32 = 200;
 
 /// How often a read waiting for the connection re-checks the client's state
 /// (connection events wake it earlier).
@@ -208,8 +209,11 @@ impl RedisSource {
         config.fail_fast = false;
 
         let timeout = cfg.timeout;
-        let mut policy = ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, RECONNECT_MAX_MS, 2);
-        policy.set_jitter(RECONNECT_JITTER_MS);
+        let max_ms = u32::try_from(cfg.interval.as_millis())
+            .unwrap_or(RECONNECT_MAX_MS)
+            .clamp(1_000, RECONNECT_MAX_MS);
+        let mut policy = ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, max_ms, 2);
+        policy.set_jitter(max_ms / 5);
         let mut builder = Builder::from_config(config);
         builder
             .with_connection_config(|c| {
