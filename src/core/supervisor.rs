@@ -90,6 +90,26 @@ struct Check {
     observed_at: Timestamp,
 }
 
+impl Check {
+    fn new(state: State, since: Timestamp, stale_after: TimeDelta, now: Timestamp) -> Self {
+        Check {
+            state,
+            since,
+            reason: String::new(),
+            last_seen: None,
+            raw_last_seen: None,
+            status: None,
+            absent: false,
+            invalid: None,
+            stale_after,
+            confirming: None,
+            queued: None,
+            seen_gen: u64::MAX,
+            observed_at: now,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Agent {
     state: State,
@@ -198,19 +218,10 @@ impl Supervisor {
             self.checks.insert(
                 key,
                 Check {
-                    state: pc.state,
-                    since: pc.since,
                     reason: pc.reason,
                     last_seen: pc.last_seen,
                     raw_last_seen: pc.raw_last_seen,
-                    status: None,
-                    absent: false,
-                    invalid: None,
-                    stale_after,
-                    confirming: None,
-                    queued: None,
-                    seen_gen: u64::MAX,
-                    observed_at: now,
+                    ..Check::new(pc.state, pc.since, stale_after, now)
                 },
             );
             if let Some(agent) = self.agents.get_mut(&pc.agent) {
@@ -564,21 +575,7 @@ impl Supervisor {
             let stale_after = delta(self.policy.stale_after(&key.agent, source));
             self.checks.insert(
                 key.clone(),
-                Check {
-                    state: State::Unknown,
-                    since: now,
-                    reason: String::new(),
-                    last_seen: None,
-                    raw_last_seen: None,
-                    status: None,
-                    absent: false,
-                    invalid: None,
-                    stale_after,
-                    confirming: None,
-                    queued: None,
-                    seen_gen: u64::MAX,
-                    observed_at: now,
-                },
+                Check::new(State::Unknown, now, stale_after, now),
             );
             if let Some(agent) = self.agents.get_mut(&key.agent) {
                 agent.sources.insert(source.clone());
