@@ -23,6 +23,7 @@ use crate::http::{HttpState, router};
 use crate::liveness::Liveness;
 use crate::sinks::metrics::Metrics;
 use crate::sinks::state::FileStore;
+use crate::sources::postgres::PostgresSource;
 use crate::sources::push::PushState;
 use crate::sources::redis::RedisSource;
 use crate::sources::{SourceCtx, run_polled};
@@ -44,6 +45,7 @@ impl Default for AppOptions {
 /// A source read periodically, by system.
 pub enum Polled {
     Redis(Arc<RedisSource>),
+    Postgres(Arc<PostgresSource>),
 }
 
 impl Polled {
@@ -58,6 +60,10 @@ impl Polled {
                 RedisSource::new(id.clone(), c, clock.clone())
                     .with_context(|| format!("source {id}"))?,
             ))),
+            SourceKindConfig::Postgres(c) => Some(Polled::Postgres(Arc::new(
+                PostgresSource::new(id.clone(), c, clock.clone())
+                    .with_context(|| format!("source {id}"))?,
+            ))),
             SourceKindConfig::Push(_) => None,
         })
     }
@@ -66,6 +72,7 @@ impl Polled {
         use crate::sources::PollSource;
         match self {
             Polled::Redis(s) => s.interval(),
+            Polled::Postgres(s) => s.interval(),
         }
     }
 }
@@ -256,6 +263,17 @@ impl App {
                         Box::pin(async move {
                             run_polled(r, ctx, confirms, c).await;
                             r2.disconnect().await;
+                        }),
+                    );
+                }
+                Polled::Postgres(p) => {
+                    p.connect();
+                    let p2 = p.clone();
+                    spawn(
+                        format!("source:{id}"),
+                        Box::pin(async move {
+                            run_polled(p, ctx, confirms, c).await;
+                            p2.disconnect().await;
                         }),
                     );
                 }

@@ -10,7 +10,7 @@
 //! - [`core`]: the pure decisions. The [`core::Supervisor`] owns every agent,
 //!   check and source state; it takes `now` as an argument and imports no I/O
 //!   crate.
-//! - [`sources`]: one file per external system (`redis`, `push`); they read
+//! - [`sources`]: one file per external system (`redis`, `postgres`, `push`); they read
 //!   and translate into observations, never decide.
 //! - [`driver`]: the single task that owns the supervisor, wakes it at its
 //!   next deadline and hands its output to the sinks.

@@ -51,11 +51,18 @@ pub async fn scan(config: &Config, timeout: Duration) -> anyhow::Result<Snapshot
                         r.disconnect().await;
                         out
                     }
+                    Polled::Postgres(p) => {
+                        p.connect();
+                        let out = scan_once(&**p, &ctx).await;
+                        p.disconnect().await;
+                        out
+                    }
                 }
             };
             if tokio::time::timeout(timeout, read).await.is_err() {
                 let system = match &src {
                     Polled::Redis(r) => r.system(),
+                    Polled::Postgres(p) => p.system(),
                 };
                 let _ = ctx
                     .tx

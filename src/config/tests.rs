@@ -200,3 +200,97 @@ fn duplicate_source_names_and_two_push_sources_are_rejected() {
     let paths: Vec<&str> = got.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(paths, vec!["sources[1].name", "sources[1].type"]);
 }
+
+#[test]
+fn postgres_query_and_table_forms_parse_with_defaults() {
+    let c = parse_ok(
+        r#"
+sources:
+  - {name: q, type: postgres, url: "postgres://u:pw@db:5432/app?sslmode=require",
+     query: "select agent_id, last_seen_active from agent_heartbeats;  "}
+  - name: t
+    type: postgres
+    url: "postgresql://u@db:6543/postgres"
+    interval: 30s
+    timeout: 2s
+    max_connections: 3
+    page_size: 100
+    table: public.agent_state
+    id_column: agent_id
+    timestamp_column: updated_at
+    status_column: status
+    where: "kind = 'trading'"
+"#,
+    );
+    let SourceKindConfig::Postgres(q) = &c.sources[0].kind else {
+        panic!()
+    };
+    assert_eq!(c.sources[0].kind.type_name(), "postgres");
+    assert_eq!(q.interval, Duration::from_secs(10));
+    assert_eq!(q.timeout, Duration::from_secs(5));
+    assert_eq!(q.max_connections, 2);
+    assert_eq!(q.page_size.get(), 5000);
+    assert_eq!(q.tls_ca_file, None);
+    assert_eq!(
+        q.read,
+        PostgresRead::Query("select agent_id, last_seen_active from agent_heartbeats".into())
+    );
+    let SourceKindConfig::Postgres(t) = &c.sources[1].kind else {
+        panic!()
+    };
+    assert_eq!(t.interval, Duration::from_secs(30));
+    assert_eq!(t.timeout, Duration::from_secs(2));
+    assert_eq!(t.max_connections, 3);
+    assert_eq!(t.page_size.get(), 100);
+    assert_eq!(
+        t.read,
+        PostgresRead::Table(PostgresTable {
+            schema: Some("public".into()),
+            table: "agent_state".into(),
+            id_column: "agent_id".into(),
+            timestamp_column: "updated_at".into(),
+            status_column: Some("status".into()),
+            filter: Some("kind = 'trading'".into()),
+        })
+    );
+}
+
+#[test]
+fn postgres_problems_are_all_reported_with_their_paths_and_no_password() {
+    let text = r#"
+sources:
+  - {name: a, type: postgres, url: "mysql://u:hunter2@db/x", query: "select 1, now()"}
+  - {name: b, type: postgres, url: "postgres://u:hunter2@db/x",
+     query: "select 1, now()", table: t, id_column: id, timestamp_column: ts}
+  - {name: c, type: postgres, url: "postgres://u:hunter2@db/x"}
+  - {name: d, type: postgres, url: "postgres://u:hunter2@db/x", table: "a.b.c",
+     timestamp_column: ts, max_connections: 11, page_size: 0}
+  - {name: e, type: postgres, url: "postgres://u:hunter2@db/x", query: "select 1, now()",
+     id_column: id, tls_ca_file: /nonexistent/ca.pem}
+  - {name: f, type: postgres, url: "postgres://u:hunter2@db/x?sslmode=sometimes",
+     query: "select 1, now()"}
+"#;
+    let got = problems(text, &no_env);
+    let paths: Vec<&str> = got.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "sources[0].url",
+            "sources[1].table",
+            "sources[2].query",
+            "sources[3].max_connections",
+            "sources[3].page_size",
+            "sources[3].table",
+            "sources[3].id_column",
+            "sources[4].tls_ca_file",
+            "sources[4].id_column",
+            "sources[5].url",
+        ],
+        "{got:?}"
+    );
+    let all = format!("{got:?}");
+    assert!(!all.contains("hunter2"), "{all}");
+    assert!(got[0].message.contains("postgres://"), "{}", got[0]);
+    assert!(got[2].message.contains("`table`"), "{}", got[2]);
+    assert!(got[9].message.contains("\"sometimes\""), "{}", got[9]);
+}

@@ -35,6 +35,12 @@ pub const MAX_AGENT_ID: usize = 256;
 
 const HEALTHY_WORDS: [&str; 7] = ["ok", "healthy", "active", "up", "running", "true", "pass"];
 
+/// Whether a reported status word means healthy (case and surrounding
+/// blanks ignored); shared by every source that reads a status.
+pub fn is_healthy_word(word: &str) -> bool {
+    HEALTHY_WORDS.contains(&word.trim().to_ascii_lowercase().as_str())
+}
+
 /// Shared by the push handler.
 #[derive(Clone)]
 pub struct PushState {
@@ -83,9 +89,7 @@ pub fn valid_agent_id(id: &str) -> bool {
 fn status_of(v: &serde_json::Value, detail: Option<String>) -> Option<Status> {
     let healthy = match v {
         serde_json::Value::Bool(b) => *b,
-        serde_json::Value::String(s) => {
-            HEALTHY_WORDS.contains(&s.trim().to_ascii_lowercase().as_str())
-        }
+        serde_json::Value::String(s) => is_healthy_word(s),
         _ => return None,
     };
     let word = match v {

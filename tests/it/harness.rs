@@ -487,7 +487,20 @@ struct Cluster {
     dir: TempDir,
     data: PathBuf,
     log: PathBuf,
+    /// Extra `-c name=value` settings.
+    settings: Vec<String>,
     postmaster: Mutex<Option<Child>>,
+}
+
+/// What [`PostgresServer::start_with`] changes in a private cluster.
+#[derive(Default, Clone)]
+pub struct PostgresSetup {
+    /// `name=value` server settings (`ssl=on`).
+    pub settings: Vec<String>,
+    /// The whole `pg_hba.conf`, replacing initdb's (trust for everyone).
+    pub hba: Option<String>,
+    /// Files written into the data directory: name, contents, mode.
+    pub files: Vec<(String, Vec<u8>, u32)>,
 }
 
 /// The PostgreSQL server shared by the whole test process: the one at
@@ -523,6 +536,13 @@ impl PostgresServer {
     /// starts a postmaster for it on a free 127.0.0.1 port (trust auth,
     /// superuser `postgres`, fsync off). The cluster is deleted on drop.
     pub fn start() -> PostgresServer {
+        PostgresServer::start_with(&PostgresSetup::default())
+    }
+
+    /// Like [`PostgresServer::start`], with extra server settings, a
+    /// `pg_hba.conf` of its own and files placed in the data directory (owned
+    /// by the server's OS user, e.g. a TLS key), all before the first start.
+    pub fn start_with(setup: &PostgresSetup) -> PostgresServer {
         let bin_dir = postgres_bin_dir();
         let run_as = postgres_os_user();
         let dir = temp_dir("pg");
@@ -537,12 +557,33 @@ impl PostgresServer {
         let data = dir.path().join("data");
         let log = dir.path().join("postgres.log");
         run_initdb(&bin_dir, run_as, dir.path(), &data);
+        let mut files: Vec<(&str, &[u8], u32)> = setup
+            .files
+            .iter()
+            .map(|(n, b, m)| (n.as_str(), b.as_slice(), *m))
+            .collect();
+        if let Some(hba) = &setup.hba {
+            files.push(("pg_hba.conf", hba.as_bytes(), 0o600));
+        }
+        for (name, bytes, mode) in files {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = data.join(name);
+            fs::write(&path, bytes)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+            if let Some((uid, gid)) = run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .unwrap_or_else(|e| panic!("cannot chown {}: {e}", path.display()));
+            }
+        }
         let cluster = Cluster {
             bin_dir,
             run_as,
             dir,
             data,
             log,
+            settings: setup.settings.clone(),
             postmaster: Mutex::new(None),
         };
         let mut taken = Vec::new();
@@ -665,6 +706,7 @@ impl Cluster {
             .args(["-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off"])
             .args(["-c", "max_connections=200"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .current_dir(self.dir.path())
             .stdin(Stdio::null());
         as_user(&mut cmd, self.run_as);

@@ -1,0 +1,910 @@
+//! The PostgreSQL source against a real PostgreSQL: every column type, the
+//! query and table forms, NULL times, statuses, 100k rows, point reads,
+//! outages, authentication, missing tables and columns, read-only reads,
+//! statement timeouts, a transaction-mode PgBouncer and TLS.
+//!
+//! Each test works in a database of its own. The source is driven directly
+//! (`scan_once` / `confirm_once` with an mpsc channel drained concurrently).
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_supervisor::clock::Clock;
+use agent_supervisor::config::{PostgresConfig, PostgresRead, PostgresTable, SecretUrl};
+use agent_supervisor::core::{AgentId, ErrorKind, Observation, Reading, SourceId, Timestamp};
+use agent_supervisor::liveness::Liveness;
+use agent_supervisor::sinks::metrics::Metrics;
+use agent_supervisor::sources::postgres::PostgresSource;
+use agent_supervisor::sources::{PollSource, SourceCtx, SourceError, confirm_once, scan_once};
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::Connection as _;
+use tokio::sync::mpsc;
+
+use crate::harness::{PostgresServer, PostgresSetup, shared_postgres, wait_until};
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn config(url: &str, read: PostgresRead) -> PostgresConfig {
+    PostgresConfig {
+        url: SecretUrl::parse(url).expect("test URL"),
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(3),
+        max_connections: 2,
+        page_size: NonZeroUsize::new(5000).expect("non-zero"),
+        tls_ca_file: None,
+        read,
+    }
+}
+
+fn query(sql: &str) -> PostgresRead {
+    PostgresRead::Query(sql.into())
+}
+
+fn table(name: &str, id: &str, ts: &str, status: Option<&str>) -> PostgresRead {
+    let (schema, table) = match name.split_once('.') {
+        Some((s, t)) => (Some(s.to_string()), t.to_string()),
+        None => (None, name.to_string()),
+    };
+    PostgresRead::Table(PostgresTable {
+        schema,
+        table,
+        id_column: id.into(),
+        timestamp_column: ts.into(),
+        status_column: status.map(str::to_string),
+        filter: None,
+    })
+}
+
+fn source(cfg: &PostgresConfig) -> PostgresSource {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let src = PostgresSource::new(SourceId::from("pg"), cfg, Clock::System).expect("source builds");
+    src.connect();
+    src
+}
+
+fn ctx(tx: mpsc::Sender<Observation>) -> SourceCtx {
+    SourceCtx {
+        id: SourceId::from("pg"),
+        tx,
+        metrics: Arc::new(Metrics::new(0).expect("metrics")),
+        clock: Clock::System,
+        liveness: Liveness::default(),
+    }
+}
+
+#[derive(Debug)]
+struct Scanned {
+    readings: Vec<Reading>,
+    batches: usize,
+}
+
+impl Scanned {
+    fn by_agent(&self) -> BTreeMap<String, Reading> {
+        let mut out = BTreeMap::new();
+        for r in &self.readings {
+            let prev = out.insert(r.agent().to_string(), r.clone());
+            assert!(prev.is_none(), "agent {} delivered twice", r.agent());
+        }
+        out
+    }
+}
+
+/// One full scan through `scan_once`, the (small) channel drained
+/// concurrently; checks that what it returns agrees with what it sent.
+async fn scan(src: &PostgresSource) -> Result<Scanned, SourceError> {
+    let (tx, mut rx) = mpsc::channel(4);
+    let ctx = ctx(tx);
+    let collect = async {
+        let mut readings = Vec::new();
+        let mut batches = 0;
+        loop {
+            match rx.recv().await.expect("scan_once ends with a verdict") {
+                Observation::Batch { readings: r, .. } => {
+                    batches += 1;
+                    readings.extend(r);
+                }
+                Observation::ScanComplete { checks_seen, .. } => {
+                    assert_eq!(checks_seen, readings.len());
+                    return Ok(Scanned { readings, batches });
+                }
+                Observation::SourceError { error, .. } => return Err(error),
+                other => panic!("unexpected observation {other:?}"),
+            }
+        }
+    };
+    let (result, observed) = tokio::join!(scan_once(src, &ctx), collect);
+    match (result, observed) {
+        (Ok(n), Ok(scanned)) => {
+            assert_eq!(n, scanned.readings.len());
+            Ok(scanned)
+        }
+        (Err(e), Err(failure)) => {
+            assert_eq!(failure.kind, e.kind);
+            assert_eq!(failure.message, e.to_string());
+            Err(e)
+        }
+        (r, o) => panic!("scan_once returned {r:?} but sent {o:?}"),
+    }
+}
+
+async fn point(src: &PostgresSource, agents: &[&str]) -> Result<Vec<Reading>, SourceError> {
+    let agents: Vec<AgentId> = agents.iter().map(|a| AgentId::from(*a)).collect();
+    let (tx, mut rx) = mpsc::channel(4);
+    let ctx = ctx(tx);
+    let result = confirm_once(src, &ctx, &agents).await;
+    match rx.recv().await.expect("confirm_once reports") {
+        Observation::Confirmed { readings, .. } => {
+            assert!(result.is_ok());
+            assert_eq!(readings.len(), agents.len(), "one reading per agent");
+            for (r, a) in readings.iter().zip(&agents) {
+                assert_eq!(r.agent(), a, "readings in the order asked");
+            }
+            Ok(readings)
+        }
+        Observation::SourceError { error, .. } => {
+            let e = result.expect_err("an error was reported");
+            assert_eq!(error.kind, e.kind);
+            Err(e)
+        }
+        other => panic!("unexpected observation {other:?}"),
+    }
+}
+
+/// Run SQL (several statements allowed) as the test's writer.
+async fn exec(url: &str, sql: &str) {
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let _ = conn.close().await;
+}
+
+async fn count(url: &str, sql: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let _ = conn.close().await;
+    n
+}
+
+async fn database(test: &str) -> String {
+    shared_postgres().create_database(test).await
+}
+
+/// A time with whole microseconds (what PostgreSQL stores).
+fn base_time() -> Timestamp {
+    DateTime::parse_from_rfc3339("2026-11-27T21:00:00.123456Z")
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+fn offset_of(src: &PostgresSource) -> TimeDelta {
+    let secs = src.clock_offset_seconds().expect("offset measured");
+    TimeDelta::microseconds((secs * 1e6).round() as i64)
+}
+
+/// A heartbeat stored at `stored` on the database's clock.
+fn assert_heartbeat(r: Option<&Reading>, stored: Timestamp, offset: TimeDelta, what: &str) {
+    match r {
+        Some(Reading::Heartbeat { last_seen, .. }) => {
+            let want = stored - offset;
+            let diff = (*last_seen - want)
+                .num_microseconds()
+                .unwrap_or(i64::MAX)
+                .abs();
+            assert!(diff <= 2, "{what}: got {last_seen}, want {want}");
+        }
+        other => panic!("{what}: expected a heartbeat, got {other:?}"),
+    }
+}
+
+fn assert_invalid(r: Option<&Reading>, reason_contains: &str, what: &str) {
+    match r {
+        Some(Reading::Invalid { reason, .. }) => {
+            assert!(
+                reason.contains(reason_contains),
+                "{what}: reason {reason:?}"
+            )
+        }
+        other => panic!("{what}: expected invalid, got {other:?}"),
+    }
+}
+
+fn status_of(r: Option<&Reading>) -> Option<(bool, String)> {
+    match r {
+        Some(Reading::Heartbeat { status, .. }) => {
+            status.as_ref().map(|s| (s.healthy, s.detail.clone()))
+        }
+        other => panic!("expected a heartbeat, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Column types and forms
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn every_column_type_is_read_in_the_query_form() {
+    let url = database("pg_types").await;
+    let t = base_time();
+    let s = t.timestamp();
+    let ms = t.timestamp_millis();
+    let us = t.timestamp_micros();
+    exec(
+        &url,
+        &format!(
+            "CREATE TABLE hb (id text, tz timestamptz, naive timestamp, s bigint, ms bigint,
+                us bigint, i4 integer, f double precision, n numeric, iso text, naive_iso text,
+                j jsonb);
+             INSERT INTO hb VALUES ('a', '{tz}', '{naive}', {s}, {ms}, {us}, {s}, {f}, {f},
+                '{tz}', '{naive_iso}', '{{\"last_seen\": {s}}}');",
+            tz = t.to_rfc3339(),
+            naive = t.naive_utc(),
+            naive_iso = t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f"),
+            f = us as f64 / 1e6,
+        ),
+    )
+    .await;
+    let whole = DateTime::from_timestamp(s, 0).expect("seconds");
+    let millis = DateTime::from_timestamp_millis(ms).expect("millis");
+    let cases = [
+        ("tz", t),
+        ("naive", t),
+        ("s", whole),
+        ("ms", millis),
+        ("us", t),
+        ("i4", whole),
+        ("f", t),
+        ("n", t),
+        ("iso", t),
+        ("naive_iso", t),
+        ("j", whole),
+    ];
+    for (column, want) in cases {
+        let src = source(&config(
+            &url,
+            query(&format!("select id, {column} from hb")),
+        ));
+        let scanned = scan(&src).await.unwrap_or_else(|e| panic!("{column}: {e}"));
+        assert_eq!(scanned.readings.len(), 1, "{column}");
+        let by = scanned.by_agent();
+        if column == "f" {
+            // A double holds micro-seconds of a 2026 epoch only approximately.
+            match by.get("a") {
+                Some(Reading::Heartbeat { last_seen, .. }) => {
+                    let diff = (*last_seen - (t - offset_of(&src))).num_microseconds();
+                    assert!(diff.is_some_and(|d| d.abs() < 10), "{column}: {last_seen}");
+                }
+                other => panic!("{column}: {other:?}"),
+            }
+            continue;
+        }
+        assert_heartbeat(by.get("a"), want, offset_of(&src), column);
+    }
+}
+
+#[tokio::test]
+async fn ids_may_be_integers_or_uuids_and_extra_columns_carry_status_and_details() {
+    let url = database("pg_ids").await;
+    exec(
+        &url,
+        "CREATE TABLE hb (n integer, u uuid, ts timestamptz, status text, details jsonb);
+         INSERT INTO hb VALUES
+           (7, '00010203-0405-0607-0809-0a0b0c0d0e0f', now(), 'Active', '{\"k\": 1}'),
+           (8, 'ffffffff-0405-0607-0809-0a0b0c0d0e0f', now(), 'error', NULL),
+           (9, '11111111-0405-0607-0809-0a0b0c0d0e0f', now(), NULL, NULL);",
+    )
+    .await;
+    let src = source(&config(
+        &url,
+        query("select n, ts, status, details from hb"),
+    ));
+    let by = scan(&src).await.expect("scan").by_agent();
+    assert_eq!(by.len(), 3);
+    assert_eq!(
+        status_of(by.get("7")),
+        Some((true, "Active: {\"k\": 1}".into()))
+    );
+    assert_eq!(status_of(by.get("8")), Some((false, "error".into())));
+    assert_eq!(status_of(by.get("9")), None);
+
+    let src = source(&config(
+        &url,
+        query("select u, ts, status = 'Active' from hb"),
+    ));
+    let by = scan(&src).await.expect("scan").by_agent();
+    assert_eq!(
+        status_of(by.get("00010203-0405-0607-0809-0a0b0c0d0e0f")),
+        Some((true, "true".into()))
+    );
+    assert_eq!(
+        status_of(by.get("ffffffff-0405-0607-0809-0a0b0c0d0e0f")),
+        Some((false, "false".into()))
+    );
+    let got = point(&src, &["11111111-0405-0607-0809-0a0b0c0d0e0f", "nope"])
+        .await
+        .expect("point read");
+    assert!(
+        matches!(got[0], Reading::Heartbeat { status: None, .. }),
+        "{got:?}"
+    );
+    assert!(matches!(got[1], Reading::Absent { .. }), "{got:?}");
+}
+
+#[tokio::test]
+async fn null_and_bad_times_are_invalid_and_the_other_rows_still_read() {
+    let url = database("pg_nulls").await;
+    exec(
+        &url,
+        "CREATE TABLE hb (id text, ts text);
+         INSERT INTO hb VALUES ('good1', '2026-11-27T21:00:00Z'), ('null', NULL),
+           ('bad', 'yesterday'), ('good2', '1795813200'), (NULL, '1795813200');",
+    )
+    .await;
+    for read in [
+        query("select id, ts from hb"),
+        table("hb", "id", "ts", None),
+    ] {
+        let src = source(&config(&url, read.clone()));
+        let by = scan(&src).await.expect("scan").by_agent();
+        assert_eq!(by.len(), 4, "{read:?}: the NULL id is skipped: {by:?}");
+        let want = DateTime::from_timestamp(1_795_813_200, 0).expect("t");
+        assert_heartbeat(by.get("good1"), want, offset_of(&src), "good1");
+        assert_heartbeat(by.get("good2"), want, offset_of(&src), "good2");
+        assert_invalid(by.get("null"), "NULL", "null");
+        assert_invalid(by.get("bad"), "yesterday", "bad");
+    }
+}
+
+#[tokio::test]
+async fn table_form_quotes_names_reads_status_and_applies_where() {
+    let url = database("pg_table").await;
+    exec(
+        &url,
+        r#"CREATE SCHEMA "Ops";
+           CREATE TABLE "Ops"."Agent ""State""" ("Agent Id" text PRIMARY KEY,
+             updated_at timestamptz, status text, kind text);
+           INSERT INTO "Ops"."Agent ""State""" VALUES
+             ('trading_coordinator', now(), 'running', 'trading'),
+             ('market_analyst', now() - interval '1 hour', 'error', 'trading'),
+             ('other', now(), 'ok', 'research');"#,
+    )
+    .await;
+    let mut cfg = config(
+        &url,
+        table(
+            "Ops.Agent \"State\"",
+            "Agent Id",
+            "updated_at",
+            Some("status"),
+        ),
+    );
+    if let PostgresRead::Table(t) = &mut cfg.read {
+        t.filter = Some("kind = 'trading'".into());
+    }
+    let src = source(&cfg);
+    let by = scan(&src).await.expect("scan").by_agent();
+    assert_eq!(
+        by.keys().collect::<Vec<_>>(),
+        vec!["market_analyst", "trading_coordinator"]
+    );
+    assert_eq!(
+        status_of(by.get("trading_coordinator")),
+        Some((true, "running".into()))
+    );
+    assert_eq!(
+        status_of(by.get("market_analyst")),
+        Some((false, "error".into()))
+    );
+    // The filter applies to point reads too.
+    let got = point(&src, &["other", "market_analyst"])
+        .await
+        .expect("point");
+    assert!(matches!(got[0], Reading::Absent { .. }), "{got:?}");
+    assert!(matches!(got[1], Reading::Heartbeat { .. }), "{got:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Scale, point reads
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_hundred_thousand_rows_are_read_in_one_scan_page_by_page_without_duplicates() {
+    let url = database("pg_100k").await;
+    exec(
+        &url,
+        "CREATE TABLE hb (agent_id text PRIMARY KEY, last_seen timestamptz NOT NULL);
+         INSERT INTO hb SELECT 'agent-' || g, now() FROM generate_series(1, 100000) g;",
+    )
+    .await;
+    for read in [
+        table("hb", "agent_id", "last_seen", None),
+        query("select agent_id, last_seen from hb"),
+    ] {
+        let src = source(&config(&url, read.clone()));
+        let began = Instant::now();
+        let scanned = scan(&src).await.expect("scan");
+        let by = scanned.by_agent();
+        assert_eq!(by.len(), 100_000, "{read:?}");
+        assert!(
+            scanned.batches >= 20,
+            "{read:?}: pages of 5000 expected, got {} batches",
+            scanned.batches
+        );
+        assert!(
+            by.values().all(|r| matches!(r, Reading::Heartbeat { .. })),
+            "{read:?}"
+        );
+        eprintln!("{read:?}: 100k rows in {:?}", began.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn point_reads_give_one_reading_per_agent_in_both_forms() {
+    let url = database("pg_point").await;
+    exec(
+        &url,
+        "CREATE TABLE hb (agent_id text PRIMARY KEY, last_seen timestamptz);
+         INSERT INTO hb VALUES ('a', '2026-11-27T21:00:00Z'), ('b', NULL), ('c', now());",
+    )
+    .await;
+    let want = DateTime::parse_from_rfc3339("2026-11-27T21:00:00Z")
+        .expect("t")
+        .with_timezone(&Utc);
+    for read in [
+        table("hb", "agent_id", "last_seen", None),
+        query("select agent_id, last_seen from hb"),
+    ] {
+        let mut cfg = config(&url, read.clone());
+        // Point reads are chunked by page size.
+        cfg.page_size = NonZeroUsize::new(2).expect("non-zero");
+        let src = source(&cfg);
+        let got = point(&src, &["a", "gone", "b", "a"]).await.expect("point");
+        assert_heartbeat(Some(&got[0]), want, offset_of(&src), "a");
+        assert!(matches!(got[1], Reading::Absent { .. }), "{got:?}");
+        assert_invalid(Some(&got[2]), "NULL", "b");
+        assert_eq!(got[3], got[0]);
+        assert!(point(&src, &[]).await.expect("empty").is_empty());
+        // A scan and a point read agree.
+        let by = scan(&src).await.expect("scan").by_agent();
+        assert_eq!(by.len(), 3, "{read:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Failures
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn postgres_down_is_connection_refused_at_once_and_a_restart_recovers() {
+    let mut server = PostgresServer::start();
+    let url = server.create_database("pg_down").await;
+    exec(
+        &url,
+        "CREATE TABLE hb (agent_id text, last_seen timestamptz);
+         INSERT INTO hb VALUES ('a', now());",
+    )
+    .await;
+    exec(&url, "CHECKPOINT").await;
+    // (CHECKPOINT: the harness runs with synchronous_commit off, and an
+    // immediate shutdown would otherwise lose the table.)
+    let src = source(&config(&url, query("select agent_id, last_seen from hb")));
+    assert_eq!(scan(&src).await.expect("scan").readings.len(), 1);
+
+    server.stop();
+    let began = Instant::now();
+    let e = scan(&src).await.expect_err("postgres is down");
+    assert_eq!(e.kind, ErrorKind::ConnectionRefused, "{e}");
+    assert!(e.to_string().contains("connection refused"), "{e}");
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        began.elapsed()
+    );
+    let e = point(&src, &["a"]).await.expect_err("down");
+    assert_eq!(e.kind, ErrorKind::ConnectionRefused, "{e}");
+
+    server.restart();
+    let by = scan(&src).await.expect("scan after restart").by_agent();
+    assert!(matches!(by.get("a"), Some(Reading::Heartbeat { .. })));
+
+    // A kept connection killed by a restart is replaced without a failed scan.
+    server.restart();
+    scan(&src).await.expect("scan after a second restart");
+    src.disconnect().await;
+}
+
+#[tokio::test]
+async fn a_source_starts_while_postgres_is_down() {
+    let port = crate::harness::free_port();
+    let url = format!("postgres://reader:s3cr3t-pw@127.0.0.1:{port}/db");
+    let src = source(&config(&url, query("select 1, now()")));
+    let e = scan(&src).await.expect_err("nothing listens");
+    assert_eq!(e.kind, ErrorKind::ConnectionRefused, "{e}");
+    assert!(!e.to_string().contains("s3cr3t-pw"), "{e}");
+}
+
+#[tokio::test]
+async fn wrong_password_is_an_auth_error_without_the_password() {
+    let server = PostgresServer::start_with(&PostgresSetup {
+        hba: Some(
+            "local all all trust\n\
+             host all postgres 127.0.0.1/32 trust\n\
+             host all all 127.0.0.1/32 scram-sha-256\n"
+                .into(),
+        ),
+        ..PostgresSetup::default()
+    });
+    exec(
+        &server.admin_url,
+        "SET password_encryption = 'scram-sha-256';
+         CREATE ROLE reader LOGIN PASSWORD 'right-pw';",
+    )
+    .await;
+    let port = server.port;
+    let good = format!("postgres://reader:right-pw@127.0.0.1:{port}/postgres");
+    let src = source(&config(&good, query("select 'a', now()")));
+    assert_eq!(scan(&src).await.expect("right password").readings.len(), 1);
+
+    let bad = format!("postgres://reader:wr%40ng-pw@127.0.0.1:{port}/postgres");
+    let src = source(&config(&bad, query("select 'a', now()")));
+    let e = scan(&src).await.expect_err("wrong password");
+    assert_eq!(e.kind, ErrorKind::Auth, "{e}");
+    assert!(e.to_string().contains("authentication failed"), "{e}");
+    assert!(
+        !e.to_string().contains("wr@ng-pw") && !e.to_string().contains("wr%40ng"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_table_or_column_is_reported_clearly() {
+    let url = database("pg_missing").await;
+    exec(
+        &url,
+        "CREATE TABLE hb (agent_id text, last_seen timestamptz);",
+    )
+    .await;
+    let src = source(&config(&url, table("nope", "agent_id", "last_seen", None)));
+    let e = scan(&src).await.expect_err("no table");
+    assert_eq!(e.kind, ErrorKind::Other, "{e}");
+    assert!(e.to_string().contains("table not found"), "{e}");
+    assert!(e.to_string().contains("\"nope\""), "{e}");
+
+    let src = source(&config(&url, table("hb", "agent_id", "updated_at", None)));
+    let e = scan(&src).await.expect_err("no column");
+    assert_eq!(e.kind, ErrorKind::Other, "{e}");
+    assert!(e.to_string().contains("column not found"), "{e}");
+    let e = point(&src, &["a"]).await.expect_err("no column");
+    assert!(e.to_string().contains("column not found"), "{e}");
+
+    let src = source(&config(&url, query("select agent_id from hb")));
+    exec(&url, "INSERT INTO hb VALUES ('a', now());").await;
+    let e = scan(&src).await.expect_err("one column");
+    assert_eq!(e.kind, ErrorKind::BadValue, "{e}");
+}
+
+#[tokio::test]
+async fn reads_are_read_only() {
+    let url = database("pg_readonly").await;
+    exec(
+        &url,
+        "CREATE TABLE hb (agent_id text, last_seen timestamptz);
+         INSERT INTO hb VALUES ('a', now());
+         CREATE TABLE victim (x int);
+         CREATE FUNCTION w() RETURNS int LANGUAGE sql AS
+           $$ INSERT INTO victim VALUES (1) RETURNING 1 $$;",
+    )
+    .await;
+    let src = source(&config(
+        &url,
+        query("select agent_id, last_seen from hb where w() = 1"),
+    ));
+    let e = scan(&src).await.expect_err("a write");
+    assert!(e.to_string().contains("read-only"), "{e}");
+    let e = point(&src, &["a"]).await.expect_err("a write");
+    assert!(e.to_string().contains("read-only"), "{e}");
+    // Several statements cannot escape the read-only transaction.
+    let src = source(&config(
+        &url,
+        query("select agent_id, last_seen from hb; commit; insert into victim values (2)"),
+    ));
+    scan(&src).await.expect_err("one statement only");
+    let mut cfg = config(&url, table("hb", "agent_id", "last_seen", None));
+    if let PostgresRead::Table(t) = &mut cfg.read {
+        t.filter = Some("w() = 1".into());
+    }
+    let e = scan(&source(&cfg)).await.expect_err("a write");
+    assert!(e.to_string().contains("read-only"), "{e}");
+    assert_eq!(count(&url, "select count(*) from victim").await, 0);
+}
+
+#[tokio::test]
+async fn a_slow_query_hits_the_statement_timeout() {
+    let url = database("pg_slow").await;
+    let mut cfg = config(&url, query("select 'a', now() from pg_sleep(5)"));
+    cfg.timeout = Duration::from_millis(300);
+    let src = source(&cfg);
+    let began = Instant::now();
+    let e = scan(&src).await.expect_err("too slow");
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+    assert!(e.to_string().contains("statement timed out"), "{e}");
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+    // The connection is usable again (a fresh one replaces it).
+    let ok = source(&config(&url, query("select 'a', now()")));
+    scan(&ok).await.expect("fast query");
+}
+
+// ---------------------------------------------------------------------------
+// PgBouncer (transaction mode) and TLS
+// ---------------------------------------------------------------------------
+
+/// A private `pgbouncer` in transaction mode in front of `server`.
+struct PgBouncer {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_binary(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .chain([PathBuf::from(format!("/usr/sbin/{name}"))])
+        .find(|p| p.is_file())
+}
+
+async fn start_pgbouncer(pg_port: u16, db: &str) -> PgBouncer {
+    use std::os::unix::process::CommandExt as _;
+    let binary = find_binary("pgbouncer").unwrap_or_else(|| {
+        panic!("pgbouncer not found: install it (Debian/Ubuntu: `apt-get install pgbouncer`)")
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = crate::harness::free_port();
+    let ini = dir.path().join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n{db} = host=127.0.0.1 port={pg_port} dbname={db} user=postgres\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+             unix_socket_dir =\nauth_type = trust\nauth_file = {auth}\n\
+             pool_mode = transaction\nmax_client_conn = 50\ndefault_pool_size = 2\n\
+             server_reset_query =\nlogfile = {log}\npidfile =\n",
+            auth = dir.path().join("users.txt").display(),
+            log = dir.path().join("pgbouncer.log").display(),
+        ),
+    )
+    .expect("write ini");
+    std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").expect("users");
+    let mut cmd = std::process::Command::new(binary);
+    cmd.arg(&ini)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // pgbouncer refuses to run as root.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let nobody = nix_user("nobody");
+        std::os::unix::fs::chown(dir.path(), Some(nobody.0), Some(nobody.1)).expect("chown");
+        cmd.gid(nobody.1).uid(nobody.0);
+    }
+    let child = cmd.spawn().expect("spawn pgbouncer");
+    let bouncer = PgBouncer {
+        port,
+        child,
+        _dir: dir,
+    };
+    wait_until(
+        "pgbouncer accepts connections",
+        Duration::from_secs(10),
+        || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    bouncer
+}
+
+fn nix_user(name: &str) -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").expect("passwd");
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name)).then(|| (f[2].parse().ok(), f[3].parse().ok()))
+        })
+        .and_then(|(u, g)| Some((u?, g?)))
+        .unwrap_or_else(|| panic!("no OS user {name}"))
+}
+
+#[tokio::test]
+async fn scans_and_point_reads_work_through_pgbouncer_in_transaction_mode() {
+    let url = database("pg_bouncer").await;
+    let db = url.rsplit('/').next().expect("db name").to_string();
+    exec(
+        &url,
+        "CREATE TABLE hb (agent_id text PRIMARY KEY, last_seen timestamptz, status text);
+         INSERT INTO hb SELECT 'agent-' || g, now(), 'ok' FROM generate_series(1, 12000) g;",
+    )
+    .await;
+    let bouncer = start_pgbouncer(shared_postgres().port, &db).await;
+    let via = format!(
+        "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+        bouncer.port
+    );
+    for read in [
+        table("hb", "agent_id", "last_seen", Some("status")),
+        query("select agent_id, last_seen, status from hb"),
+    ] {
+        let mut cfg = config(&via, read.clone());
+        cfg.page_size = NonZeroUsize::new(1000).expect("non-zero");
+        let src = source(&cfg);
+        // Several rounds, scans and point reads interleaved, so that server
+        // connections are shared between transactions.
+        for _ in 0..3 {
+            let (scanned, got) =
+                tokio::join!(scan(&src), point(&src, &["agent-1", "agent-12000", "gone"]));
+            assert_eq!(scanned.expect("scan").by_agent().len(), 12_000, "{read:?}");
+            let got = got.expect("point read");
+            assert_eq!(status_of(Some(&got[0])), Some((true, "ok".into())));
+            assert!(matches!(got[1], Reading::Heartbeat { .. }));
+            assert!(matches!(got[2], Reading::Absent { .. }));
+        }
+        src.disconnect().await;
+    }
+}
+
+fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl: {e} (install the openssl package)"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+#[tokio::test]
+async fn tls_with_verify_full_and_a_private_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (ca_key, ca, key, csr, cert, ext) = (
+        d.join("ca.key"),
+        d.join("ca.pem"),
+        d.join("server.key"),
+        d.join("server.csr"),
+        d.join("server.pem"),
+        d.join("ext.cnf"),
+    );
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        p(&ca_key),
+        "-out",
+        p(&ca),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        p(&key),
+        "-out",
+        p(&csr),
+    ]);
+    std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        p(&csr),
+        "-CA",
+        p(&ca),
+        "-CAkey",
+        p(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        p(&ext),
+        "-out",
+        p(&cert),
+    ]);
+    let server = PostgresServer::start_with(&PostgresSetup {
+        settings: vec![
+            "ssl=on".into(),
+            "ssl_cert_file=server.pem".into(),
+            "ssl_key_file=server.key".into(),
+        ],
+        files: vec![
+            (
+                "server.pem".into(),
+                std::fs::read(&cert).expect("cert"),
+                0o644,
+            ),
+            (
+                "server.key".into(),
+                std::fs::read(&key).expect("key"),
+                0o600,
+            ),
+        ],
+        ..PostgresSetup::default()
+    });
+    let url = format!(
+        "postgres://postgres@localhost:{}/postgres?sslmode=verify-full",
+        server.port
+    );
+    let mut cfg = config(
+        &url,
+        query("select 'a', now(), ssl::text from pg_stat_ssl where pid = pg_backend_pid()"),
+    );
+    cfg.tls_ca_file = Some(ca.clone());
+    let src = source(&cfg);
+    let by = scan(&src).await.expect("scan over TLS").by_agent();
+    assert_eq!(
+        status_of(by.get("a")),
+        Some((true, "true".into())),
+        "{by:?}"
+    );
+
+    // Another CA: the certificate is refused.
+    let other = d.join("other.pem");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=other",
+        "-keyout",
+        p(&d.join("other.key")),
+        "-out",
+        p(&other),
+    ]);
+    cfg.tls_ca_file = Some(other);
+    let e = scan(&source(&cfg)).await.expect_err("unknown CA");
+    assert_eq!(e.kind, ErrorKind::Tls, "{e}");
+}
