@@ -724,6 +724,10 @@ fn table_plan(t: &PostgresTable, page_size: usize) -> Plan {
     if let Some(status) = &t.status_column {
         columns.push_str(", ");
         columns.push_str(&quote_ident(status));
+        // As text: a custom (enum) type would make sqlx look the type up
+        // mid-statement, which discards the unnamed statement; booleans
+        // become `true`/`false`, both understood.
+        columns.push_str("::text");
     }
     let mut cond = format!("{id} IS NOT NULL");
     if let Some(filter) = &t.filter {
@@ -1080,7 +1084,7 @@ mod tests {
         };
         assert_eq!(
             first,
-            "SELECT \"agent_id\"::text, \"updated_at\", \"status\" FROM \"public\".\"Agent State\" \
+            "SELECT \"agent_id\"::text, \"updated_at\", \"status\"::text FROM \"public\".\"Agent State\" \
              WHERE (kind = 'x'\n) AND \"agent_id\" IS NOT NULL ORDER BY \"agent_id\"::text LIMIT 100"
         );
         assert!(next.contains("\"agent_id\"::text > $1"), "{next}");

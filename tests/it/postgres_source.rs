@@ -414,6 +414,34 @@ async fn table_form_quotes_names_reads_status_and_applies_where() {
     assert!(matches!(got[1], Reading::Heartbeat { .. }), "{got:?}");
 }
 
+#[tokio::test]
+async fn table_form_reads_an_enum_or_boolean_status_column() {
+    let url = database("pg_enum").await;
+    exec(
+        &url,
+        r#"CREATE TYPE agent_status AS ENUM ('active', 'error');
+           CREATE TABLE agent_state (agent_id text PRIMARY KEY,
+             updated_at timestamptz, status agent_status, ok boolean);
+           INSERT INTO agent_state VALUES
+             ('a', now(), 'active', true), ('b', now(), 'error', false);"#,
+    )
+    .await;
+    let src = source(&config(
+        &url,
+        table("agent_state", "agent_id", "updated_at", Some("status")),
+    ));
+    let by = scan(&src).await.expect("scan").by_agent();
+    assert_eq!(status_of(by.get("a")), Some((true, "active".into())));
+    assert_eq!(status_of(by.get("b")), Some((false, "error".into())));
+    let src = source(&config(
+        &url,
+        table("agent_state", "agent_id", "updated_at", Some("ok")),
+    ));
+    let by = scan(&src).await.expect("scan").by_agent();
+    assert_eq!(status_of(by.get("a")).map(|s| s.0), Some(true));
+    assert_eq!(status_of(by.get("b")).map(|s| s.0), Some(false));
+}
+
 // ---------------------------------------------------------------------------
 // Scale, point reads
 // ---------------------------------------------------------------------------

@@ -1,0 +1,248 @@
+//! End to end with a real PostgreSQL and the app built from a YAML config:
+//! staleness decided at the deadline (not at the next scan), and no stale
+//! storm while PostgreSQL is down, with true ages once it is back.
+//!
+//! Each test works in a database of its own; the outage test stops and
+//! restarts a private cluster.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use sqlx::Connection as _;
+use tokio::time::Instant;
+
+use crate::harness::{PostgresServer, shared_postgres, wait_until};
+use crate::support::{TestApp, sample, spawn_app};
+
+const TABLE: &str = "CREATE TABLE hb (agent_id text PRIMARY KEY, last_seen timestamptz NOT NULL)";
+
+/// Run SQL (several statements allowed) on a connection of its own.
+async fn exec(url: &str, sql: &str) {
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let _ = conn.close().await;
+}
+
+/// The agent's heartbeat upsert, as an agent would write it, with the
+/// given time (from the test's clock, so the true age is known).
+async fn beat(url: &str, agent: &str, at: DateTime<Utc>) {
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    sqlx::query(
+        "INSERT INTO hb (agent_id, last_seen) VALUES ($1, $2) \
+         ON CONFLICT (agent_id) DO UPDATE SET last_seen = excluded.last_seen",
+    )
+    .bind(agent)
+    .bind(at)
+    .execute(&mut conn)
+    .await
+    .unwrap_or_else(|e| panic!("heartbeat of {agent}: {e}"));
+    let _ = conn.close().await;
+}
+
+/// `source:` is the YAML of the read (`query: ...` or `table: ...`).
+fn config(url: &str, interval: &str, stale_after: &str, read: &str) -> String {
+    format!(
+        r#"
+startup_grace: 1s
+sources:
+  - {{name: pg, type: postgres, url: "{url}", interval: {interval}, timeout: 1s,
+      {read}}}
+agents:
+  - {{match: "*", stale_after: {stale_after}}}
+"#
+    )
+}
+
+/// Polls until `until`: none of `agents` is ever reported stale.
+async fn never_stale_until(app: &TestApp, agents: &[&str], until: Instant) {
+    while Instant::now() < until {
+        for agent in agents {
+            let s = app.state_of(agent).await;
+            assert_ne!(s.as_deref(), Some("stale"), "{agent} reported stale");
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+fn seconds(d: TimeDelta) -> f64 {
+    d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
+}
+
+/// PostgreSQL stopped mid-test: the source is down, its agents are
+/// `unknown` and none goes stale, well past the thresholds; when it
+/// returns, the agent that stopped meanwhile is stale with its true age and
+/// the one that writes again is healthy.
+#[tokio::test]
+async fn postgres_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
+    let mut server = PostgresServer::start();
+    let url = server.create_database("pg_e2e_outage").await;
+    exec(&url, TABLE).await;
+    let stale_after = TimeDelta::seconds(4);
+    let t0 = Utc::now();
+    beat(&url, "live", t0).await;
+    beat(&url, "dead", t0).await;
+    let app = spawn_app(&config(
+        &url,
+        "1s",
+        "4s",
+        "query: \"select agent_id, last_seen from hb\"",
+    ))
+    .await;
+    app.wait_for_state("live", "healthy", Duration::from_secs(10))
+        .await;
+    app.wait_for_state("dead", "healthy", Duration::from_secs(10))
+        .await;
+
+    // `live` beats once more; `dead` has stopped at t0. CHECKPOINT: the
+    // harness runs with synchronous_commit off, and the immediate shutdown
+    // below would otherwise lose the rows.
+    let t1 = Utc::now();
+    beat(&url, "live", t1).await;
+    exec(&url, "CHECKPOINT").await;
+    assert!(
+        Utc::now() < t0 + stale_after - TimeDelta::milliseconds(500),
+        "setup took too long: `dead` would be stale before the outage begins"
+    );
+    server.stop();
+    wait_until("source down", Duration::from_secs(10), || async {
+        app.source("pg").await["status"] == "down"
+    })
+    .await;
+    let src = app.source("pg").await;
+    assert!(
+        src["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("connection refused"),
+        "{src}"
+    );
+    assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
+    assert_eq!(app.state_of("dead").await.as_deref(), Some("unknown"));
+    // Both thresholds pass while PostgreSQL is down (dead's at t0 + 4 s,
+    // live's at t1 + 4 s); observe 3 s beyond the later one.
+    let later_deadline = t1 + stale_after + TimeDelta::seconds(3);
+    let observe = Duration::from_millis(
+        u64::try_from((later_deadline - Utc::now()).num_milliseconds()).unwrap_or(0),
+    );
+    assert!(observe >= Duration::from_secs(3), "{observe:?}");
+    never_stale_until(&app, &["live", "dead"], Instant::now() + observe).await;
+    assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
+    assert_eq!(app.state_of("dead").await.as_deref(), Some("unknown"));
+    assert_eq!(app.source("pg").await["status"], "down");
+    let m = app.scrape().await;
+    assert_eq!(
+        sample(&m, r#"agent_supervisor_source_up{source="pg"}"#),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &m,
+            r#"agent_supervisor_source_errors_total{kind="connection_refused",source="pg"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"agent_supervisor_transitions_total{from="healthy",to="stale"}"#
+        ),
+        None,
+        "an agent went stale during the outage"
+    );
+
+    // PostgreSQL returns with its data; `live` writes again at once.
+    server.restart();
+    beat(&url, "live", Utc::now()).await;
+    let dead_view = app
+        .wait_for_state("dead", "stale", Duration::from_secs(10))
+        .await;
+    let age = dead_view["checks"][0]["age_seconds"].as_f64().unwrap();
+    let true_age = seconds(Utc::now() - t0);
+    assert!((true_age - age).abs() < 1.5, "age {age} vs true {true_age}");
+    assert!(age > seconds(stale_after) + 3.0, "age {age}");
+    let live_view = app
+        .wait_for_state("live", "healthy", Duration::from_secs(10))
+        .await;
+    let live_age = live_view["checks"][0]["age_seconds"].as_f64().unwrap();
+    assert!(live_age < 2.0, "live age {live_age}");
+    assert_eq!(app.source("pg").await["status"], "up");
+    app.shutdown().await;
+}
+
+/// With a 5 s scan interval, a postgres agent that stops is stale within
+/// 1 s of `last_seen + stale_after`, and not before (table form).
+#[tokio::test]
+async fn stopped_postgres_agent_is_stale_within_a_second_of_its_deadline_despite_a_5s_scan() {
+    let url = shared_postgres().create_database("pg_e2e_stop").await;
+    exec(&url, TABLE).await;
+    let app = spawn_app(&config(
+        &url,
+        "5s",
+        "3s",
+        "table: hb, id_column: agent_id, timestamp_column: last_seen",
+    ))
+    .await;
+    // The agent beats every 500 ms until the supervisor knows it...
+    let mut last_seen = Utc::now();
+    beat(&url, "stopper", last_seen).await;
+    let known_by = Instant::now() + Duration::from_secs(15);
+    while app.state_of("stopper").await.as_deref() != Some("healthy") {
+        assert!(Instant::now() < known_by, "agent never seen healthy");
+        if Utc::now() - last_seen > TimeDelta::milliseconds(500) {
+            last_seen = Utc::now();
+            beat(&url, "stopper", last_seen).await;
+        }
+        tokio::task::yield_now().await;
+    }
+    // ...keeps beating for a while (newer than what the last scan saw)...
+    let mut every = tokio::time::interval(Duration::from_millis(700));
+    for _ in 0..4 {
+        every.tick().await;
+        last_seen = Utc::now();
+        beat(&url, "stopper", last_seen).await;
+    }
+    // ...and stops.
+    let deadline = last_seen + TimeDelta::seconds(3);
+    // Found by the next scan (within 5 s) or, if that comes after the
+    // deadline, by the deadline's point read.
+    loop {
+        match app.state_of("stopper").await.as_deref() {
+            Some("stale") => break,
+            Some("healthy") | Some("unknown") | None => {
+                assert!(
+                    Utc::now() < deadline + TimeDelta::milliseconds(1000),
+                    "not stale 1 s after its deadline"
+                );
+            }
+            Some(other) => panic!("unexpected state {other}"),
+        }
+        tokio::task::yield_now().await;
+    }
+    let now = Utc::now();
+    // The heartbeat is moved onto the local clock by the offset measured
+    // against PostgreSQL's clock (a round trip's midpoint): allow that
+    // measurement a few milliseconds.
+    assert!(
+        now >= deadline - TimeDelta::milliseconds(5),
+        "stale {} before its deadline",
+        deadline - now
+    );
+    assert!(
+        now - deadline < TimeDelta::milliseconds(1000),
+        "stale {} after its deadline",
+        now - deadline
+    );
+    let a = app.agent("stopper").await.unwrap();
+    let age = a["checks"][0]["age_seconds"].as_f64().unwrap();
+    assert!((3.0..4.5).contains(&age), "age {age}");
+    app.shutdown().await;
+}
