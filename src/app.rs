@@ -23,6 +23,7 @@ use crate::http::{HttpState, router};
 use crate::liveness::Liveness;
 use crate::sinks::metrics::Metrics;
 use crate::sinks::state::FileStore;
+use crate::sources::http::HttpSource;
 use crate::sources::postgres::PostgresSource;
 use crate::sources::push::PushState;
 use crate::sources::redis::RedisSource;
@@ -46,6 +47,7 @@ impl Default for AppOptions {
 pub enum Polled {
     Redis(Arc<RedisSource>),
     Postgres(Arc<PostgresSource>),
+    Http(Arc<HttpSource>),
 }
 
 impl Polled {
@@ -54,6 +56,7 @@ impl Polled {
         id: &SourceId,
         kind: &SourceKindConfig,
         clock: &Clock,
+        metrics: &Arc<Metrics>,
     ) -> anyhow::Result<Option<Self>> {
         Ok(match kind {
             SourceKindConfig::Redis(c) => Some(Polled::Redis(Arc::new(
@@ -62,6 +65,10 @@ impl Polled {
             ))),
             SourceKindConfig::Postgres(c) => Some(Polled::Postgres(Arc::new(
                 PostgresSource::new(id.clone(), c, clock.clone())
+                    .with_context(|| format!("source {id}"))?,
+            ))),
+            SourceKindConfig::Http(c) => Some(Polled::Http(Arc::new(
+                HttpSource::new(id.clone(), c, metrics.clone())
                     .with_context(|| format!("source {id}"))?,
             ))),
             SourceKindConfig::Push(_) => None,
@@ -73,6 +80,7 @@ impl Polled {
         match self {
             Polled::Redis(s) => s.interval(),
             Polled::Postgres(s) => s.interval(),
+            Polled::Http(s) => s.interval(),
         }
     }
 }
@@ -154,7 +162,7 @@ impl App {
                     clock: clock.clone(),
                 });
             }
-            if let Some(src) = Polled::build(&s.name, &s.kind, &clock)? {
+            if let Some(src) = Polled::build(&s.name, &s.kind, &clock, &metrics)? {
                 let (tx, rx) = mpsc::channel(CONFIRM_CAPACITY);
                 confirm_txs.insert(s.name.clone(), tx);
                 polled.push((s.name.clone(), src, rx));
@@ -275,6 +283,12 @@ impl App {
                             run_polled(p, ctx, confirms, c).await;
                             p2.disconnect().await;
                         }),
+                    );
+                }
+                Polled::Http(h) => {
+                    spawn(
+                        format!("source:{id}"),
+                        Box::pin(run_polled(h, ctx, confirms, c)),
                     );
                 }
             }

@@ -10,8 +10,9 @@
 //! - [`core`]: the pure decisions. The [`core::Supervisor`] owns every agent,
 //!   check and source state; it takes `now` as an argument and imports no I/O
 //!   crate.
-//! - [`sources`]: one file per external system (`redis`, `postgres`, `push`); they read
-//!   and translate into observations, never decide.
+//! - [`sources`]: one file per external system (`redis`, `postgres`,
+//!   `http`, `push`); they read and translate into observations, never
+//!   decide.
 //! - [`driver`]: the single task that owns the supervisor, wakes it at its
 //!   next deadline and hands its output to the sinks.
 //! - [`sinks`]: `/metrics` rendering and the state store.

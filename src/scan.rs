@@ -32,7 +32,7 @@ pub async fn scan(config: &Config, timeout: Duration) -> anyhow::Result<Snapshot
     let (tx, mut rx) = mpsc::channel::<Observation>(64);
     let mut reads = Vec::new();
     for s in &config.sources {
-        let Some(src) = Polled::build(&s.name, &s.kind, &clock)? else {
+        let Some(src) = Polled::build(&s.name, &s.kind, &clock, &metrics)? else {
             continue;
         };
         let ctx = SourceCtx {
@@ -57,12 +57,14 @@ pub async fn scan(config: &Config, timeout: Duration) -> anyhow::Result<Snapshot
                         p.disconnect().await;
                         out
                     }
+                    Polled::Http(h) => scan_once(&**h, &ctx).await,
                 }
             };
             if tokio::time::timeout(timeout, read).await.is_err() {
                 let system = match &src {
                     Polled::Redis(r) => r.system(),
                     Polled::Postgres(p) => p.system(),
+                    Polled::Http(h) => h.system(),
                 };
                 let _ = ctx
                     .tx

@@ -294,3 +294,162 @@ sources:
     assert!(got[2].message.contains("`table`"), "{}", got[2]);
     assert!(got[9].message.contains("\"sometimes\""), "{}", got[9]);
 }
+
+#[test]
+fn http_source_gets_its_defaults() {
+    let c = parse_ok(
+        r#"
+sources:
+  - {name: svc, type: http, url: "http://127.0.0.1:9000/health"}
+"#,
+    );
+    let SourceKindConfig::Http(h) = &c.sources[0].kind else {
+        panic!()
+    };
+    assert_eq!(h.interval, Duration::from_secs(10));
+    assert_eq!(h.timeout, Duration::from_secs(2));
+    assert_eq!(h.method, HttpMethod::Get);
+    assert!(h.expected_status.is_empty(), "any 2xx");
+    assert_eq!(h.max_response_time, None);
+    assert_eq!(h.max_body, 1024 * 1024);
+    assert_eq!(h.id, None);
+    assert_eq!(h.concurrency, 16);
+    assert!(h.components.is_empty() && h.agents.is_empty() && h.agents_url.is_none());
+}
+
+#[test]
+fn http_source_full_form_parses_with_secret_headers() {
+    let env = |name: &str| (name == "TOKEN").then(|| "s3cret-token".to_string());
+    let text = r#"
+sources:
+  - name: python-ai-services
+    type: http
+    url: http://127.0.0.1:9000/health
+    interval: 5s
+    timeout: 1s
+    method: post
+    headers: {Authorization: "Bearer ${TOKEN}"}
+    expected_status: [200, 503]
+    max_response_time: 800ms
+    max_body: 64KiB
+    id: ai_services
+    concurrency: 4
+    components:
+      trading_coordinator: {pointer: /trading_coordinator_status, healthy: [Active]}
+      market_reactor: {pointer: agents.market_reactor.status, last_seen: agents.market_reactor.last_seen}
+    agents_url: "http://127.0.0.1:9000/health/{agent}"
+    agents: [analyst_1, "analyst 2"]
+"#;
+    let c = parse(text, Path::new("t.yaml"), &env).unwrap_or_else(|e| panic!("{e}"));
+    let SourceKindConfig::Http(h) = &c.sources[0].kind else {
+        panic!()
+    };
+    assert_eq!(h.method, HttpMethod::Post);
+    assert_eq!(h.expected_status, vec![200, 503]);
+    assert_eq!(h.max_response_time, Some(Duration::from_millis(800)));
+    assert_eq!(h.max_body, 64 * 1024);
+    assert_eq!(h.id.as_deref(), Some("ai_services"));
+    assert_eq!(h.concurrency, 4);
+    assert_eq!(h.headers.len(), 1);
+    assert_eq!(h.headers[0].1.expose_secret(), "Bearer s3cret-token");
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("s3cret-token"),
+        "header value printed: {debug}"
+    );
+    let tc = h
+        .components
+        .iter()
+        .find(|c| c.agent == "trading_coordinator")
+        .unwrap();
+    assert_eq!(tc.pointer, "/trading_coordinator_status");
+    assert_eq!(tc.healthy, vec!["active".to_string()]);
+    assert_eq!(tc.last_seen, None);
+    let mr = h
+        .components
+        .iter()
+        .find(|c| c.agent == "market_reactor")
+        .unwrap();
+    assert_eq!(mr.pointer, "/agents/market_reactor/status");
+    assert_eq!(mr.healthy, vec!["active", "ok", "up", "true"]);
+    assert_eq!(
+        mr.last_seen.as_deref(),
+        Some("/agents/market_reactor/last_seen")
+    );
+    let au = h.agents_url.as_ref().unwrap();
+    assert_eq!(
+        au.url("analyst 2"),
+        "http://127.0.0.1:9000/health/analyst%202"
+    );
+    assert_eq!(h.agents, vec!["analyst_1", "analyst 2"]);
+}
+
+#[test]
+fn http_source_mistakes_are_all_reported_and_never_show_a_header_value() {
+    let env = |name: &str| (name == "TOKEN").then(|| "bad\nvalue-s3cret".to_string());
+    let text = r#"
+sources:
+  - name: svc
+    type: http
+    url: ftp://127.0.0.1/health
+    method: DELETE
+    headers: {"X-Token": "${TOKEN}", "bad header": x}
+    expected_status: [200, 99]
+    max_body: lots
+    concurrency: 0
+    components:
+      a: {pointer: "", healthy: []}
+      b: {pointer: /b, colour: red}
+    agents_url: "http://127.0.0.1:9000/health"
+  - name: svc2
+    type: http
+    url: http://127.0.0.1/health
+    method: HEAD
+    id: dup
+    components:
+      dup: {pointer: /dup}
+      both: {pointer: /both}
+    agents_url: "http://127.0.0.1/h/{agent}"
+    agents: [both, x, x]
+"#;
+    let ps = problems(text, &env);
+    let all = ps
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    for path in [
+        "sources[0].url",
+        "sources[0].method",
+        "sources[0].headers.X-Token",
+        "sources[0].headers.bad header",
+        "sources[0].expected_status[1]",
+        "sources[0].max_body",
+        "sources[0].concurrency",
+        "sources[0].components.a.pointer",
+        "sources[0].components.a.healthy",
+        "sources[0].components.b.colour",
+        "sources[0].agents_url",
+        "sources[0].agents",
+        "sources[1].method",
+        "sources[1].id",
+        "sources[1].components.both",
+        "sources[1].agents[2]",
+    ] {
+        assert!(
+            ps.iter().any(|p| p.path == path),
+            "no problem at {path}:\n{all}"
+        );
+    }
+    assert!(!all.contains("s3cret"), "{all}");
+}
+
+#[test]
+fn json_pointers_and_dotted_paths() {
+    assert_eq!(json_pointer("/a/b").unwrap(), "/a/b");
+    assert_eq!(json_pointer("a.b").unwrap(), "/a/b");
+    assert_eq!(json_pointer("a/x.b").unwrap(), "/a~1x/b");
+    assert!(json_pointer("/a~2").is_err());
+    assert!(json_pointer("a..b").is_err());
+    assert!(json_pointer("").is_err());
+}

@@ -204,6 +204,18 @@ pub enum Reading {
     Absent { agent: AgentId },
     /// A value was there but could not be understood.
     Invalid { agent: AgentId, reason: String },
+    /// The source looked where this agent reports and found nothing, where
+    /// something is expected (a `/health` component key absent from the
+    /// body): the check is `missing` with this reason, even if it never had
+    /// data. Unlike [`Reading::Absent`] (a point read that found no value,
+    /// judged against the remembered `last_seen`), this is a verdict.
+    Missing { agent: AgentId, reason: String },
+    /// Nothing trustworthy can be said about this agent because something it
+    /// depends on is failing (the service whose `/health` body carries its
+    /// status): the check is `unknown` with this reason and its deadline is
+    /// frozen until a normal reading arrives. Not a bad value: nothing is
+    /// counted.
+    Unknown { agent: AgentId, reason: String },
 }
 
 impl Reading {
@@ -212,7 +224,9 @@ impl Reading {
             Reading::Heartbeat { agent, .. }
             | Reading::Status { agent, .. }
             | Reading::Absent { agent }
-            | Reading::Invalid { agent, .. } => agent,
+            | Reading::Invalid { agent, .. }
+            | Reading::Missing { agent, .. }
+            | Reading::Unknown { agent, .. } => agent,
         }
     }
 }

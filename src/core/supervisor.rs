@@ -12,6 +12,10 @@
 //!   point read of that one check before the check goes `stale`;
 //! - a source that cannot be read makes its checks `unknown` and freezes
 //!   them: no deadline fires for it until a fresh read;
+//! - a check the source holds `unknown` because something it depends on is
+//!   failing ([`Reading::Unknown`]: a component of a `/health` body whose
+//!   service is down) is frozen the same way, alone; a check the source
+//!   reports absent where expected ([`Reading::Missing`]) is `missing`;
 //! - a `last_seen` too far in the future is counted and taken as "now" the
 //!   first time it is seen, so a skewed writer still goes stale.
 
@@ -80,6 +84,10 @@ struct Check {
     absent: bool,
     /// The last value could not be parsed.
     invalid: Option<String>,
+    /// A state the source decided (`missing`: absent where expected;
+    /// `unknown`: a dependency is failing) with its reason. While set, the
+    /// check's deadline is frozen; the next normal reading clears it.
+    held: Option<(State, String)>,
     stale_after: TimeDelta,
     /// When a confirm was requested and not yet answered.
     confirming: Option<Timestamp>,
@@ -101,6 +109,7 @@ impl Check {
             status: None,
             absent: false,
             invalid: None,
+            held: None,
             stale_after,
             confirming: None,
             queued: None,
@@ -597,6 +606,7 @@ impl Supervisor {
                 c.observed_at = now;
                 c.absent = false;
                 c.invalid = None;
+                c.held = None;
                 c.status = status;
                 let effective = if last_seen > now + skew {
                     if c.raw_last_seen == Some(last_seen) {
@@ -625,6 +635,7 @@ impl Supervisor {
                 c.observed_at = now;
                 c.absent = false;
                 c.invalid = None;
+                c.held = None;
                 c.status = Some(status);
             }
             Reading::Absent { .. } => {
@@ -636,6 +647,15 @@ impl Supervisor {
                     problem = Some((ErrorKind::BadValue, reason.clone()));
                 }
                 c.invalid = Some(reason);
+                c.held = None;
+            }
+            Reading::Missing { reason, .. } => {
+                c.observed_at = now;
+                c.held = Some((State::Missing, reason));
+            }
+            Reading::Unknown { reason, .. } => {
+                c.observed_at = now;
+                c.held = Some((State::Unknown, reason));
             }
         }
         self.data = true;
@@ -659,6 +679,13 @@ impl Supervisor {
         let Some(c) = self.checks.get(key) else {
             return;
         };
+        if let Some((state, reason)) = &c.held {
+            // Decided by the source; the deadline stays frozen (no wake-up
+            // is queued) until a normal reading re-evaluates the check.
+            let (state, reason) = (*state, reason.clone());
+            self.set_check_state(key, state, reason, now);
+            return;
+        }
         if let Some(reason) = &c.invalid {
             let reason = format!("unreadable value: {reason}");
             self.set_check_state(key, State::Unknown, reason, now);
@@ -758,7 +785,7 @@ impl Supervisor {
             return; // superseded entry
         }
         c.queued = None;
-        if !evaluable {
+        if !evaluable || c.held.is_some() {
             return; // frozen: the next read re-arms it
         }
         if let Some(asked) = c.confirming {
@@ -794,7 +821,11 @@ impl Supervisor {
             return;
         };
         if c.state == state {
-            c.reason = reason;
+            if c.reason != reason {
+                c.reason = reason;
+                // The agent shows the reason of its worst check.
+                self.refresh_agent(&key.agent, now);
+            }
             return;
         }
         let from = c.state;

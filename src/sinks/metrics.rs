@@ -27,6 +27,7 @@ pub struct Metrics {
     transitions: IntCounterVec,
     events_dropped: IntCounterVec,
     heartbeats: IntCounterVec,
+    http_status: IntGaugeVec,
     max_agent_series: usize,
 }
 
@@ -92,6 +93,13 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let http_status = IntGaugeVec::new(
+            opts(
+                "http_last_status_code",
+                "HTTP status code of the last probe of an http source (0: no answer).",
+            ),
+            &["source"],
+        )?;
         let build_info = IntGaugeVec::new(
             opts("build_info", "Always 1; the version is a label."),
             &["version"],
@@ -108,6 +116,7 @@ impl Metrics {
             Box::new(transitions.clone()),
             Box::new(events_dropped.clone()),
             Box::new(heartbeats.clone()),
+            Box::new(http_status.clone()),
             Box::new(build_info),
         ] {
             registry.register(c)?;
@@ -122,6 +131,7 @@ impl Metrics {
             transitions,
             events_dropped,
             heartbeats,
+            http_status,
             max_agent_series,
         })
     }
@@ -172,6 +182,13 @@ impl Metrics {
         self.clock_offset
             .with_label_values(&[source.as_str()])
             .set(seconds);
+    }
+
+    /// Status code of an http source's last probe (0 when nothing answered).
+    pub fn http_status(&self, source: &SourceId, code: u16) {
+        self.http_status
+            .with_label_values(&[source.as_str()])
+            .set(i64::from(code));
     }
 
     pub fn transition(&self, from: State, to: State) {

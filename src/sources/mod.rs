@@ -6,6 +6,7 @@
 //! reads on demand from the core, one log line per change of health rather
 //! than one per interval.
 
+pub mod http;
 pub mod postgres;
 pub mod push;
 pub mod redis;

@@ -5,6 +5,7 @@ mod cli;
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 mod harness;
 mod harness_smoke;
+mod http_source;
 mod postgres_e2e;
 mod postgres_source;
 mod redis_e2e;

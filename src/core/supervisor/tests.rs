@@ -546,3 +546,151 @@ fn with_a_push_source_expected_agents_get_the_whole_grace_period() {
     s.tick(at(30.0));
     assert_eq!(state(&s, "expected_one", at(30.0)), State::Missing);
 }
+
+fn status(agent: &str, healthy: bool, detail: &str) -> Reading {
+    Reading::Status {
+        agent: agent.into(),
+        status: Status {
+            healthy,
+            detail: detail.into(),
+        },
+    }
+}
+
+fn suppressed(agent: &str) -> Reading {
+    Reading::Unknown {
+        agent: agent.into(),
+        reason: "service check failing: HTTP 500".into(),
+    }
+}
+
+#[test]
+fn suppressed_check_is_unknown_with_its_reason_and_counts_nothing() {
+    let mut s = sup();
+    scan(
+        &mut s,
+        at(0.0),
+        at(0.0),
+        vec![
+            status("svc", true, "HTTP 200"),
+            status("comp", true, "active"),
+        ],
+    );
+    assert_eq!(state(&s, "comp", at(0.0)), State::Healthy);
+    let _ = s.take_events();
+    scan(
+        &mut s,
+        at(1.0),
+        at(1.0),
+        vec![status("svc", false, "HTTP 500"), suppressed("comp")],
+    );
+    let snap = s.snapshot(at(1.0));
+    let comp = snap.agent("comp").unwrap();
+    assert_eq!(comp.state, State::Unknown);
+    assert_eq!(comp.checks[0].reason, "service check failing: HTTP 500");
+    assert_eq!(snap.agent("svc").unwrap().state, State::Failing);
+    let events = s.take_events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::SourceProblem { .. })),
+        "{events:?}"
+    );
+    // Exactly one alerting agent: the service.
+    let alerting: Vec<_> = snap
+        .agents
+        .iter()
+        .filter(|a| a.state.is_alerting())
+        .map(|a| a.id.to_string())
+        .collect();
+    assert_eq!(alerting, vec!["svc".to_string()]);
+    // A normal reading re-evaluates it.
+    scan(
+        &mut s,
+        at(2.0),
+        at(2.0),
+        vec![
+            status("svc", true, "HTTP 200"),
+            status("comp", false, "error"),
+        ],
+    );
+    assert_eq!(state(&s, "comp", at(2.0)), State::Failing);
+}
+
+#[test]
+fn suppressed_heartbeat_check_never_goes_stale_until_a_normal_reading() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("comp", at(0.0))]);
+    assert_eq!(state(&s, "comp", at(0.0)), State::Healthy);
+    scan(&mut s, at(1.0), at(1.0), vec![suppressed("comp")]);
+    assert_eq!(state(&s, "comp", at(1.0)), State::Unknown);
+    // Well past the 10 s deadline: frozen, no confirm, no stale.
+    s.tick(at(10.5));
+    s.tick(at(30.0));
+    assert_eq!(state(&s, "comp", at(30.0)), State::Unknown);
+    assert!(s.take_confirms().is_empty());
+    scan(&mut s, at(31.0), at(31.0), vec![suppressed("comp")]);
+    s.tick(at(40.0));
+    assert_eq!(state(&s, "comp", at(40.0)), State::Unknown);
+    // The service is back and the body's last_seen is old: stale at once,
+    // with its true age.
+    scan(&mut s, at(41.0), at(41.0), vec![hb("comp", at(0.0))]);
+    let snap = s.snapshot(at(41.0));
+    let comp = snap.agent("comp").unwrap();
+    assert_eq!(comp.state, State::Stale);
+    assert!(comp.reason.contains("41.0s"), "{}", comp.reason);
+    // A fresh one instead is healthy and re-armed.
+    scan(&mut s, at(42.0), at(42.0), vec![hb("comp", at(42.0))]);
+    assert_eq!(state(&s, "comp", at(42.0)), State::Healthy);
+    s.tick(at(52.1));
+    assert_eq!(s.take_confirms().len(), 1, "deadline re-armed");
+}
+
+#[test]
+fn first_reading_may_be_a_suppression() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![suppressed("comp")]);
+    let snap = s.snapshot(at(0.0));
+    let comp = snap.agent("comp").unwrap();
+    assert_eq!(comp.state, State::Unknown);
+    assert_eq!(comp.reason, "service check failing: HTTP 500");
+}
+
+#[test]
+fn component_absent_from_the_body_is_missing_even_if_never_seen() {
+    let mut s = sup();
+    let gone = || Reading::Missing {
+        agent: "comp".into(),
+        reason: "/comp_status absent from the body".into(),
+    };
+    scan(&mut s, at(0.0), at(0.0), vec![gone()]);
+    let snap = s.snapshot(at(0.0));
+    let comp = snap.agent("comp").unwrap();
+    assert_eq!(comp.state, State::Missing);
+    assert_eq!(comp.reason, "/comp_status absent from the body");
+    assert!(
+        s.take_events()
+            .iter()
+            .all(|e| !matches!(e, Event::SourceProblem { .. }))
+    );
+    // A status that was healthy and then vanishes is missing, not healthy.
+    scan(
+        &mut s,
+        at(1.0),
+        at(1.0),
+        vec![status("comp", true, "active")],
+    );
+    assert_eq!(state(&s, "comp", at(1.0)), State::Healthy);
+    scan(&mut s, at(2.0), at(2.0), vec![gone()]);
+    assert_eq!(state(&s, "comp", at(2.0)), State::Missing);
+    // Whereas Absent (a point read finding nothing) never creates a check.
+    scan(
+        &mut s,
+        at(3.0),
+        at(3.0),
+        vec![Reading::Absent {
+            agent: "other".into(),
+        }],
+    );
+    assert!(s.snapshot(at(3.0)).agent("other").is_none());
+}
