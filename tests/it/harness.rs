@@ -1076,6 +1076,26 @@ fn spawn_tied_to_test_process(mut cmd: Command, signal: DeathSignal) -> io::Resu
         .expect("the thread that spawns test servers is gone")
 }
 
+/// A server a test module runs itself (e.g. Prometheus in `deploy.rs`),
+/// started like the harness's own: it gets SIGKILL if the test process dies,
+/// and its stdout and stderr go to `log` after a `header` line. Stop it with
+/// [`stop_child`].
+pub fn spawn_child(mut cmd: Command, log: &Path, header: &str) -> io::Result<Child> {
+    redirect_output(&mut cmd, log, header);
+    spawn_tied_to_test_process(cmd, DeathSignal::Kill)
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within 10 s; reaps it. Never
+/// panics (for `Drop`).
+pub fn stop_child(child: Child) {
+    kill_and_reap(child, Some(libc::SIGTERM));
+}
+
+/// The last 40 lines of a log file, for panic messages.
+pub fn tail_of_log(path: &Path) -> String {
+    log_tail(path)
+}
+
 /// Sends `signal` (SIGKILL if `None`) and reaps the process; escalates to
 /// SIGKILL if it has not exited within [`STOP_TIMEOUT`]. Never panics (it runs
 /// in `Drop` and at exit).
