@@ -627,3 +627,74 @@ agents:
     let _ = r.del::<(), _>(format!("{prefix}zombie:last_seen")).await;
     app.shutdown().await;
 }
+
+/// An HTTPS endpoint whose certificate nobody trusts: the service check is
+/// failing with a TLS reason and the `tls` kind is counted. The server is a
+/// real TLS server (`openssl s_server`) with a self-signed certificate made
+/// here.
+#[tokio::test]
+async fn untrusted_certificate_is_a_failing_service_with_a_tls_reason() {
+    use std::process::Command;
+
+    use crate::harness::{free_port, spawn_child, stop_child, wait_until_sync};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("the openssl CLI is needed for this test (Debian package openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let port = free_port();
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_server", "-www", "-quiet", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key);
+    let server = spawn_child(cmd, &dir.path().join("s_server.log"), "openssl s_server")
+        .expect("openssl s_server starts");
+    wait_until_sync("openssl s_server to listen", WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let app = spawn_app(&format!(
+        r#"
+startup_grace: 1s
+sources:
+  - {{name: secure, type: http, url: "https://127.0.0.1:{port}/", interval: 500ms}}
+"#
+    ))
+    .await;
+    let svc = app.wait_for_state("secure", "failing", WAIT).await;
+    let reason = svc["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("TLS"), "{reason}");
+    let m = app.scrape().await;
+    assert!(
+        sample(
+            &m,
+            r#"agent_supervisor_source_errors_total{kind="tls",source="secure"}"#
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "tls errors not counted"
+    );
+    app.shutdown().await;
+    stop_child(server);
+}
