@@ -154,6 +154,40 @@ impl SecretUrl {
     pub fn redacted(&self) -> &str {
         &self.redacted
     }
+
+    /// The URL's password as written and percent-decoded (empty forms left
+    /// out), for [`scrub_secrets`].
+    pub fn password_forms(&self) -> Vec<SecretString> {
+        let Some(raw) = url::Url::parse(self.expose())
+            .ok()
+            .and_then(|u| u.password().map(str::to_string))
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if let Ok(decoded) = percent_encoding::percent_decode_str(&raw).decode_utf8()
+            && decoded != raw
+            && !decoded.is_empty()
+        {
+            out.push(SecretString::from(decoded.into_owned()));
+        }
+        if !raw.is_empty() {
+            out.push(SecretString::from(raw));
+        }
+        out
+    }
+}
+
+/// Replace every occurrence of each secret in `message` by `***` (for
+/// messages from drivers that may echo a connection string).
+pub fn scrub_secrets(secrets: &[SecretString], mut message: String) -> String {
+    for s in secrets {
+        let s = s.expose_secret();
+        if !s.is_empty() && message.contains(s) {
+            message = message.replace(s, "***");
+        }
+    }
+    message
 }
 
 impl fmt::Debug for SecretUrl {

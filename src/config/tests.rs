@@ -453,3 +453,16 @@ fn json_pointers_and_dotted_paths() {
     assert!(json_pointer("a..b").is_err());
     assert!(json_pointer("").is_err());
 }
+
+#[test]
+fn passwords_are_scrubbed_raw_and_decoded() {
+    let url = SecretUrl::parse("redis://user:p%40ss@h:1").unwrap();
+    let msg = scrub_secrets(&url.password_forms(), "a p@ss b p%40ss c".into());
+    assert_eq!(msg, "a *** b *** c");
+    assert!(
+        SecretUrl::parse("redis://h:1")
+            .unwrap()
+            .password_forms()
+            .is_empty()
+    );
+}

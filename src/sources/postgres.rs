@@ -88,14 +88,14 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, TimeDelta, TimeZone, Utc};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow, PgValueFormat};
 use sqlx::{AssertSqlSafe, Column, Connection, Row, TypeInfo, ValueRef};
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{debug, warn};
 
 use crate::clock::Clock;
-use crate::config::{PostgresConfig, PostgresRead, PostgresTable};
+use crate::config::{PostgresConfig, PostgresRead, PostgresTable, scrub_secrets};
 use crate::core::timestamp::{from_epoch, parse_text};
 use crate::core::{AgentId, ErrorKind, Reading, SourceId, Status, Timestamp};
 
@@ -169,9 +169,10 @@ impl PostgresSource {
     /// against that CA, otherwise against the bundled web PKI roots. The
     /// process must have installed a rustls crypto provider.
     pub fn new(id: SourceId, cfg: &PostgresConfig, clock: Clock) -> Result<Self, SourceError> {
-        let secrets = url_secrets(cfg.url.expose());
-        let scrub_err =
-            |kind: ErrorKind, msg: String| SourceError::new(kind, SYSTEM, scrub(&secrets, msg));
+        let secrets = cfg.url.password_forms();
+        let scrub_err = |kind: ErrorKind, msg: String| {
+            SourceError::new(kind, SYSTEM, scrub_secrets(&secrets, msg))
+        };
         let mut options = PgConnectOptions::from_str(cfg.url.expose()).map_err(|e| {
             scrub_err(
                 ErrorKind::Other,
@@ -334,7 +335,7 @@ impl PostgresSource {
     }
 
     fn error(&self, kind: ErrorKind, message: String) -> SourceError {
-        SourceError::new(kind, SYSTEM, scrub(&self.secrets, message))
+        SourceError::new(kind, SYSTEM, scrub_secrets(&self.secrets, message))
     }
 
     /// An error from sqlx as a kind and a message without secrets.
@@ -985,58 +986,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The URL's password, as written and percent-decoded.
-fn url_secrets(url: &str) -> Vec<SecretString> {
-    let Some(raw) = url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.password().map(str::to_string))
-    else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let decoded = percent_decode(&raw);
-    if decoded != raw && !decoded.is_empty() {
-        out.push(SecretString::from(decoded));
-    }
-    if !raw.is_empty() {
-        out.push(SecretString::from(raw));
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%')
-            .then(|| s.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn scrub(secrets: &[SecretString], mut message: String) -> String {
-    for s in secrets {
-        let s = s.expose_secret();
-        if !s.is_empty() && message.contains(s) {
-            message = message.replace(s, "***");
-        }
-    }
-    message
-}
-
 /// rustls errors surface from the handshake in several shapes.
 fn is_tls_failure(d: &str) -> bool {
     [
@@ -1111,11 +1060,5 @@ mod tests {
             uuid_text(&b).unwrap(),
             "00010203-0405-0607-0809-0a0b0c0d0e0f"
         );
-    }
-
-    #[test]
-    fn passwords_are_scrubbed_raw_and_decoded() {
-        let s = url_secrets("postgres://user:p%40ss@h:1/db");
-        assert_eq!(scrub(&s, "a p@ss b p%40ss".into()), "a *** b ***");
     }
 }

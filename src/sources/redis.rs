@@ -55,13 +55,13 @@ use fred::types::config::{
 };
 use fred::types::{Builder, ClusterHash, CustomCommand, Key, Value};
 use futures::future::try_join_all;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::clock::Clock;
-use crate::config::{KeyPattern, RedisConfig, RedisLayout};
+use crate::config::{KeyPattern, RedisConfig, RedisLayout, scrub_secrets};
 use crate::core::timestamp::{from_epoch, parse_text};
 use crate::core::{AgentId, ErrorKind, Reading, SourceId, Timestamp};
 
@@ -185,10 +185,11 @@ impl RedisSource {
         clock: Clock,
         tls: Option<rustls::ClientConfig>,
     ) -> Result<Self, SourceError> {
-        let secrets = url_secrets(cfg.url.expose());
+        let secrets = cfg.url.password_forms();
         let endpoint = endpoint(cfg.url.redacted());
-        let scrub_err =
-            |kind: ErrorKind, msg: String| SourceError::new(kind, SYSTEM, scrub(&secrets, msg));
+        let scrub_err = |kind: ErrorKind, msg: String| {
+            SourceError::new(kind, SYSTEM, scrub_secrets(&secrets, msg))
+        };
         let mut config = FredConfig::from_url(cfg.url.expose()).map_err(|e| {
             let kind = if *e.kind() == FredKind::Tls {
                 ErrorKind::Tls
@@ -489,7 +490,7 @@ impl RedisSource {
     }
 
     fn error(&self, kind: ErrorKind, message: String) -> SourceError {
-        SourceError::new(kind, SYSTEM, scrub(&self.secrets, message))
+        SourceError::new(kind, SYSTEM, scrub_secrets(&self.secrets, message))
     }
 
     /// `TIME`, and the offset of Redis' clock from ours (remote - local),
@@ -1069,59 +1070,6 @@ fn endpoint(redacted: &str) -> String {
     }
 }
 
-/// The URL's password, as written and percent-decoded.
-fn url_secrets(url: &str) -> Vec<SecretString> {
-    let Some(raw) = url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.password().map(str::to_string))
-    else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    if let Ok(decoded) = percent_decode(&raw) {
-        if decoded != raw && !decoded.is_empty() {
-            out.push(SecretString::from(decoded));
-        }
-    }
-    if !raw.is_empty() {
-        out.push(SecretString::from(raw));
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%')
-            .then(|| s.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out)
-}
-
-fn scrub(secrets: &[SecretString], mut message: String) -> String {
-    for s in secrets {
-        let s = s.expose_secret();
-        if !s.is_empty() && message.contains(s) {
-            message = message.replace(s, "***");
-        }
-    }
-    message
-}
-
 fn is_auth_reply(d: &str) -> bool {
     d.starts_with("NOAUTH")
         || d.starts_with("WRONGPASS")
@@ -1181,14 +1129,6 @@ mod tests {
             "cache.internal:6379"
         );
         assert_eq!(endpoint("rediss://[::1]:7000"), "[::1]:7000");
-    }
-
-    #[test]
-    fn passwords_are_scrubbed_raw_and_decoded() {
-        let s = url_secrets("redis://user:p%40ss@h:1");
-        let msg = scrub(&s, "a p@ss b p%40ss c".into());
-        assert_eq!(msg, "a *** b *** c");
-        assert!(url_secrets("redis://h:1").is_empty());
     }
 
     #[test]
