@@ -6,24 +6,21 @@
 //! Each test works in a database of its own. The source is driven directly
 //! (`scan_once` / `confirm_once` with an mpsc channel drained concurrently).
 
-use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_supervisor::clock::Clock;
 use agent_supervisor::config::{PostgresConfig, PostgresRead, PostgresTable, SecretUrl};
 use agent_supervisor::core::{AgentId, ErrorKind, Observation, Reading, SourceId, Timestamp};
-use agent_supervisor::liveness::Liveness;
-use agent_supervisor::sinks::metrics::Metrics;
 use agent_supervisor::sources::postgres::PostgresSource;
-use agent_supervisor::sources::{PollSource, SourceCtx, SourceError, confirm_once, scan_once};
+use agent_supervisor::sources::{PollSource, SourceCtx, SourceError, confirm_once};
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::Connection as _;
 use tokio::sync::mpsc;
 
 use crate::harness::{PostgresServer, PostgresSetup, shared_postgres, wait_until};
+use crate::support::{Scanned, scan_source, source_ctx};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -68,68 +65,11 @@ fn source(cfg: &PostgresConfig) -> PostgresSource {
 }
 
 fn ctx(tx: mpsc::Sender<Observation>) -> SourceCtx {
-    SourceCtx {
-        id: SourceId::from("pg"),
-        tx,
-        metrics: Arc::new(Metrics::new(0).expect("metrics")),
-        clock: Clock::System,
-        liveness: Liveness::default(),
-    }
+    source_ctx("pg", tx)
 }
 
-#[derive(Debug)]
-struct Scanned {
-    readings: Vec<Reading>,
-    batches: usize,
-}
-
-impl Scanned {
-    fn by_agent(&self) -> BTreeMap<String, Reading> {
-        let mut out = BTreeMap::new();
-        for r in &self.readings {
-            let prev = out.insert(r.agent().to_string(), r.clone());
-            assert!(prev.is_none(), "agent {} delivered twice", r.agent());
-        }
-        out
-    }
-}
-
-/// One full scan through `scan_once`, the (small) channel drained
-/// concurrently; checks that what it returns agrees with what it sent.
 async fn scan(src: &PostgresSource) -> Result<Scanned, SourceError> {
-    let (tx, mut rx) = mpsc::channel(4);
-    let ctx = ctx(tx);
-    let collect = async {
-        let mut readings = Vec::new();
-        let mut batches = 0;
-        loop {
-            match rx.recv().await.expect("scan_once ends with a verdict") {
-                Observation::Batch { readings: r, .. } => {
-                    batches += 1;
-                    readings.extend(r);
-                }
-                Observation::ScanComplete { checks_seen, .. } => {
-                    assert_eq!(checks_seen, readings.len());
-                    return Ok(Scanned { readings, batches });
-                }
-                Observation::SourceError { error, .. } => return Err(error),
-                other => panic!("unexpected observation {other:?}"),
-            }
-        }
-    };
-    let (result, observed) = tokio::join!(scan_once(src, &ctx), collect);
-    match (result, observed) {
-        (Ok(n), Ok(scanned)) => {
-            assert_eq!(n, scanned.readings.len());
-            Ok(scanned)
-        }
-        (Err(e), Err(failure)) => {
-            assert_eq!(failure.kind, e.kind);
-            assert_eq!(failure.message, e.to_string());
-            Err(e)
-        }
-        (r, o) => panic!("scan_once returned {r:?} but sent {o:?}"),
-    }
+    scan_source(src, "pg").await
 }
 
 async fn point(src: &PostgresSource, agents: &[&str]) -> Result<Vec<Reading>, SourceError> {

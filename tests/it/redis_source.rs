@@ -5,27 +5,25 @@
 //! The source is driven directly (`scan_once` / `confirm_once` with an mpsc
 //! channel drained concurrently), not through the app.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_supervisor::clock::Clock;
 use agent_supervisor::config::{KeyPattern, RedisConfig, RedisLayout, SecretUrl};
 use agent_supervisor::core::{AgentId, ErrorKind, Observation, Reading, SourceId, Timestamp};
-use agent_supervisor::liveness::Liveness;
-use agent_supervisor::sinks::metrics::Metrics;
 use agent_supervisor::sources::redis::RedisSource;
-use agent_supervisor::sources::{PollSource, SourceCtx, SourceError, confirm_once, scan_once};
+use agent_supervisor::sources::{PollSource, SourceCtx, SourceError, confirm_once};
 use chrono::{DateTime, FixedOffset, SecondsFormat, TimeDelta, Utc};
 use fred::prelude::*;
 use fred::types::CustomCommand;
 use tokio::sync::mpsc;
 
 use crate::harness::{RedisServer, free_port, shared_redis_url, unique_prefix, wait_until};
+use crate::support::{Scanned, scan_source, source_ctx};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -53,79 +51,11 @@ fn source(cfg: &RedisConfig) -> RedisSource {
 }
 
 fn ctx(tx: mpsc::Sender<Observation>) -> SourceCtx {
-    SourceCtx {
-        id: SourceId::from("redis"),
-        tx,
-        metrics: Arc::new(Metrics::new(0).expect("metrics")),
-        clock: Clock::System,
-        liveness: Liveness::default(),
-    }
+    source_ctx("redis", tx)
 }
 
-/// What one `scan_once` delivered.
-#[derive(Debug)]
-struct Scanned {
-    readings: Vec<Reading>,
-    batches: usize,
-    checks_seen: usize,
-}
-
-impl Scanned {
-    fn by_agent(&self) -> BTreeMap<String, Reading> {
-        let mut out = BTreeMap::new();
-        for r in &self.readings {
-            let prev = out.insert(r.agent().to_string(), r.clone());
-            assert!(prev.is_none(), "agent {} delivered twice", r.agent());
-        }
-        out
-    }
-}
-
-/// One full scan through `scan_once`, the channel (small, so back-pressure
-/// is exercised) drained concurrently. Checks that what `scan_once` returns
-/// agrees with what it sent.
 async fn scan(src: &RedisSource) -> Result<Scanned, SourceError> {
-    let (tx, mut rx) = mpsc::channel(4);
-    let ctx = ctx(tx);
-    let collect = async {
-        let mut readings = Vec::new();
-        let mut batches = 0;
-        loop {
-            match rx
-                .recv()
-                .await
-                .expect("scan_once ends with ScanComplete or SourceError")
-            {
-                Observation::Batch { readings: r, .. } => {
-                    batches += 1;
-                    readings.extend(r);
-                }
-                Observation::ScanComplete { checks_seen, .. } => {
-                    return Ok(Scanned {
-                        readings,
-                        batches,
-                        checks_seen,
-                    });
-                }
-                Observation::SourceError { error, .. } => return Err(error),
-                other => panic!("unexpected observation {other:?}"),
-            }
-        }
-    };
-    let (result, observed) = tokio::join!(scan_once(src, &ctx), collect);
-    match (result, observed) {
-        (Ok(n), Ok(scanned)) => {
-            assert_eq!(n, scanned.readings.len());
-            assert_eq!(scanned.checks_seen, scanned.readings.len());
-            Ok(scanned)
-        }
-        (Err(e), Err(failure)) => {
-            assert_eq!(failure.kind, e.kind);
-            assert_eq!(failure.message, e.to_string());
-            Err(e)
-        }
-        (r, o) => panic!("scan_once returned {r:?} but sent {o:?}"),
-    }
+    scan_source(src, "redis").await
 }
 
 async fn writer(url: &str) -> Client {

@@ -11,6 +11,16 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use agent_supervisor::clock::Clock;
+use agent_supervisor::core::{Observation, Reading, SourceId};
+use agent_supervisor::liveness::Liveness;
+use agent_supervisor::sinks::metrics::Metrics;
+use agent_supervisor::sources::{PollSource, SourceCtx, SourceError, scan_once};
+use tokio::sync::mpsc;
+
 use crate::harness::wait_until;
 
 pub struct TestApp {
@@ -166,4 +176,82 @@ pub fn sample(scrape: &str, series: &str) -> Option<f64> {
             .and_then(|rest| rest.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
     })
+}
+
+/// A context for driving a source directly, as source `id`.
+pub fn source_ctx(id: &str, tx: mpsc::Sender<Observation>) -> SourceCtx {
+    SourceCtx {
+        id: SourceId::from(id),
+        tx,
+        metrics: Arc::new(Metrics::new(0).expect("metrics")),
+        clock: Clock::System,
+        liveness: Liveness::default(),
+    }
+}
+
+/// What one `scan_once` delivered.
+#[derive(Debug)]
+pub struct Scanned {
+    pub readings: Vec<Reading>,
+    pub batches: usize,
+    pub checks_seen: usize,
+}
+
+impl Scanned {
+    /// Readings by agent id; an agent delivered twice fails the test.
+    pub fn by_agent(&self) -> BTreeMap<String, Reading> {
+        let mut out = BTreeMap::new();
+        for r in &self.readings {
+            let prev = out.insert(r.agent().to_string(), r.clone());
+            assert!(prev.is_none(), "agent {} delivered twice", r.agent());
+        }
+        out
+    }
+}
+
+/// One full scan through `scan_once`, the channel (small, so back-pressure
+/// is exercised) drained concurrently. Checks that what `scan_once` returns
+/// agrees with what it sent.
+pub async fn scan_source<S: PollSource>(src: &S, id: &str) -> Result<Scanned, SourceError> {
+    let (tx, mut rx) = mpsc::channel(4);
+    let ctx = source_ctx(id, tx);
+    let collect = async {
+        let mut readings = Vec::new();
+        let mut batches = 0;
+        loop {
+            match rx
+                .recv()
+                .await
+                .expect("scan_once ends with ScanComplete or SourceError")
+            {
+                Observation::Batch { readings: r, .. } => {
+                    batches += 1;
+                    readings.extend(r);
+                }
+                Observation::ScanComplete { checks_seen, .. } => {
+                    return Ok(Scanned {
+                        readings,
+                        batches,
+                        checks_seen,
+                    });
+                }
+                Observation::SourceError { error, .. } => return Err(error),
+                other => panic!("unexpected observation {other:?}"),
+            }
+        }
+    };
+    let (result, observed) = tokio::join!(scan_once(src, &ctx), collect);
+    match (result, observed) {
+        (Ok(n), Ok(scanned)) => {
+            assert_eq!(n, scanned.readings.len());
+            assert_eq!(scanned.checks_seen, scanned.readings.len());
+            Ok(scanned)
+        }
+        (Err(e), Err(failure)) => {
+            assert_eq!(failure.kind, e.kind);
+            assert_eq!(failure.message, e.to_string());
+            Err(e)
+        }
+        (r, o) => panic!("scan_once returned {r:?} but sent {o:?}"),
+    }
 }
