@@ -12,21 +12,9 @@ use sqlx::Connection as _;
 use tokio::time::Instant;
 
 use crate::harness::{PostgresServer, shared_postgres, wait_until};
-use crate::support::{TestApp, sample, spawn_app};
+use crate::support::{TestApp, exec, sample, spawn_app};
 
 const TABLE: &str = "CREATE TABLE hb (agent_id text PRIMARY KEY, last_seen timestamptz NOT NULL)";
-
-/// Run SQL (several statements allowed) on a connection of its own.
-async fn exec(url: &str, sql: &str) {
-    let mut conn = sqlx::PgConnection::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let _ = conn.close().await;
-}
 
 /// The agent's heartbeat upsert, as an agent would write it, with the
 /// given time (from the test's clock, so the true age is known).

@@ -20,7 +20,7 @@ use sqlx::Connection as _;
 use tokio::sync::mpsc;
 
 use crate::harness::{PostgresServer, PostgresSetup, shared_postgres, wait_until};
-use crate::support::{Scanned, scan_source, source_ctx};
+use crate::support::{Scanned, exec, scan_source, source_ctx};
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -93,18 +93,6 @@ async fn point(src: &PostgresSource, agents: &[&str]) -> Result<Vec<Reading>, So
         }
         other => panic!("unexpected observation {other:?}"),
     }
-}
-
-/// Run SQL (several statements allowed) as the test's writer.
-async fn exec(url: &str, sql: &str) {
-    let mut conn = sqlx::PgConnection::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let _ = conn.close().await;
 }
 
 async fn count(url: &str, sql: &str) -> i64 {

@@ -255,3 +255,16 @@ pub async fn scan_source<S: PollSource>(src: &S, id: &str) -> Result<Scanned, So
         (r, o) => panic!("scan_once returned {r:?} but sent {o:?}"),
     }
 }
+
+/// Run SQL (several statements allowed) on a connection of its own.
+pub async fn exec(url: &str, sql: &str) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let _ = conn.close().await;
+}
