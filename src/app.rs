@@ -15,6 +15,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::alerts::api::AlertsApi;
+use crate::alerts::deliver::{Queue, Worker, WorkerCtx};
+use crate::alerts::engine::{
+    AlertsHandle, AlertsView, COMMAND_CAPACITY, Engine, OUTCOME_CAPACITY, routing as alert_routing,
+};
+use crate::alerts::store::{AlertState, AlertStore};
 use crate::clock::Clock;
 use crate::config::{Config, SourceKindConfig};
 use crate::core::{Persisted, Snapshot, SourceId, SourceKind, Supervisor};
@@ -113,6 +119,90 @@ pub struct App {
     push: Option<PushState>,
     snapshot_rx: watch::Receiver<Arc<Snapshot>>,
     store: Option<(FileStore, watch::Receiver<Arc<Persisted>>)>,
+    alerts: AlertParts,
+}
+
+/// The alert engine, its receivers' workers and the API's handle.
+struct AlertParts {
+    engine: Engine,
+    workers: Vec<Worker>,
+    handle: AlertsHandle,
+}
+
+impl AlertParts {
+    fn build(
+        config: &Config,
+        store: Option<&FileStore>,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        metrics: &Arc<Metrics>,
+        clock: &Clock,
+        liveness: &Liveness,
+    ) -> anyhow::Result<Self> {
+        let cfg = &config.alerting;
+        let now = clock.now();
+        let store = store.map(|s| AlertStore::new(s.dir()));
+        let mut state = match &store {
+            Some(st) => match st.load() {
+                Ok(saved) => {
+                    if !saved.book.active.is_empty() || !saved.outbox.is_empty() {
+                        info!(firing = saved.book.active.len(), pending = saved.outbox.len(),
+                            path = %st.book_path().display(), "Restored alert state.");
+                    }
+                    saved
+                }
+                Err(e) => {
+                    error!(error = %e, "Could not restore alert state; firing alerts will be notified again.");
+                    AlertState::default()
+                }
+            },
+            None => AlertState::default(),
+        };
+        state.book.set_config_silences(cfg.silences.clone());
+        let (outcomes_tx, outcomes_rx) = mpsc::channel(OUTCOME_CAPACITY);
+        let mut queues = HashMap::new();
+        let mut workers = Vec::new();
+        for r in &cfg.receivers {
+            metrics.register_receiver(&r.name);
+            let queue = Arc::new(Queue::new(cfg.delivery.max_pending));
+            queues.insert(r.name.clone(), queue.clone());
+            workers.push(Worker::new(
+                r,
+                &cfg.delivery,
+                WorkerCtx {
+                    queue,
+                    outcomes: outcomes_tx.clone(),
+                    metrics: metrics.clone(),
+                    clock: clock.clone(),
+                    external_url: cfg.external_url.clone(),
+                },
+            )?);
+        }
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
+        let (view_tx, view_rx) = watch::channel(Arc::new(AlertsView::default()));
+        let engine = Engine {
+            state,
+            routing: alert_routing(cfg),
+            store,
+            queues,
+            snapshots,
+            commands: commands_rx,
+            outcomes: outcomes_rx,
+            view: view_tx,
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            liveness: liveness.clone(),
+            startup_grace: config.startup_grace,
+            started_at: now,
+        };
+        Ok(Self {
+            engine,
+            workers,
+            handle: AlertsHandle {
+                view: view_rx,
+                commands: commands_tx,
+            },
+        })
+    }
 }
 
 use crate::core::Observation;
@@ -183,6 +273,15 @@ impl App {
             liveness: liveness.clone(),
         };
 
+        let alerts = AlertParts::build(
+            &config,
+            store.as_ref().map(|(s, _)| s),
+            snapshot_rx.clone(),
+            &metrics,
+            &clock,
+            &liveness,
+        )?;
+
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -200,6 +299,7 @@ impl App {
             push,
             snapshot_rx,
             store,
+            alerts,
         })
     }
 
@@ -231,6 +331,7 @@ impl App {
             push,
             snapshot_rx,
             store,
+            alerts,
         } = self;
         let mut tasks: Vec<(String, JoinHandle<()>)> = Vec::new();
         let mut spawn = |name: String, fut: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>| {
@@ -311,7 +412,22 @@ impl App {
             metrics: metrics.clone(),
             liveness: liveness.clone(),
         };
-        let app = router(http_state, push);
+        // Alerts stop with the core: after the sources, so the last snapshot
+        // is judged and the outbox saved.
+        for w in alerts.workers {
+            let cc = core_cancel.clone();
+            spawn(format!("notify:{}", w.name), Box::pin(w.run(cc)));
+        }
+        {
+            let cc = core_cancel.clone();
+            spawn("alerts".into(), Box::pin(alerts.engine.run(cc)));
+        }
+        let alerts_api = AlertsApi {
+            handle: alerts.handle,
+            token: config.alerting.api_token.clone().map(Arc::new),
+            clock: clock.clone(),
+        };
+        let app = router(http_state, push).merge(crate::alerts::api::router(alerts_api));
         let hc = cancel.clone();
         spawn(
             "http".into(),

@@ -16,6 +16,8 @@
 //! - [`driver`]: the single task that owns the supervisor, wakes it at its
 //!   next deadline and hands its output to the sinks.
 //! - [`sinks`]: `/metrics` rendering and the state store.
+//! - [`alerts`]: alert notifications: grouping, silences, the durable
+//!   outbox, rendering per receiver type, signed delivery.
 //! - [`http`]: the sidecar's HTTP server (metrics, probes, JSON API, push).
 //! - [`app`]: builds everything from a config and runs it until cancelled.
 //! - [`scan`]: the one-shot `scan` command.
@@ -23,6 +25,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod alerts;
 pub mod app;
 pub mod clock;
 pub mod config;

@@ -5,6 +5,7 @@
 //! problem with its path. A config with problems is rejected as a whole
 //! ([`ConfigError::Invalid`]); the binary exits 64 before binding anything.
 
+pub mod alerting;
 mod env;
 mod walk;
 
@@ -63,6 +64,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub sources: Vec<SourceConfig>,
     pub agents: Vec<AgentRule>,
+    /// Receivers, routing, silences and delivery of alert notifications.
+    pub alerting: alerting::AlertingConfig,
 }
 
 impl Config {
@@ -144,6 +147,18 @@ impl SecretUrl {
             secret: SecretString::from(s.to_string()),
             redacted: url.to_string(),
         })
+    }
+
+    /// A URL that is itself a credential (Slack, Discord and Teams
+    /// webhooks carry their token in the path or the query): shown as
+    /// `https://host/***`.
+    pub fn parse_credential(s: &str) -> Result<Self, String> {
+        let mut u = Self::parse(s)?;
+        let origin = url::Url::parse(s)
+            .map(|x| x.origin().ascii_serialization())
+            .unwrap_or_default();
+        u.redacted = format!("{origin}/***");
+        Ok(u)
     }
 
     pub fn expose(&self) -> &str {
@@ -644,6 +659,7 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
             agents.push(rule);
         }
     }
+    let alerting = alerting::parse(&mut root, p);
     root.finish(p);
 
     Some(Config {
@@ -656,6 +672,7 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
         metrics,
         sources,
         agents,
+        alerting,
     })
 }
 
@@ -913,32 +930,7 @@ fn http(o: &mut Obj<'_>, p: &mut Problems) -> Option<HttpConfig> {
             None
         }
     };
-    let mut headers = Vec::new();
-    let headers_path = o.at("headers");
-    match o.get("headers") {
-        None => {}
-        Some(Value::Object(map)) => {
-            for (k, v) in map {
-                let at = walk::join(&headers_path, k);
-                if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
-                    p.add(&at, "not a valid HTTP header name");
-                    continue;
-                }
-                if let Some(value) = walk::as_string(v, &at, p) {
-                    // The message never shows the value: it may be a token.
-                    if reqwest::header::HeaderValue::from_str(&value).is_err() {
-                        p.add(&at, "the value is not a valid HTTP header value");
-                    } else {
-                        headers.push((k.clone(), SecretString::from(value)));
-                    }
-                }
-            }
-        }
-        Some(_) => p.add(
-            &headers_path,
-            "expected a mapping of header names to values",
-        ),
-    }
+    let headers = headers(o, p);
     let mut expected_status = Vec::new();
     let status_path = o.at("expected_status");
     match o.get("expected_status") {
@@ -1066,6 +1058,38 @@ fn http(o: &mut Obj<'_>, p: &mut Problems) -> Option<HttpConfig> {
         agents,
         concurrency,
     })
+}
+
+/// `headers:`, a mapping of header names to values; the values are secrets
+/// (tokens) and no message shows them.
+fn headers(o: &mut Obj<'_>, p: &mut Problems) -> Vec<(String, SecretString)> {
+    let mut headers = Vec::new();
+    let headers_path = o.at("headers");
+    match o.get("headers") {
+        None => {}
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                let at = walk::join(&headers_path, k);
+                if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                    p.add(&at, "not a valid HTTP header name");
+                    continue;
+                }
+                if let Some(value) = walk::as_string(v, &at, p) {
+                    // The message never shows the value: it may be a token.
+                    if reqwest::header::HeaderValue::from_str(&value).is_err() {
+                        p.add(&at, "the value is not a valid HTTP header value");
+                    } else {
+                        headers.push((k.clone(), SecretString::from(value)));
+                    }
+                }
+            }
+        }
+        Some(_) => p.add(
+            &headers_path,
+            "expected a mapping of header names to values",
+        ),
+    }
+    headers
 }
 
 fn component(agent: &str, v: &Value, path: &str, p: &mut Problems) -> Option<HttpComponent> {
@@ -1207,5 +1231,7 @@ fn agent_rule(item: &Value, path: &str, p: &mut Problems) -> Option<AgentRule> {
     }
 }
 
+#[cfg(test)]
+mod alerting_tests;
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,10 @@ pub struct Metrics {
     events_dropped: IntCounterVec,
     heartbeats: IntCounterVec,
     http_status: IntGaugeVec,
+    notifications: IntCounterVec,
+    outbox_pending: IntGaugeVec,
+    notification_latency: HistogramVec,
+    alerts: IntGaugeVec,
     max_agent_series: usize,
 }
 
@@ -100,6 +104,38 @@ impl Metrics {
             ),
             &["source"],
         )?;
+        let notifications = IntCounterVec::new(
+            opts(
+                "notifications_total",
+                "Notification delivery attempts by result: success, failure (retried), dropped (given up).",
+            ),
+            &["receiver", "result"],
+        )?;
+        let outbox_pending = IntGaugeVec::new(
+            opts(
+                "outbox_pending",
+                "Notifications written to the outbox and not yet delivered.",
+            ),
+            &["receiver"],
+        )?;
+        let notification_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "notification_latency_seconds",
+                "Time from an alert starting to its first successful delivery to a receiver.",
+            )
+            .namespace(NS)
+            .buckets(vec![
+                1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+            ]),
+            &["receiver"],
+        )?;
+        let alerts = IntGaugeVec::new(
+            opts(
+                "alerts",
+                "Firing alerts by kind; silenced ones separately (silenced=\"true\").",
+            ),
+            &["kind", "silenced"],
+        )?;
         let build_info = IntGaugeVec::new(
             opts("build_info", "Always 1; the version is a label."),
             &["version"],
@@ -117,6 +153,10 @@ impl Metrics {
             Box::new(events_dropped.clone()),
             Box::new(heartbeats.clone()),
             Box::new(http_status.clone()),
+            Box::new(notifications.clone()),
+            Box::new(outbox_pending.clone()),
+            Box::new(notification_latency.clone()),
+            Box::new(alerts.clone()),
             Box::new(build_info),
         ] {
             registry.register(c)?;
@@ -132,6 +172,10 @@ impl Metrics {
             events_dropped,
             heartbeats,
             http_status,
+            notifications,
+            outbox_pending,
+            notification_latency,
+            alerts,
             max_agent_series,
         })
     }
@@ -189,6 +233,46 @@ impl Metrics {
         self.http_status
             .with_label_values(&[source.as_str()])
             .set(i64::from(code));
+    }
+
+    /// Create a receiver's series up front, so dashboards and rules see
+    /// zeros rather than nothing.
+    pub fn register_receiver(&self, receiver: &str) {
+        for result in ["success", "failure", "dropped"] {
+            self.notifications.with_label_values(&[receiver, result]);
+        }
+        self.outbox_pending.with_label_values(&[receiver]).set(0);
+        self.notification_latency.with_label_values(&[receiver]);
+    }
+
+    /// One delivery attempt (`success`, `failure`) or a notification given
+    /// up (`dropped`).
+    pub fn notification(&self, receiver: &str, result: &str) {
+        self.notifications
+            .with_label_values(&[receiver, result])
+            .inc();
+    }
+
+    pub fn outbox_pending(&self, receiver: &str, n: usize) {
+        self.outbox_pending
+            .with_label_values(&[receiver])
+            .set(n as i64);
+    }
+
+    pub fn notification_latency(&self, receiver: &str, seconds: f64) {
+        self.notification_latency
+            .with_label_values(&[receiver])
+            .observe(seconds.max(0.0));
+    }
+
+    /// Firing alerts of a kind: (unsilenced, silenced).
+    pub fn alerts(&self, kind: &str, firing: usize, silenced: usize) {
+        self.alerts
+            .with_label_values(&[kind, "false"])
+            .set(firing as i64);
+        self.alerts
+            .with_label_values(&[kind, "true"])
+            .set(silenced as i64);
     }
 
     pub fn transition(&self, from: State, to: State) {

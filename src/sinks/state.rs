@@ -62,6 +62,10 @@ impl FileStore {
         })
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn path(&self) -> PathBuf {
         self.dir.join(FILE)
     }
@@ -89,32 +93,39 @@ impl FileStore {
 
     /// Write atomically. Blocking: call from `spawn_blocking`.
     pub fn save(&self, state: &Persisted) -> Result<(), StateError> {
-        let path = self.path();
-        let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let io = |source| StateError::Io {
-            path: tmp.clone(),
-            source,
-        };
-        let file = File::create(&tmp).map_err(io)?;
-        let mut w = BufWriter::new(file);
         let disk = OnDisk {
             version: VERSION,
             state: state.clone(),
         };
-        serde_json::to_writer(&mut w, &disk).map_err(|e| io(e.into()))?;
-        w.flush().map_err(io)?;
-        w.get_ref().sync_all().map_err(io)?;
-        drop(w);
-        fs::rename(&tmp, &path).map_err(|source| StateError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        // Make the rename itself durable.
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        write_json(&self.dir, FILE, &disk)
     }
+}
+
+/// Write `value` as JSON to `dir/name` atomically: a temp file, fsync,
+/// rename over the old file, fsync of the directory. A crash leaves either
+/// the old or the new file, never a torn one. Blocking.
+pub fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), StateError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let io = |source| StateError::Io {
+        path: tmp.clone(),
+        source,
+    };
+    let file = File::create(&tmp).map_err(io)?;
+    let mut w = BufWriter::new(file);
+    serde_json::to_writer(&mut w, value).map_err(|e| io(e.into()))?;
+    w.flush().map_err(io)?;
+    w.get_ref().sync_all().map_err(io)?;
+    drop(w);
+    fs::rename(&tmp, &path).map_err(|source| StateError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    // Make the rename itself durable.
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(test)]

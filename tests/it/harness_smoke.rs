@@ -7,8 +7,8 @@ use std::time::Duration;
 use sqlx::Connection as _;
 
 use crate::harness::{
-    PostgresServer, RedisServer, free_port, redis_ping, shared_postgres, shared_redis_url,
-    unique_prefix, wait_until, wait_until_sync,
+    AlertmanagerServer, PostgresServer, RedisServer, free_port, redis_ping, shared_postgres,
+    shared_redis_url, unique_prefix, wait_until, wait_until_sync,
 };
 
 fn connect_error(port: u16) -> Option<io::ErrorKind> {
@@ -154,4 +154,63 @@ async fn wait_until_panics_naming_what_it_waited_for() {
 #[should_panic(expected = "waiting until pigs fly")]
 fn wait_until_sync_panics_naming_what_it_waited_for() {
     wait_until_sync("pigs fly", Duration::from_millis(100), || false);
+}
+
+/// The alerts in `alerts` (a `GET /api/v2/alerts` answer) named `Smoke`.
+fn smoke_alerts(alerts: &serde_json::Value) -> Vec<serde_json::Value> {
+    alerts
+        .as_array()
+        .unwrap_or_else(|| panic!("GET /api/v2/alerts is not an array: {alerts}"))
+        .iter()
+        .filter(|a| a["labels"]["alertname"] == "Smoke")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn alertmanager_receives_and_resolves_an_alert() {
+    let am = AlertmanagerServer::start().await;
+    assert_eq!(am.url(), format!("http://127.0.0.1:{}", am.port));
+    assert_eq!(
+        am.alerts().await,
+        serde_json::json!([]),
+        "a fresh Alertmanager holds no alerts"
+    );
+
+    let alert = serde_json::json!({
+        "labels": {"alertname": "Smoke", "agent": "a"},
+        "annotations": {"summary": "s"},
+    });
+    am.post_alerts(&serde_json::json!([alert])).await;
+    wait_until(
+        "Alertmanager shows the Smoke alert as active",
+        Duration::from_secs(10),
+        || async {
+            let alerts = am.get_json("/api/v2/alerts?active=true").await;
+            matches!(
+                smoke_alerts(&alerts).as_slice(),
+                [a] if a["labels"] == serde_json::json!({"alertname": "Smoke", "agent": "a"})
+                    && a["annotations"]["summary"] == "s"
+                    && a["status"]["state"] == "active"
+            )
+        },
+    )
+    .await;
+    assert_eq!(smoke_alerts(&am.alerts().await).len(), 1);
+
+    let mut resolved = alert.clone();
+    let past = chrono::Utc::now() - chrono::Duration::minutes(1);
+    resolved["endsAt"] =
+        serde_json::json!(past.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    am.post_alerts(&serde_json::json!([resolved])).await;
+    // Resolved alerts (endsAt in the past) are left out of every listing.
+    wait_until(
+        "Alertmanager no longer lists the resolved Smoke alert",
+        Duration::from_secs(10),
+        || async {
+            smoke_alerts(&am.get_json("/api/v2/alerts?active=true").await).is_empty()
+                && smoke_alerts(&am.alerts().await).is_empty()
+        },
+    )
+    .await;
 }

@@ -1,3 +1,4 @@
+mod alerts;
 mod api;
 mod cli;
 mod deploy;
@@ -9,6 +10,7 @@ mod harness_smoke;
 mod http_source;
 mod postgres_e2e;
 mod postgres_source;
+mod receiver;
 mod redis_e2e;
 mod redis_source;
 mod support;

@@ -1,0 +1,222 @@
+//! `GET /api/v1/alerts`, `GET|POST /api/v1/silences`,
+//! `DELETE /api/v1/silences/{id}`. Reads come from the engine's latest view;
+//! writes are commands to the engine, answered within
+//! [`COMMAND_TIMEOUT`](super::engine::COMMAND_TIMEOUT) or 503.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+
+use super::engine::{AlertsHandle, COMMAND_TIMEOUT, Command, RemoveResult};
+use super::model::{AlertKind, Matcher, Silence, SilenceOrigin};
+use crate::clock::Clock;
+
+/// Longest silence the API accepts.
+const MAX_SILENCE: chrono::Duration = chrono::Duration::days(365);
+
+#[derive(Clone)]
+pub struct AlertsApi {
+    pub handle: AlertsHandle,
+    /// Bearer token required by `POST` and `DELETE`, if set.
+    pub token: Option<Arc<SecretString>>,
+    pub clock: Clock,
+}
+
+pub fn router(api: AlertsApi) -> Router {
+    Router::new()
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/silences", get(silences).post(create))
+        .route("/api/v1/silences/{id}", delete(remove))
+        .with_state(api)
+}
+
+#[derive(Deserialize)]
+struct AlertsQuery {
+    kind: Option<AlertKind>,
+    silenced: Option<bool>,
+}
+
+async fn alerts(State(api): State<AlertsApi>, Query(q): Query<AlertsQuery>) -> Response {
+    let view = api.handle.view.borrow().clone();
+    let list: Vec<_> = view
+        .alerts
+        .iter()
+        .filter(|a| q.kind.is_none_or(|k| a.alert.kind == k))
+        .filter(|a| q.silenced.is_none_or(|s| a.silenced == s))
+        .collect();
+    Json(json!({
+        "taken_at": view.taken_at,
+        "alerts": list,
+        "pending_notifications": view.pending,
+    }))
+    .into_response()
+}
+
+async fn silences(State(api): State<AlertsApi>) -> Response {
+    let view = api.handle.view.borrow().clone();
+    Json(json!({ "silences": view.silences })).into_response()
+}
+
+/// Body of `POST /api/v1/silences`: `ends_at` or `duration` (`2h`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSilence {
+    matchers: Matcher,
+    starts_at: Option<DateTime<Utc>>,
+    ends_at: Option<DateTime<Utc>>,
+    duration: Option<String>,
+    comment: String,
+    #[serde(default)]
+    created_by: String,
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// `None` when allowed, else the 401 to answer.
+fn unauthorized(api: &AlertsApi, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &api.token else {
+        return None;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
+        None
+    } else {
+        Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(json!({ "error": "a valid bearer token is required" })),
+            )
+                .into_response(),
+        )
+    }
+}
+
+async fn create(
+    State(api): State<AlertsApi>,
+    headers: HeaderMap,
+    body: Result<Json<NewSilence>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if let Some(r) = unauthorized(&api, &headers) {
+        return r;
+    }
+    let Json(b) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let now = api.clock.now();
+    let starts_at = b.starts_at.unwrap_or(now);
+    let ends_at = match (b.ends_at, b.duration.as_deref()) {
+        (Some(t), None) => t,
+        (None, Some(d)) => match humantime::parse_duration(d) {
+            Ok(d) => starts_at + chrono::Duration::from_std(d).unwrap_or(MAX_SILENCE),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("duration: {e}")),
+        },
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of `ends_at` and `duration`",
+            );
+        }
+    };
+    if ends_at <= starts_at.max(now) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`ends_at` must be in the future and after `starts_at`",
+        );
+    }
+    if ends_at - starts_at > MAX_SILENCE {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a silence may last at most 365 days",
+        );
+    }
+    if b.matchers.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`matchers` must set at least one of kind, agent, source, labels",
+        );
+    }
+    if b.comment.trim().is_empty() {
+        return error(StatusCode::BAD_REQUEST, "`comment` must say why");
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    let silence = Silence {
+        id: id.clone(),
+        matchers: b.matchers,
+        starts_at,
+        ends_at,
+        comment: b.comment,
+        created_by: b.created_by,
+        origin: SilenceOrigin::Api,
+    };
+    let (tx, rx) = oneshot::channel();
+    if !send(&api, Command::AddSilence(Box::new(silence.clone()), tx)).await {
+        return busy();
+    }
+    match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+        Ok(Ok(())) => (
+            StatusCode::CREATED,
+            Json(json!({ "id": id, "silence": silence })),
+        )
+            .into_response(),
+        _ => busy(),
+    }
+}
+
+async fn remove(
+    State(api): State<AlertsApi>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = unauthorized(&api, &headers) {
+        return r;
+    }
+    let (tx, rx) = oneshot::channel();
+    if !send(&api, Command::RemoveSilence(id.clone(), tx)).await {
+        return busy();
+    }
+    match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
+        Ok(Ok(RemoveResult::Removed)) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Ok(RemoveResult::NotFound)) => {
+            error(StatusCode::NOT_FOUND, format!("no silence `{id}`"))
+        }
+        Ok(Ok(RemoveResult::FromConfig)) => error(
+            StatusCode::CONFLICT,
+            format!("silence `{id}` comes from the config file; remove it there"),
+        ),
+        _ => busy(),
+    }
+}
+
+async fn send(api: &AlertsApi, cmd: Command) -> bool {
+    matches!(
+        tokio::time::timeout(COMMAND_TIMEOUT, api.handle.commands.send(cmd)).await,
+        Ok(Ok(()))
+    )
+}
+
+fn busy() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(json!({ "error": "the alert engine is busy or stopping; try again" })),
+    )
+        .into_response()
+}

@@ -1,0 +1,573 @@
+//! The alert book: which alerts fire, which are silenced, how they are
+//! grouped per receiver, and when each group is notified next. Pure: every
+//! method takes `now`; the engine (`alerts::engine`) persists the book and
+//! delivers what [`Book::flush`] returns.
+//!
+//! Semantics, as Alertmanager's (so on-call engineers know them already):
+//! - an alert is routed (first matching route, or further ones with
+//!   `continue`) to receivers; alerts of one route and receiver with the same
+//!   `group_by` values form a group;
+//! - a new group is notified `group_wait` after its first alert, so alerts
+//!   that start together go out as one message;
+//! - later changes (an alert added or resolved) wait until `group_interval`
+//!   after the group's last message;
+//! - a group still firing is notified again every `repeat_interval`;
+//! - resolved alerts are sent (when the receiver wants them) only to
+//!   receivers that were told they fired; a silenced alert leaves its groups
+//!   quietly (silencing is not resolving).
+//!
+//! Rule 1 of DESIGN §2 lives in [`Book::reconcile`]: an agent whose state is
+//! `unknown` (its source cannot be read) keeps its alerts exactly as they
+//! were; a source that is pending again after a restart keeps its
+//! `source_down` alert until it is read.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{Alert, AlertKind, AlertStatus, Matcher, Notification, Silence, fingerprint};
+use crate::core::snapshot::SourceStatus;
+use crate::core::{Snapshot, State, Timestamp};
+
+/// Timing of one route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timing {
+    pub group_wait: Duration,
+    pub group_interval: Duration,
+    pub repeat_interval: Duration,
+}
+
+/// One route (the default route is the last, with an empty matcher).
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub matcher: Matcher,
+    pub receivers: Vec<String>,
+    pub continue_matching: bool,
+    pub group_by: Vec<String>,
+    pub timing: Timing,
+    /// The default route: taken only when no other route matched.
+    pub fallback: bool,
+}
+
+/// What the book needs to know of a receiver.
+#[derive(Clone, Debug)]
+pub struct ReceiverPolicy {
+    pub send_resolved: bool,
+    /// Alertmanager's API: no `group_wait`/`group_interval` of ours (it
+    /// groups itself), and firing alerts re-sent every this often.
+    pub resend_interval: Option<Duration>,
+}
+
+/// Routes and receivers, from config.
+#[derive(Clone, Debug, Default)]
+pub struct Routing {
+    pub routes: Vec<Route>,
+    pub receivers: BTreeMap<String, ReceiverPolicy>,
+}
+
+impl Routing {
+    /// `(route index, receiver)` pairs an alert goes to.
+    fn destinations(&self, alert: &Alert) -> Vec<(usize, String)> {
+        let mut out: Vec<(usize, String)> = Vec::new();
+        let mut matched = false;
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.fallback && matched {
+                break;
+            }
+            if r.matcher.matches(alert) {
+                matched = true;
+                for rcv in &r.receivers {
+                    if !out.iter().any(|(_, x)| x == rcv) {
+                        out.push((i, rcv.clone()));
+                    }
+                }
+                if !r.continue_matching {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    fn timing(&self, route: usize, receiver: &str) -> Timing {
+        let base = self
+            .routes
+            .get(route)
+            .map(|r| r.timing.clone())
+            .unwrap_or(Timing {
+                group_wait: Duration::ZERO,
+                group_interval: Duration::ZERO,
+                repeat_interval: Duration::from_secs(4 * 3600),
+            });
+        match self.receivers.get(receiver).and_then(|p| p.resend_interval) {
+            Some(resend) => Timing {
+                group_wait: Duration::ZERO,
+                group_interval: Duration::ZERO,
+                repeat_interval: resend,
+            },
+            None => base,
+        }
+    }
+
+    fn send_resolved(&self, receiver: &str) -> bool {
+        self.receivers.get(receiver).is_none_or(|p| p.send_resolved)
+    }
+}
+
+/// An alert that fires, with what the book decided about it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Active {
+    pub alert: Alert,
+    /// Ids of the silences that mute it now.
+    #[serde(default)]
+    pub silenced_by: Vec<String>,
+    /// Keys of the groups it is in (empty while silenced).
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// One group: a receiver's view of some alerts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub receiver: String,
+    pub route: usize,
+    pub labels: BTreeMap<String, String>,
+    /// Fingerprints of the group's firing, unsilenced alerts.
+    pub firing: BTreeSet<String>,
+    /// Alerts as the receiver was last told they fire.
+    pub notified: BTreeMap<String, Alert>,
+    /// Alerts told as firing that have resolved since, to be told.
+    pub resolved: BTreeMap<String, Alert>,
+    /// When the group was last notified.
+    pub last_flush: Option<Timestamp>,
+    /// When it is notified next, if anything is due.
+    pub next_flush: Option<Timestamp>,
+}
+
+impl Group {
+    fn changed(&self) -> bool {
+        !self.resolved.is_empty() || self.firing.iter().any(|f| !self.notified.contains_key(f))
+    }
+}
+
+/// The whole alert state; what the state store keeps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Book {
+    pub active: BTreeMap<String, Active>,
+    pub groups: BTreeMap<String, Group>,
+    /// Silences made through the API (config silences come from config on
+    /// every start and are not stored).
+    pub silences: Vec<Silence>,
+    #[serde(skip)]
+    config_silences: Vec<Silence>,
+}
+
+/// What a reconciliation changed, for logs and metrics.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changes {
+    pub fired: usize,
+    pub resolved: usize,
+}
+
+fn delta(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Book {
+    pub fn set_config_silences(&mut self, silences: Vec<Silence>) {
+        self.config_silences = silences;
+    }
+
+    /// Every silence, config first.
+    pub fn all_silences(&self) -> impl Iterator<Item = &Silence> {
+        self.config_silences.iter().chain(self.silences.iter())
+    }
+
+    /// Bring the book in line with a snapshot. `gate_open` is false during
+    /// start-up (sources not all read and `startup_grace` not over): then no
+    /// agent alert fires or resolves.
+    pub fn reconcile(
+        &mut self,
+        snap: &Snapshot,
+        routing: &Routing,
+        gate_open: bool,
+        now: Timestamp,
+    ) -> Changes {
+        let mut changes = Changes::default();
+        let mut desired: HashMap<String, Alert> = HashMap::new();
+        // Alerts that must stay as they are: their subject cannot be judged.
+        let mut held: BTreeSet<String> = BTreeSet::new();
+        for agent in &snap.agents {
+            if agent.state == State::Unknown || !gate_open {
+                for kind in [
+                    AlertKind::AgentStale,
+                    AlertKind::AgentFailing,
+                    AlertKind::AgentMissing,
+                ] {
+                    held.insert(fingerprint(kind, agent.id.as_str()));
+                }
+                continue;
+            }
+            if let Some(a) = Alert::for_agent(agent, now) {
+                desired.insert(a.fingerprint.clone(), a);
+            }
+        }
+        for source in &snap.sources {
+            match source.status {
+                SourceStatus::Pending => {
+                    held.insert(fingerprint(AlertKind::SourceDown, source.name.as_str()));
+                }
+                SourceStatus::Down => {
+                    if let Some(a) = Alert::for_source(source) {
+                        desired.insert(a.fingerprint.clone(), a);
+                    }
+                }
+                SourceStatus::Up => {}
+            }
+        }
+        if !gate_open {
+            // Agents not in the snapshot yet are held too.
+            for (fp, a) in &self.active {
+                if a.alert.agent.is_some() {
+                    held.insert(fp.clone());
+                }
+            }
+        }
+        // Resolve what no longer fires.
+        let gone: Vec<String> = self
+            .active
+            .keys()
+            .filter(|fp| !desired.contains_key(*fp) && !held.contains(*fp))
+            .cloned()
+            .collect();
+        for fp in gone {
+            if let Some(a) = self.active.remove(&fp) {
+                changes.resolved += 1;
+                let resolved = a.alert.resolved(now);
+                self.leave_groups(&a.groups, &resolved, routing, true, now);
+            }
+        }
+        // Fire what is new; refresh the rest.
+        for (fp, alert) in desired {
+            match self.active.get_mut(&fp) {
+                Some(a) => a.alert = alert,
+                None => {
+                    changes.fired += 1;
+                    self.active.insert(
+                        fp.clone(),
+                        Active {
+                            alert,
+                            silenced_by: Vec::new(),
+                            groups: Vec::new(),
+                        },
+                    );
+                    self.place(&fp, routing, now);
+                }
+            }
+        }
+        self.apply_silences(routing, now);
+        changes
+    }
+
+    /// Put an unsilenced active alert into its groups.
+    fn place(&mut self, fp: &str, routing: &Routing, now: Timestamp) {
+        let Some(active) = self.active.get(fp) else {
+            return;
+        };
+        if !active.silenced_by.is_empty() {
+            return;
+        }
+        let alert = active.alert.clone();
+        let mut keys = Vec::new();
+        for (route, receiver) in routing.destinations(&alert) {
+            let group_by = &routing.routes[route].group_by;
+            let labels: BTreeMap<String, String> = group_by
+                .iter()
+                .map(|l| (l.clone(), alert.label(l).unwrap_or_default()))
+                .collect();
+            let key = group_key(route, &receiver, &labels);
+            let timing = routing.timing(route, &receiver);
+            let g = self.groups.entry(key.clone()).or_insert_with(|| Group {
+                receiver: receiver.clone(),
+                route,
+                labels,
+                firing: BTreeSet::new(),
+                notified: BTreeMap::new(),
+                resolved: BTreeMap::new(),
+                last_flush: None,
+                next_flush: None,
+            });
+            g.firing.insert(fp.to_string());
+            if !g.notified.contains_key(fp) {
+                schedule(g, &timing, now);
+            }
+            keys.push(key);
+        }
+        if let Some(a) = self.active.get_mut(fp) {
+            a.groups = keys;
+        }
+    }
+
+    /// Take an alert out of its groups: resolved (tell those who were told
+    /// it fired) or silenced (quietly).
+    fn leave_groups(
+        &mut self,
+        keys: &[String],
+        alert: &Alert,
+        routing: &Routing,
+        resolved: bool,
+        now: Timestamp,
+    ) {
+        for key in keys {
+            let Some(g) = self.groups.get_mut(key) else {
+                continue;
+            };
+            g.firing.remove(&alert.fingerprint);
+            if g.notified.remove(&alert.fingerprint).is_some()
+                && resolved
+                && routing.send_resolved(&g.receiver)
+            {
+                g.resolved.insert(alert.fingerprint.clone(), alert.clone());
+                let timing = routing.timing(g.route, &g.receiver);
+                schedule(g, &timing, now);
+            }
+        }
+    }
+
+    /// Recompute which alerts each silence mutes; alerts that become
+    /// silenced leave their groups, alerts whose silence ended join them.
+    fn apply_silences(&mut self, routing: &Routing, now: Timestamp) {
+        self.silences.retain(|s| !s.is_expired(now));
+        let silences: Vec<Silence> = self
+            .all_silences()
+            .filter(|s| s.is_active(now))
+            .cloned()
+            .collect();
+        let mut to_place = Vec::new();
+        let mut to_leave = Vec::new();
+        for (fp, a) in self.active.iter_mut() {
+            let by: Vec<String> = silences
+                .iter()
+                .filter(|s| s.matchers.matches(&a.alert))
+                .map(|s| s.id.clone())
+                .collect();
+            let was = !a.silenced_by.is_empty();
+            let is = !by.is_empty();
+            a.silenced_by = by;
+            if was && !is {
+                to_place.push(fp.clone());
+            } else if !was && is {
+                to_leave.push((std::mem::take(&mut a.groups), a.alert.clone()));
+            }
+        }
+        for (keys, alert) in to_leave {
+            self.leave_groups(&keys, &alert, routing, false, now);
+        }
+        for fp in to_place {
+            self.place(&fp, routing, now);
+        }
+    }
+
+    /// Add a silence (from the API).
+    pub fn add_silence(&mut self, s: Silence, routing: &Routing, now: Timestamp) {
+        self.silences.retain(|x| x.id != s.id);
+        self.silences.push(s);
+        self.apply_silences(routing, now);
+    }
+
+    /// Remove an API silence; `false` if there is none with that id.
+    pub fn remove_silence(&mut self, id: &str, routing: &Routing, now: Timestamp) -> bool {
+        let before = self.silences.len();
+        self.silences.retain(|s| s.id != id);
+        let removed = self.silences.len() != before;
+        if removed {
+            self.apply_silences(routing, now);
+        }
+        removed
+    }
+
+    /// Re-evaluate silences whose window opened or closed.
+    pub fn tick(&mut self, routing: &Routing, now: Timestamp) {
+        self.apply_silences(routing, now);
+    }
+
+    /// When something is due next: a group's flush or a silence boundary.
+    pub fn next_wakeup(&self, now: Timestamp) -> Option<Timestamp> {
+        let flush = self.groups.values().filter_map(|g| g.next_flush).min();
+        let silence = self
+            .all_silences()
+            .flat_map(|s| [s.starts_at, s.ends_at])
+            .filter(|t| *t > now)
+            .min();
+        [flush, silence].into_iter().flatten().min()
+    }
+
+    /// The notifications due at `now`. The book records them as sent: the
+    /// caller must make them durable (the outbox) before acting on them.
+    pub fn flush(&mut self, routing: &Routing, now: Timestamp) -> Vec<Notification> {
+        self.flush_with_news(routing, now)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// [`Book::flush`], with each notification's `starts_at` of the alerts
+    /// its receiver hears of for the first time.
+    pub fn flush_with_news(
+        &mut self,
+        routing: &Routing,
+        now: Timestamp,
+    ) -> Vec<(Notification, Vec<Timestamp>)> {
+        let mut out = Vec::new();
+        let mut empty = Vec::new();
+        for (key, g) in self.groups.iter_mut() {
+            if g.next_flush.is_none_or(|t| t > now) {
+                continue;
+            }
+            let timing = routing.timing(g.route, &g.receiver);
+            let repeat_due = g
+                .last_flush
+                .is_some_and(|t| now >= t + delta(timing.repeat_interval));
+            if g.changed() || (repeat_due && !g.firing.is_empty()) {
+                let mut alerts: Vec<Alert> = g
+                    .firing
+                    .iter()
+                    .filter_map(|fp| self.active.get(fp).map(|a| a.alert.clone()))
+                    .collect();
+                let news: Vec<Timestamp> = alerts
+                    .iter()
+                    .filter(|a| !g.notified.contains_key(&a.fingerprint))
+                    .map(|a| a.starts_at)
+                    .collect();
+                alerts.extend(g.resolved.values().cloned());
+                let status = if g.firing.is_empty() {
+                    AlertStatus::Resolved
+                } else {
+                    AlertStatus::Firing
+                };
+                out.push((
+                    Notification {
+                        id: format!("{}-{}", short_hash(key), now.timestamp_millis()),
+                        receiver: g.receiver.clone(),
+                        group_key: key.clone(),
+                        group_labels: g.labels.clone(),
+                        status,
+                        alerts,
+                        created_at: now,
+                    },
+                    news,
+                ));
+                g.notified = g
+                    .firing
+                    .iter()
+                    .filter_map(|fp| self.active.get(fp).map(|a| (fp.clone(), a.alert.clone())))
+                    .collect();
+                g.resolved.clear();
+                g.last_flush = Some(now);
+            }
+            g.next_flush = if g.firing.is_empty() {
+                None
+            } else {
+                g.last_flush.map(|t| t + delta(timing.repeat_interval))
+            };
+            if g.firing.is_empty() && g.resolved.is_empty() {
+                empty.push(key.clone());
+            }
+        }
+        for key in empty {
+            self.groups.remove(&key);
+        }
+        out
+    }
+
+    /// Drop groups of receivers or routes no longer in the config (after a
+    /// restart with a changed config) and re-place every alert, so the book
+    /// follows the routing it runs with.
+    pub fn adopt(&mut self, routing: &Routing, now: Timestamp) {
+        self.groups.retain(|_, g| {
+            routing.receivers.contains_key(&g.receiver)
+                && routing
+                    .routes
+                    .get(g.route)
+                    .is_some_and(|r| r.receivers.contains(&g.receiver))
+        });
+        let fps: Vec<String> = self.active.keys().cloned().collect();
+        for fp in &fps {
+            if let Some(a) = self.active.get_mut(fp) {
+                a.groups.clear();
+            }
+        }
+        for g in self.groups.values_mut() {
+            g.firing.clear();
+        }
+        for fp in fps {
+            self.place(&fp, routing, now);
+        }
+        self.apply_silences(routing, now);
+        // Alerts told as firing that are no longer active: resolved while
+        // this process was not running.
+        for g in self.groups.values_mut() {
+            let gone: Vec<String> = g
+                .notified
+                .keys()
+                .filter(|fp| !self.active.contains_key(*fp))
+                .cloned()
+                .collect();
+            for fp in gone {
+                if let Some(a) = g.notified.remove(&fp) {
+                    if routing.send_resolved(&g.receiver) {
+                        g.resolved.insert(fp, a.resolved(now));
+                        let timing = routing.timing(g.route, &g.receiver);
+                        schedule(g, &timing, now);
+                    }
+                }
+            }
+        }
+        self.groups.retain(|_, g| {
+            !g.firing.is_empty() || !g.resolved.is_empty() || !g.notified.is_empty()
+        });
+    }
+
+    /// Number of firing alerts by kind, split into (unsilenced, silenced).
+    pub fn counts(&self) -> BTreeMap<AlertKind, (usize, usize)> {
+        let mut m: BTreeMap<AlertKind, (usize, usize)> =
+            AlertKind::ALL.iter().map(|k| (*k, (0, 0))).collect();
+        for a in self.active.values() {
+            let e = m.entry(a.alert.kind).or_default();
+            if a.silenced_by.is_empty() {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
+        }
+        m
+    }
+}
+
+/// A group's next flush after a change: `group_wait` after its start, or
+/// `group_interval` after its last message (never later than already set).
+fn schedule(g: &mut Group, timing: &Timing, now: Timestamp) {
+    let at = match g.last_flush {
+        None => now + delta(timing.group_wait),
+        Some(last) => (last + delta(timing.group_interval)).max(now),
+    };
+    g.next_flush = Some(g.next_flush.map_or(at, |t| t.min(at)));
+}
+
+fn group_key(route: usize, receiver: &str, labels: &BTreeMap<String, String>) -> String {
+    let mut k = format!("{route}/{receiver}/{{");
+    let parts: Vec<String> = labels.iter().map(|(a, b)| format!("{a}={b:?}")).collect();
+    k.push_str(&parts.join(","));
+    k.push('}');
+    k
+}
+
+fn short_hash(s: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(s.as_bytes());
+    d[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

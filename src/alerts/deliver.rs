@@ -1,0 +1,463 @@
+//! Delivery: one worker task per receiver, so a dead Slack never delays
+//! PagerDuty. Each takes notifications from its own bounded queue in order
+//! and retries the one at the head with exponential backoff and jitter
+//! until it is delivered or `give_up_after` has passed since it was queued.
+//! Every attempt of a request carries the same `webhook-id`.
+//!
+//! Queue policy: a new notification for a group supersedes one of the same
+//! group still waiting (merged, nothing lost); the queue holds at most
+//! `delivery.max_pending` notifications, and past it the oldest waiting one
+//! is dropped, counted (`notifications_total{result="dropped"}`) and logged
+//! as an error.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use secrecy::ExposeSecret;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::model::AlertStatus;
+use super::render::{RenderCtx, Renderer};
+use super::sign::Signer;
+use super::store::Pending;
+use crate::clock::Clock;
+use crate::config::alerting::{DeliveryConfig, ReceiverConfig};
+use crate::sinks::metrics::Metrics;
+
+/// A receiver's queue of notifications not yet taken by its worker.
+pub struct Queue {
+    items: Mutex<VecDeque<Pending>>,
+    notify: Notify,
+    max: usize,
+}
+
+impl Queue {
+    pub fn new(max: usize) -> Self {
+        Self {
+            items: Mutex::new(VecDeque::new()),
+            notify: Notify::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Add at the back. A notification still waiting for the same group is
+    /// superseded: the new one carries the group's current state, plus the
+    /// resolved alerts only the older one had, so a receiver that was away
+    /// gets one up-to-date message instead of a backlog of reminders. Past
+    /// the bound, the oldest waiting notification is dropped.
+    pub fn push(&self, mut p: Pending) -> Pushed {
+        let mut out = Pushed::default();
+        {
+            let mut q = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            let group = p.notification.group_key.clone();
+            let mut kept = VecDeque::with_capacity(q.len() + 1);
+            for old in q.drain(..) {
+                if old.notification.group_key != group {
+                    kept.push_back(old);
+                    continue;
+                }
+                out.superseded.push(old.seq);
+                p.first_told.extend(old.first_told);
+                for a in old.notification.alerts {
+                    if a.status == AlertStatus::Resolved
+                        && !p
+                            .notification
+                            .alerts
+                            .iter()
+                            .any(|x| x.fingerprint == a.fingerprint)
+                    {
+                        p.notification.alerts.push(a);
+                    }
+                }
+            }
+            *q = kept;
+            if !out.superseded.is_empty() {
+                out.merged = Some(p.clone());
+            }
+            q.push_back(p);
+            if q.len() > self.max {
+                out.dropped = q.pop_front();
+            }
+        }
+        self.notify.notify_one();
+        out
+    }
+
+    fn pop(&self) -> Option<Pending> {
+        self.items
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    async fn next(&self, cancel: &CancellationToken) -> Option<Pending> {
+        loop {
+            if let Some(p) = self.pop() {
+                return Some(p);
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = self.notify.notified() => {}
+            }
+        }
+    }
+}
+
+/// What [`Queue::push`] did besides adding.
+#[derive(Debug, Default)]
+pub struct Pushed {
+    /// Sequence numbers of older notifications merged into the new one.
+    pub superseded: Vec<u64>,
+    /// The new notification after merging, when it changed.
+    pub merged: Option<Pending>,
+    /// The oldest notification, dropped because the queue was full.
+    pub dropped: Option<Pending>,
+}
+
+/// What a worker reports to the engine.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Some requests of a notification are delivered (PagerDuty: one per
+    /// alert), not yet all.
+    Progress { seq: u64, parts_done: usize },
+    /// Every request is delivered: remove it from the outbox.
+    Delivered { seq: u64 },
+    /// Given up (retry period over, or the body cannot be rendered).
+    Dropped { seq: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("request failed: {0}")]
+    Request(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("receiver answered {status}: {body}")]
+    Status { status: u16, body: String },
+}
+
+/// One receiver's worker.
+pub struct Worker {
+    pub name: String,
+    renderer: Renderer,
+    url: String,
+    signer: Option<Signer>,
+    headers: HeaderMap,
+    client: reqwest::Client,
+    timeout: Duration,
+    delivery: DeliveryConfig,
+    external_url: String,
+    queue: Arc<Queue>,
+    outcomes: mpsc::Sender<(String, Outcome)>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+}
+
+/// A worker's parts that are not its queue, the engine, or its config.
+pub struct WorkerCtx {
+    pub queue: Arc<Queue>,
+    pub outcomes: mpsc::Sender<(String, Outcome)>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    pub external_url: String,
+}
+
+impl Worker {
+    /// Build the worker: renderer (compiled template), signer, headers and
+    /// an HTTP client. The process must have installed a rustls provider.
+    pub fn new(
+        receiver: &ReceiverConfig,
+        delivery: &DeliveryConfig,
+        ctx: WorkerCtx,
+    ) -> anyhow::Result<Self> {
+        let renderer = Renderer::new(receiver)
+            .map_err(|e| anyhow::anyhow!("receiver {}: {e}", receiver.name))?;
+        let timeout = receiver.timeout.unwrap_or(delivery.timeout);
+        let mut headers = HeaderMap::new();
+        for (k, v) in &receiver.headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                anyhow::anyhow!("receiver {}: bad header name `{k}`", receiver.name)
+            })?;
+            let mut value = HeaderValue::from_str(v.expose_secret()).map_err(|_| {
+                anyhow::anyhow!("receiver {}: bad value for header `{k}`", receiver.name)
+            })?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("agent-supervisor/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| anyhow::anyhow!("receiver {}: http client: {e}", receiver.name))?;
+        Ok(Self {
+            name: receiver.name.clone(),
+            url: renderer.url(),
+            renderer,
+            signer: receiver.secret.as_ref().map(Signer::new),
+            headers,
+            client,
+            timeout,
+            delivery: delivery.clone(),
+            external_url: ctx.external_url,
+            queue: ctx.queue,
+            outcomes: ctx.outcomes,
+            metrics: ctx.metrics,
+            clock: ctx.clock,
+        })
+    }
+
+    pub async fn run(self, cancel: CancellationToken) {
+        while let Some(p) = self.queue.next(&cancel).await {
+            let seq = p.seq;
+            let outcome = self.deliver(p, &cancel).await;
+            let Some(outcome) = outcome else {
+                // Cancelled mid-delivery: it stays in the outbox and is
+                // delivered after the restart.
+                break;
+            };
+            if self
+                .outcomes
+                .send((self.name.clone(), outcome))
+                .await
+                .is_err()
+            {
+                debug!(receiver = %self.name, seq, "Alert engine gone; worker stops.");
+                break;
+            }
+        }
+    }
+
+    /// Deliver every remaining request of one notification. `None` when
+    /// cancelled.
+    async fn deliver(&self, p: Pending, cancel: &CancellationToken) -> Option<Outcome> {
+        let ctx = RenderCtx {
+            external_url: &self.external_url,
+        };
+        let parts = match self.renderer.render(&p.notification, &ctx) {
+            Ok(parts) => parts,
+            Err(e) => {
+                self.metrics.notification(&self.name, "dropped");
+                error!(receiver = %self.name, notification = %p.notification.id, error = %e,
+                    "Cannot render the notification; dropped. Fix the receiver's template.");
+                return Some(Outcome::Dropped { seq: p.seq });
+            }
+        };
+        let give_up_at = p.queued_at
+            + chrono::Duration::from_std(self.delivery.give_up_after)
+                .unwrap_or(chrono::Duration::MAX);
+        for (i, part) in parts.iter().enumerate().skip(p.parts_done) {
+            let id = match &part.id_suffix {
+                Some(s) => format!("{}-{s}", p.notification.id),
+                None => p.notification.id.clone(),
+            };
+            let mut backoff = ExponentialBuilder::default()
+                .with_min_delay(self.delivery.initial_backoff)
+                .with_max_delay(self.delivery.max_backoff)
+                .with_jitter()
+                .without_max_times()
+                .build();
+            let mut attempt = 0u32;
+            loop {
+                attempt += 1;
+                let sent = tokio::select! {
+                    _ = cancel.cancelled() => return None,
+                    r = self.send(&id, part.content_type, part.body.as_bytes()) => r,
+                };
+                match sent {
+                    Ok(()) => {
+                        self.metrics.notification(&self.name, "success");
+                        if attempt > 1 {
+                            info!(receiver = %self.name, webhook_id = %id, attempts = attempt,
+                                "Notification delivered after retries.");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        self.metrics.notification(&self.name, "failure");
+                        let now = self.clock.now();
+                        let delay = backoff.next().unwrap_or(self.delivery.max_backoff);
+                        let next_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                        if next_at > give_up_at {
+                            self.metrics.notification(&self.name, "dropped");
+                            error!(receiver = %self.name, webhook_id = %id, attempts = attempt,
+                                error = %e, queued_at = %p.queued_at,
+                                "Notification not delivered within give_up_after; dropped.");
+                            return Some(Outcome::Dropped { seq: p.seq });
+                        }
+                        warn!(receiver = %self.name, webhook_id = %id, attempt, error = %e,
+                            retry_in = ?delay, "Notification delivery failed; will retry.");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return None,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
+            }
+            if i + 1 < parts.len() {
+                let progress = Outcome::Progress {
+                    seq: p.seq,
+                    parts_done: i + 1,
+                };
+                if self
+                    .outcomes
+                    .send((self.name.clone(), progress))
+                    .await
+                    .is_err()
+                {
+                    return None;
+                }
+            }
+        }
+        let now = self.clock.now();
+        for started in &p.first_told {
+            let secs = (now - *started).num_milliseconds() as f64 / 1000.0;
+            self.metrics.notification_latency(&self.name, secs);
+        }
+        Some(Outcome::Delivered { seq: p.seq })
+    }
+
+    async fn send(&self, id: &str, content_type: &str, body: &[u8]) -> Result<(), DeliveryError> {
+        let ts = self.clock.now().timestamp();
+        let mut req = self
+            .client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .header(CONTENT_TYPE, content_type)
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string());
+        if let Some(s) = &self.signer {
+            req = req.header("webhook-signature", s.sign(id, ts, body));
+        }
+        let fut = req.body(body.to_vec()).send();
+        let resp = match tokio::time::timeout(self.timeout, fut).await {
+            Err(_) => return Err(DeliveryError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_timeout() => return Err(DeliveryError::Timeout(self.timeout)),
+            Ok(Err(e)) => return Err(DeliveryError::Request(describe(&e))),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        // A little of the body helps whoever reads the log (PagerDuty and
+        // Slack say what they did not like).
+        let body = tokio::time::timeout(Duration::from_secs(1), resp.text())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        let body: String = body.chars().take(200).collect();
+        Err(DeliveryError::Status {
+            status: status.as_u16(),
+            body,
+        })
+    }
+}
+
+/// The reason behind a reqwest error without its URL (which may hold a
+/// token, as Slack's and Discord's webhook URLs do).
+fn describe(e: &reqwest::Error) -> String {
+    let mut msg = if e.is_connect() {
+        "connection failed".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::alerts::model::{Alert, AlertKind, Notification, fingerprint};
+
+    fn alert(agent: &str, status: AlertStatus) -> Alert {
+        Alert {
+            fingerprint: fingerprint(AlertKind::AgentStale, agent),
+            kind: AlertKind::AgentStale,
+            status,
+            agent: Some(agent.into()),
+            source: None,
+            labels: Default::default(),
+            last_seen: None,
+            age_seconds: None,
+            threshold_seconds: None,
+            starts_at: Utc::now(),
+            ends_at: None,
+            summary: String::new(),
+        }
+    }
+
+    fn pending(seq: u64, group: &str, alerts: Vec<Alert>) -> Pending {
+        Pending {
+            seq,
+            notification: Notification {
+                id: format!("n{seq}"),
+                receiver: "r".into(),
+                group_key: group.into(),
+                group_labels: Default::default(),
+                status: AlertStatus::Firing,
+                alerts,
+                created_at: Utc::now(),
+            },
+            first_told: vec![Utc::now()],
+            parts_done: 0,
+            queued_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_newer_notification_of_a_group_supersedes_the_waiting_one_and_keeps_its_resolved() {
+        let q = Queue::new(10);
+        q.push(pending(1, "g", vec![alert("a", AlertStatus::Firing)]));
+        q.push(pending(2, "other", vec![alert("x", AlertStatus::Firing)]));
+        let r = q.push(pending(
+            3,
+            "g",
+            vec![
+                alert("b", AlertStatus::Firing),
+                alert("c", AlertStatus::Resolved),
+            ],
+        ));
+        assert_eq!(r.superseded, vec![1]);
+        assert!(r.dropped.is_none());
+        let r = q.push(pending(4, "g", vec![alert("b", AlertStatus::Firing)]));
+        assert_eq!(r.superseded, vec![3]);
+        let merged = r.merged.unwrap();
+        let names: Vec<(&str, AlertStatus)> = merged
+            .notification
+            .alerts
+            .iter()
+            .map(|a| (a.agent.as_ref().unwrap().as_str(), a.status))
+            .collect();
+        assert_eq!(
+            names,
+            vec![("b", AlertStatus::Firing), ("c", AlertStatus::Resolved)]
+        );
+        assert_eq!(merged.first_told.len(), 3);
+        assert_eq!(q.pop().unwrap().seq, 2);
+        assert_eq!(q.pop().unwrap().seq, 4);
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_waiting_notification_is_dropped() {
+        let q = Queue::new(2);
+        assert!(q.push(pending(1, "a", vec![])).dropped.is_none());
+        assert!(q.push(pending(2, "b", vec![])).dropped.is_none());
+        assert_eq!(q.push(pending(3, "c", vec![])).dropped.unwrap().seq, 1);
+    }
+}

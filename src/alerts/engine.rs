@@ -1,0 +1,462 @@
+//! The alert engine: one task that owns the [`Book`] and the outbox. It
+//! follows the core's snapshots (level-triggered: a lost event cannot lose
+//! an alert), asks the book what is due, writes new notifications to
+//! `alerts.json` **before** handing them to the receivers' workers, and
+//! removes them when a worker reports them delivered or dropped.
+//!
+//! Channels: snapshots in through a `watch` (latest wins: an agent that
+//! flaps faster than the snapshot is published does not page); commands
+//! (silences) in through a bounded channel whose senders wait at most
+//! [`COMMAND_TIMEOUT`]; worker outcomes in through a bounded channel the
+//! workers wait on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::book::{ReceiverPolicy, Route, Routing, Timing};
+use super::deliver::{Outcome, Queue};
+use super::model::{Alert, Matcher, Silence};
+use super::store::{AlertState, AlertStore, Pending};
+use crate::clock::Clock;
+use crate::config::alerting::{AlertingConfig, ReceiverKind};
+use crate::core::snapshot::SourceStatus;
+use crate::core::{Snapshot, Timestamp};
+use crate::liveness::Liveness;
+use crate::sinks::metrics::Metrics;
+
+/// How long an API call waits for the engine to take its command.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Capacity of the command channel.
+pub const COMMAND_CAPACITY: usize = 64;
+/// Capacity of the workers' outcome channel.
+pub const OUTCOME_CAPACITY: usize = 1024;
+/// Book changes that need no notification yet are saved at most this often
+/// (new notifications and deliveries are saved at once, always).
+const BOOK_SAVE_EVERY: Duration = Duration::from_secs(1);
+/// The view for the API is refreshed at least this often while alerts fire.
+const VIEW_EVERY: Duration = Duration::from_secs(1);
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// Requests from the API.
+pub enum Command {
+    AddSilence(Box<Silence>, oneshot::Sender<()>),
+    RemoveSilence(String, oneshot::Sender<RemoveResult>),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum RemoveResult {
+    Removed,
+    NotFound,
+    /// Config silences are removed by editing the config.
+    FromConfig,
+}
+
+/// What `/api/v1/alerts` and `/api/v1/silences` show.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AlertsView {
+    pub taken_at: Option<Timestamp>,
+    pub alerts: Vec<AlertEntry>,
+    pub silences: Vec<Silence>,
+    /// Undelivered notifications per receiver.
+    pub pending: BTreeMap<String, usize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AlertEntry {
+    #[serde(flatten)]
+    pub alert: Alert,
+    pub silenced: bool,
+    pub silenced_by: Vec<String>,
+    /// Receivers whose groups hold it.
+    pub receivers: Vec<String>,
+}
+
+/// The handle the HTTP API uses.
+#[derive(Clone)]
+pub struct AlertsHandle {
+    pub view: watch::Receiver<Arc<AlertsView>>,
+    pub commands: mpsc::Sender<Command>,
+}
+
+/// Routes and receiver policies from the config. The default route comes
+/// last and takes what no other route matched.
+pub fn routing(cfg: &AlertingConfig) -> Routing {
+    let r = &cfg.routing;
+    let base = Timing {
+        group_wait: r.group_wait,
+        group_interval: r.group_interval,
+        repeat_interval: r.repeat_interval,
+    };
+    let mut routes: Vec<Route> = r
+        .routes
+        .iter()
+        .map(|rc| Route {
+            matcher: rc.matcher.clone(),
+            receivers: rc.receivers.clone(),
+            continue_matching: rc.continue_matching,
+            group_by: rc.group_by.clone().unwrap_or_else(|| r.group_by.clone()),
+            timing: Timing {
+                group_wait: rc.group_wait.unwrap_or(base.group_wait),
+                group_interval: rc.group_interval.unwrap_or(base.group_interval),
+                repeat_interval: rc.repeat_interval.unwrap_or(base.repeat_interval),
+            },
+            fallback: false,
+        })
+        .collect();
+    routes.push(Route {
+        matcher: Matcher::default(),
+        receivers: r.receivers.clone(),
+        continue_matching: false,
+        group_by: r.group_by.clone(),
+        timing: base,
+        fallback: true,
+    });
+    let receivers = cfg
+        .receivers
+        .iter()
+        .map(|rc| {
+            let resend = match &rc.kind {
+                ReceiverKind::AlertmanagerApi {
+                    resend_interval, ..
+                } => Some(*resend_interval),
+                _ => None,
+            };
+            (
+                rc.name.clone(),
+                ReceiverPolicy {
+                    send_resolved: rc.send_resolved.unwrap_or(r.send_resolved),
+                    resend_interval: resend,
+                },
+            )
+        })
+        .collect();
+    Routing { routes, receivers }
+}
+
+pub struct Engine {
+    pub state: AlertState,
+    pub routing: Routing,
+    pub store: Option<AlertStore>,
+    pub queues: HashMap<String, Arc<Queue>>,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub commands: mpsc::Receiver<Command>,
+    pub outcomes: mpsc::Receiver<(String, Outcome)>,
+    pub view: watch::Sender<Arc<AlertsView>>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    pub liveness: Liveness,
+    pub startup_grace: Duration,
+    pub started_at: Timestamp,
+}
+
+impl Engine {
+    pub async fn run(mut self, cancel: CancellationToken) {
+        self.liveness.register("alerts", Duration::from_secs(10));
+        let now = self.clock.now();
+        self.state.book.adopt(&self.routing, now);
+        // Notifications left in the outbox by the previous run go first.
+        let mut outbox = std::mem::take(&mut self.state.outbox);
+        outbox.sort_by_key(|p| p.seq);
+        for p in outbox {
+            if self.queues.contains_key(&p.notification.receiver) {
+                self.state.outbox.push(p.clone());
+                self.hand_over(p);
+            } else {
+                warn!(receiver = %p.notification.receiver, notification = %p.notification.id,
+                    "Pending notification for a receiver no longer configured; dropped.");
+            }
+        }
+        if !self.state.outbox.is_empty() {
+            info!(
+                pending = self.state.outbox.len(),
+                "Resuming delivery of notifications from before the restart."
+            );
+        }
+        let mut gate_open = false;
+        // The book changed without a notification (alerts fired and wait
+        // for group_wait, silences): saved at most every BOOK_SAVE_EVERY.
+        let mut book_dirty = false;
+        let mut outbox_dirty = false;
+        let mut last_book_save = Instant::now();
+        let mut last_view = Instant::now() - VIEW_EVERY;
+        let mut view_due = true;
+        self.snapshots.mark_changed();
+        loop {
+            let now = self.clock.now();
+            let wake = self
+                .state
+                .book
+                .next_wakeup(now)
+                .map(|t| self.clock.instant_at(t))
+                .unwrap_or_else(|| Instant::now() + IDLE_TICK)
+                .min(Instant::now() + IDLE_TICK);
+            let save_at = book_dirty.then(|| last_book_save + BOOK_SAVE_EVERY);
+            let far = Instant::now() + Duration::from_secs(3600);
+            let mut reconcile = false;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    reconcile = true;
+                }
+                Some(cmd) = self.commands.recv() => {
+                    self.command(cmd);
+                    view_due = true;
+                    book_dirty = true;
+                }
+                Some((receiver, outcome)) = self.outcomes.recv() => {
+                    self.outcome(&receiver, outcome);
+                    while let Ok((receiver, outcome)) = self.outcomes.try_recv() {
+                        self.outcome(&receiver, outcome);
+                    }
+                    outbox_dirty = true;
+                    view_due = true;
+                }
+                _ = sleep_until(save_at.unwrap_or(far)), if save_at.is_some() => {}
+                _ = sleep_until(wake) => {}
+            }
+            self.liveness.tick("alerts");
+            let now = self.clock.now();
+            let snap = self.snapshots.borrow_and_update().clone();
+            if !gate_open {
+                gate_open = snap
+                    .sources
+                    .iter()
+                    .all(|s| s.status != SourceStatus::Pending)
+                    || now
+                        >= self.started_at
+                            + chrono::Duration::from_std(self.startup_grace).unwrap_or_default();
+                if gate_open {
+                    reconcile = true;
+                    debug!("Every source read once (or startup_grace over): agent alerts enabled.");
+                }
+            }
+            if reconcile {
+                let c = self
+                    .state
+                    .book
+                    .reconcile(&snap, &self.routing, gate_open, now);
+                if c.fired > 0 || c.resolved > 0 {
+                    info!(fired = c.fired, resolved = c.resolved, "Alerts changed.");
+                    book_dirty = true;
+                    view_due = true;
+                }
+            } else {
+                self.state.book.tick(&self.routing, now);
+            }
+            let due = self.state.book.flush_with_news(&self.routing, now);
+            if !due.is_empty() {
+                let mut fresh = Vec::with_capacity(due.len());
+                for (n, first_told) in due {
+                    let seq = self.state.next_seq;
+                    self.state.next_seq += 1;
+                    debug!(receiver = %n.receiver, notification = %n.id, alerts = n.alerts.len(),
+                        status = n.status.as_str(), "Notification queued.");
+                    let p = Pending {
+                        seq,
+                        notification: n,
+                        first_told,
+                        parts_done: 0,
+                        queued_at: now,
+                    };
+                    self.state.outbox.push(p.clone());
+                    fresh.push(p);
+                }
+                // Durable first (outbox, then the book that records them
+                // as told), then sent: DESIGN §2 rule 3.
+                self.save_outbox().await;
+                self.save_book().await;
+                last_book_save = Instant::now();
+                book_dirty = false;
+                outbox_dirty = false;
+                for p in fresh {
+                    outbox_dirty |= self.hand_over(p);
+                }
+                view_due = true;
+            }
+            // A delivery is recorded before anything else happens, so a
+            // crash does not send a delivered notification again.
+            if outbox_dirty {
+                self.save_outbox().await;
+                outbox_dirty = false;
+            }
+            if book_dirty && last_book_save + BOOK_SAVE_EVERY <= Instant::now() {
+                self.save_book().await;
+                last_book_save = Instant::now();
+                book_dirty = false;
+            }
+            if view_due || (last_view + VIEW_EVERY <= Instant::now() && reconcile) {
+                self.publish(now);
+                last_view = Instant::now();
+                view_due = false;
+            }
+        }
+        self.save_outbox().await;
+        self.save_book().await;
+        debug!("Alert engine stopped.");
+    }
+
+    /// Give a notification (already in the outbox) to its receiver's
+    /// worker. Returns whether the outbox changed (older queued
+    /// notifications superseded or dropped).
+    fn hand_over(&mut self, p: Pending) -> bool {
+        let receiver = p.notification.receiver.clone();
+        let Some(q) = self.queues.get(&receiver) else {
+            return false;
+        };
+        let seq = p.seq;
+        let pushed = q.push(p);
+        let mut changed = false;
+        if !pushed.superseded.is_empty() {
+            debug!(receiver = %receiver, superseded = pushed.superseded.len(),
+                "Undelivered notifications of the same group merged into the newest.");
+            let gone = &pushed.superseded;
+            self.state.outbox.retain(|x| !gone.contains(&x.seq));
+            // The merged notification carries what they had to say.
+            if let Some(merged) = pushed.merged
+                && let Some(slot) = self.state.outbox.iter_mut().find(|x| x.seq == seq)
+            {
+                *slot = merged;
+            }
+            changed = true;
+        }
+        if let Some(old) = pushed.dropped {
+            self.state.outbox.retain(|x| x.seq != old.seq);
+            self.metrics.notification(&receiver, "dropped");
+            error!(receiver = %receiver, notification = %old.notification.id,
+                "Outbox full for this receiver (delivery.max_pending); dropped the oldest notification.");
+            changed = true;
+        }
+        self.count_pending(&receiver);
+        changed
+    }
+
+    fn count_pending(&self, receiver: &str) {
+        let n = self
+            .state
+            .outbox
+            .iter()
+            .filter(|p| p.notification.receiver == receiver)
+            .count();
+        self.metrics.outbox_pending(receiver, n);
+    }
+
+    fn outcome(&mut self, receiver: &str, outcome: Outcome) {
+        match outcome {
+            Outcome::Progress { seq, parts_done } => {
+                if let Some(p) = self.state.outbox.iter_mut().find(|p| p.seq == seq) {
+                    p.parts_done = parts_done;
+                }
+            }
+            Outcome::Delivered { seq } | Outcome::Dropped { seq } => {
+                self.state.outbox.retain(|p| p.seq != seq);
+            }
+        }
+        self.count_pending(receiver);
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.clock.now();
+        match cmd {
+            Command::AddSilence(s, reply) => {
+                info!(silence = %s.id, comment = %s.comment, created_by = %s.created_by,
+                    ends_at = %s.ends_at, "Silence added.");
+                self.state.book.add_silence(*s, &self.routing, now);
+                let _ = reply.send(());
+            }
+            Command::RemoveSilence(id, reply) => {
+                let result = if self
+                    .state
+                    .book
+                    .all_silences()
+                    .any(|s| s.id == id && s.origin == super::model::SilenceOrigin::Config)
+                {
+                    RemoveResult::FromConfig
+                } else if self.state.book.remove_silence(&id, &self.routing, now) {
+                    info!(silence = %id, "Silence removed.");
+                    RemoveResult::Removed
+                } else {
+                    RemoveResult::NotFound
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    async fn save_outbox(&self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let pending = self.state.outbox.clone();
+        let next = self.state.next_seq;
+        let saved = tokio::task::spawn_blocking(move || store.save_outbox(&pending, next)).await;
+        report_save(saved, "outbox");
+    }
+
+    async fn save_book(&self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let book = self.state.book.clone();
+        let saved = tokio::task::spawn_blocking(move || store.save_book(&book)).await;
+        report_save(saved, "alert book");
+    }
+
+    fn publish(&self, now: Timestamp) {
+        let book = &self.state.book;
+        for (kind, (firing, silenced)) in book.counts() {
+            self.metrics.alerts(kind.as_str(), firing, silenced);
+        }
+        let alerts = book
+            .active
+            .values()
+            .map(|a| AlertEntry {
+                alert: a.alert.clone(),
+                silenced: !a.silenced_by.is_empty(),
+                silenced_by: a.silenced_by.clone(),
+                receivers: {
+                    let mut r: Vec<String> = a
+                        .groups
+                        .iter()
+                        .filter_map(|k| book.groups.get(k).map(|g| g.receiver.clone()))
+                        .collect();
+                    r.dedup();
+                    r
+                },
+            })
+            .collect();
+        let mut pending: BTreeMap<String, usize> =
+            self.queues.keys().map(|k| (k.clone(), 0)).collect();
+        for p in &self.state.outbox {
+            *pending.entry(p.notification.receiver.clone()).or_default() += 1;
+        }
+        self.view.send_replace(Arc::new(AlertsView {
+            taken_at: Some(now),
+            alerts,
+            silences: book.all_silences().cloned().collect(),
+            pending,
+        }));
+    }
+}
+
+fn report_save(
+    saved: Result<Result<(), crate::sinks::state::StateError>, tokio::task::JoinError>,
+    what: &str,
+) {
+    match saved {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(error = %e, file = what,
+            "Cannot save alert state; notifications may be lost or repeated after a restart."),
+        Err(e) => error!(error = %e, file = what, "Alert state save task failed."),
+    }
+}

@@ -1,0 +1,518 @@
+//! Alert delivery end to end: real HTTP receivers on 127.0.0.1, the real
+//! binary killed with SIGKILL, a real Alertmanager.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{AlertmanagerServer, free_port, wait_until};
+use crate::receiver::{Receiver, Request};
+use crate::support::{TestApp, sample, spawn_app};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+fn alerts_of(r: &Request) -> Vec<Value> {
+    r.json()["alerts"].as_array().cloned().unwrap_or_default()
+}
+
+fn statuses(r: &Request) -> (usize, usize) {
+    let a = alerts_of(r);
+    let firing = a.iter().filter(|x| x["status"] == "firing").count();
+    (firing, a.len() - firing)
+}
+
+async fn push_all(app: &TestApp, agents: &[String]) {
+    for a in agents {
+        let (code, body) = app.push(a, None, None).await;
+        assert!(code.is_success(), "push {a}: {code} {body}");
+    }
+}
+
+/// A sidecar with one push source, no start-up grace, and `rest` (agents,
+/// receivers, routing...).
+async fn push_app(stale_after: &str, rest: &str) -> TestApp {
+    spawn_app(&format!(
+        "startup_grace: 0s\ndefaults: {{stale_after: {stale_after}}}\nsources: [{{name: push, type: push}}]\n{rest}"
+    ))
+    .await
+}
+
+/// [`push_app`] with one webhook receiver, `hook`, and this `routing:`.
+async fn hook_app(stale_after: &str, hook: &Receiver, routing: &str) -> TestApp {
+    push_app(
+        stale_after,
+        &format!(
+            "receivers: [{{name: hook, type: webhook, url: \"{}\"}}]\nrouting: {routing}\n",
+            hook.url("/")
+        ),
+    )
+    .await
+}
+
+fn fleet(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:03}")).collect()
+}
+
+#[tokio::test]
+async fn a_hundred_stale_agents_make_one_request_per_receiver_then_one_resolved() {
+    let hook = Receiver::start().await;
+    let am = Receiver::start().await;
+    let app = push_app(
+        "2s",
+        &format!(
+            r#"
+receivers:
+  - {{name: hook, type: webhook, url: "{}"}}
+  - {{name: am, type: alertmanager, url: "{}"}}
+routing: {{group_wait: 2s, group_interval: 1s, repeat_interval: 1h, receivers: [hook, am]}}
+"#,
+            hook.url("/hook"),
+            am.url("/am")
+        ),
+    )
+    .await;
+    let agents = fleet("agent_", 100);
+    push_all(&app, &agents).await;
+    let first = hook.wait_requests(1, Duration::from_secs(20)).await;
+    let first_am = am.wait_requests(1, Duration::from_secs(20)).await;
+    assert_eq!(statuses(&first[0]), (100, 0), "all 100 in one notification");
+    assert_eq!(first[0].path, "/hook");
+    let body = first[0].json();
+    assert_eq!(body["version"], "1");
+    assert_eq!(body["status"], "firing");
+    assert_eq!(body["alerts"][0]["kind"], "agent_stale");
+    assert_eq!(body["alerts"][0]["threshold_seconds"], 2.0);
+    let am_body = first_am[0].json();
+    assert_eq!(am_body["version"], "4");
+    assert_eq!(am_body["alerts"].as_array().unwrap().len(), 100);
+    assert_eq!(am_body["commonLabels"]["alertname"], "AgentStale");
+
+    // All recover: the next request to each is the one resolved message
+    // (so nothing else was sent in between).
+    push_all(&app, &agents).await;
+    let all = hook.wait_requests(2, Duration::from_secs(20)).await;
+    assert_eq!(statuses(&all[1]), (0, 100));
+    assert_eq!(all[1].json()["status"], "resolved");
+    let all_am = am.wait_requests(2, Duration::from_secs(20)).await;
+    assert_eq!(all_am[1].json()["status"], "resolved");
+    let scrape = app.scrape().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"agent_supervisor_notifications_total{receiver="hook",result="success"}"#
+        ),
+        Some(2.0)
+    );
+    assert!(
+        sample(
+            &scrape,
+            r#"agent_supervisor_notification_latency_seconds_count{receiver="hook"}"#
+        )
+        .is_some_and(|n| n >= 100.0)
+    );
+    assert_eq!(hook.requests().len(), 2);
+    assert_eq!(am.requests().len(), 2);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_firing_group_is_repeated_every_repeat_interval() {
+    let hook = Receiver::start().await;
+    let app = hook_app(
+        "1s",
+        &hook,
+        "{group_wait: 0s, group_interval: 1s, repeat_interval: 2s, receivers: [hook]}",
+    )
+    .await;
+    push_all(&app, &["lonely".to_string()]).await;
+    let got = hook.wait_requests(3, Duration::from_secs(30)).await;
+    let fps: BTreeSet<String> = got
+        .iter()
+        .map(|r| alerts_of(r)[0]["fingerprint"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(fps.len(), 1, "the same alert each time");
+    let ids: BTreeSet<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.len(), got.len(), "each reminder is a new notification");
+    let times: Vec<i64> = got
+        .iter()
+        .map(|r| r.header("webhook-timestamp").parse().unwrap())
+        .collect();
+    assert!(times[2] - times[1] >= 1, "{times:?}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_receiver_down_for_30s_gets_each_notification_once_and_the_other_is_not_delayed() {
+    let mut flaky = Receiver::gone();
+    let steady = Receiver::start().await;
+    let app = push_app(
+        "1s",
+        &format!(
+            r#"
+receivers:
+  - {{name: flaky, type: webhook, url: "{}", secret: "{SECRET}"}}
+  - {{name: steady, type: webhook, url: "{}"}}
+routing: {{group_wait: 0s, group_interval: 1s, repeat_interval: 1h, receivers: [flaky, steady]}}
+delivery: {{initial_backoff: 200ms, max_backoff: 2s, timeout: 2s}}
+"#,
+            flaky.url("/"),
+            steady.url("/")
+        ),
+    )
+    .await;
+    push_all(&app, &["worker".to_string()]).await;
+    // The steady receiver hears at once, while the other is refusing.
+    let got = steady.wait_requests(1, Duration::from_secs(10)).await;
+    assert_eq!(statuses(&got[0]), (1, 0));
+    wait_until(
+        "failed attempts to the gone receiver",
+        Duration::from_secs(10),
+        || async {
+            sample(
+                &app.scrape().await,
+                r#"agent_supervisor_notifications_total{receiver="flaky",result="failure"}"#,
+            )
+            .is_some_and(|n| n >= 2.0)
+        },
+    )
+    .await;
+    let (_, v) = app.get_json("/api/v1/alerts").await;
+    assert_eq!(v["pending_notifications"]["flaky"], 1, "{v}");
+    assert_eq!(
+        sample(
+            &app.scrape().await,
+            r#"agent_supervisor_outbox_pending{receiver="flaky"}"#
+        ),
+        Some(1.0)
+    );
+    // The outage lasts 30 s: a scenario length, not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    flaky.resume().await;
+    let got = flaky.wait_requests(1, Duration::from_secs(10)).await;
+    assert_eq!(statuses(&got[0]), (1, 0));
+    // Then the agent recovers: the next request is the resolved one, so the
+    // firing one was delivered exactly once.
+    push_all(&app, &["worker".to_string()]).await;
+    let got = flaky.wait_requests(2, Duration::from_secs(10)).await;
+    assert_eq!(statuses(&got[1]), (0, 1));
+    let ids: Vec<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert_ne!(ids[0], ids[1]);
+    let steady_all = steady.wait_requests(2, Duration::from_secs(10)).await;
+    assert_eq!(steady_all.len(), 2);
+    // Every request carries a signature an independent implementation of
+    // the spec (the documented Python snippet) accepts.
+    for r in &got {
+        assert!(verify_with_python(r), "signature of {:?}", r.headers);
+    }
+    let mut tampered = got[0].clone();
+    tampered.body.extend_from_slice(b" ");
+    assert!(!verify_with_python(&tampered));
+    assert_eq!(
+        sample(
+            &app.scrape().await,
+            r#"agent_supervisor_outbox_pending{receiver="flaky"}"#
+        ),
+        Some(0.0)
+    );
+    app.shutdown().await;
+}
+
+/// Run `docs/verify_webhook.py` on a recorded request.
+fn verify_with_python(r: &Request) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body");
+    std::fs::write(&body, &r.body).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/verify_webhook.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&body)
+        .arg(r.header("webhook-id"))
+        .arg(r.header("webhook-timestamp"))
+        .arg(r.header("webhook-signature"))
+        .env("WEBHOOK_SECRET", SECRET)
+        .output()
+        .expect("python3 runs");
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!(
+            "verify_webhook.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+#[tokio::test]
+async fn silences_from_the_api_mute_matching_alerts_which_stay_listed() {
+    let hook = Receiver::start().await;
+    let app = hook_app(
+        "1s",
+        &hook,
+        "{group_wait: 1s, group_interval: 1s, repeat_interval: 1h, receivers: [hook]}",
+    )
+    .await;
+    let r = app
+        .client
+        .post(app.url("/api/v1/silences"))
+        .json(&json!({
+            "matchers": {"agent": "quiet_*"},
+            "duration": "1h",
+            "comment": "migrating the quiet agents",
+            "created_by": "test"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bad = app
+        .client
+        .post(app.url("/api/v1/silences"))
+        .json(&json!({"matchers": {}, "duration": "1h", "comment": "everything"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+
+    push_all(&app, &["quiet_one".to_string(), "loud_one".to_string()]).await;
+    let got = hook.wait_requests(1, Duration::from_secs(10)).await;
+    let agents: Vec<Value> = alerts_of(&got[0])
+        .iter()
+        .map(|a| a["agent"].clone())
+        .collect();
+    assert_eq!(agents, vec![json!("loud_one")]);
+    let (_, v) = app.get_json("/api/v1/alerts?silenced=true").await;
+    let listed = v["alerts"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{v}");
+    assert_eq!(listed[0]["agent"], "quiet_one");
+    assert_eq!(listed[0]["silenced_by"][0], id.as_str());
+    let scrape = app.scrape().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"agent_supervisor_alerts{kind="agent_stale",silenced="true"}"#
+        ),
+        Some(1.0)
+    );
+    let (_, s) = app.get_json("/api/v1/silences").await;
+    assert_eq!(s["silences"][0]["comment"], "migrating the quiet agents");
+
+    // Lift the silence: quiet_one is notified with the next group message.
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/v1/silences/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let got = hook.wait_requests(2, Duration::from_secs(10)).await;
+    assert_eq!(statuses(&got[1]), (2, 0));
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/v1/silences/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn alerts_pushed_to_a_real_alertmanager_appear_with_their_labels_and_resolve() {
+    let am = AlertmanagerServer::start().await;
+    let app = push_app(
+        "1s",
+        &format!(
+            r#"
+agents: [{{match: "trading_*", labels: {{team: trading, severity: critical}}}}]
+receivers: [{{name: am, type: alertmanager_api, url: "{}"}}]
+routing: {{receivers: [am]}}
+"#,
+            am.url()
+        ),
+    )
+    .await;
+    push_all(&app, &["trading_coordinator".to_string()]).await;
+    wait_until(
+        "the alert in Alertmanager",
+        Duration::from_secs(20),
+        || async {
+            am.alerts().await.as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|x| x["labels"]["agent"] == "trading_coordinator")
+            })
+        },
+    )
+    .await;
+    let found = am
+        .alerts()
+        .await
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|x| x["labels"]["agent"] == "trading_coordinator")
+                .cloned()
+        })
+        .unwrap();
+    let labels = &found["labels"];
+    assert_eq!(labels["alertname"], "AgentStale");
+    assert_eq!(labels["kind"], "agent_stale");
+    assert_eq!(labels["source"], "push");
+    assert_eq!(labels["team"], "trading");
+    assert_eq!(labels["severity"], "critical");
+    assert!(
+        found["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("trading_coordinator"),
+        "{found}"
+    );
+    assert_eq!(found["status"]["state"], "active");
+
+    push_all(&app, &["trading_coordinator".to_string()]).await;
+    wait_until(
+        "the alert resolved in Alertmanager",
+        Duration::from_secs(20),
+        || async {
+            let alerts = am.get_json("/api/v2/alerts?active=true").await;
+            !alerts
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["labels"]["agent"] == "trading_coordinator")
+        },
+    )
+    .await;
+    app.shutdown().await;
+}
+
+// ---- the binary, killed with SIGKILL while a notification is pending ----
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_agent-supervisor"));
+    c.env_remove("AGENT_SUPERVISOR_CONFIG")
+        .env("AGENT_SUPERVISOR_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+struct Running {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_binary(config: &std::path::Path, port: u16, log: &std::path::Path) -> Running {
+    let log = std::fs::File::create(log).unwrap();
+    let child = bin()
+        .args(["run", "--config"])
+        .arg(config)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_until("the sidecar to listen", Duration::from_secs(20), || async {
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    Running { child, base }
+}
+
+async fn get_json(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn after_sigkill_a_pending_notification_is_delivered_and_nothing_delivered_is_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut down = Receiver::gone();
+    let up = Receiver::start().await;
+    let port = free_port();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen: 127.0.0.1:{port}
+startup_grace: 0s
+state: {{path: "{}", flush_interval: 100ms}}
+defaults: {{stale_after: 1s}}
+sources: [{{name: push, type: push}}]
+receivers:
+  - {{name: down, type: webhook, url: "{}"}}
+  - {{name: up, type: webhook, url: "{}"}}
+routing: {{group_wait: 0s, group_interval: 1s, repeat_interval: 1h, receivers: [down, up]}}
+delivery: {{initial_backoff: 200ms, max_backoff: 1s, timeout: 2s}}
+"#,
+            dir.path().join("state").display(),
+            down.url("/"),
+            up.url("/")
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("run1.log");
+    let mut first = start_binary(&config, port, &log).await;
+    let client = reqwest::Client::new();
+    let beat = |base: String| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .post(format!("{base}/api/v1/heartbeats/payments_agent"))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    beat(first.base.clone()).await;
+    let delivered = up.wait_requests(1, Duration::from_secs(15)).await;
+    assert_eq!(statuses(&delivered[0]), (1, 0));
+    let url = format!("{}/api/v1/alerts", first.base);
+    wait_until(
+        "a pending notification for `down`",
+        Duration::from_secs(10),
+        || async { get_json(&url).await["pending_notifications"]["down"] == 1 },
+    )
+    .await;
+    // SIGKILL: no shutdown, no last save.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    down.resume().await;
+    let log2 = dir.path().join("run2.log");
+    let second = start_binary(&config, port, &log2).await;
+    let got = down.wait_requests(1, Duration::from_secs(15)).await;
+    assert_eq!(statuses(&got[0]), (1, 0));
+    let pending_id = got[0].header("webhook-id").to_string();
+    // Recovery: each receiver's next request is the resolved message, so
+    // `up` was not sent the firing alert again, nor `down` twice.
+    beat(second.base.clone()).await;
+    let up_all = up.wait_requests(2, Duration::from_secs(15)).await;
+    assert_eq!(statuses(&up_all[1]), (0, 1), "{:?}", up_all[1].json());
+    let down_all = down.wait_requests(2, Duration::from_secs(15)).await;
+    assert_eq!(statuses(&down_all[1]), (0, 1));
+    let ids: BTreeMap<String, usize> = down_all.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.header("webhook-id").to_string()).or_default() += 1;
+        m
+    });
+    assert_eq!(ids[&pending_id], 1);
+    assert_eq!(up.requests().len(), 2);
+    drop(second);
+}
