@@ -324,8 +324,12 @@ fn receiver_kind(ty: &str, o: &mut Obj<'_>, p: &mut Problems) -> Option<Receiver
             let url = receiver_url(o, None, false, p);
             let template = o.string("template", p).filter(|t| !t.trim().is_empty());
             if let Some(t) = &template {
-                let env = minijinja::Environment::new();
-                if let Err(e) = env.template_from_str(t) {
+                // Compiled as the renderer will, so what loads renders.
+                if let Err(
+                    crate::alerts::render::RenderError::Template(e)
+                    | crate::alerts::render::RenderError::Encode(e),
+                ) = crate::alerts::render::compile_template(t)
+                {
                     p.add(o.at("template"), format!("not a valid template: {e}"));
                     return None;
                 }

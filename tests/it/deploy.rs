@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::harness::{
     free_port, shared_redis_url, spawn_child, stop_child, tail_of_log, unique_prefix,
 };
+use crate::receiver::Receiver;
 use crate::support::spawn_app;
 
 fn repo(path: &str) -> PathBuf {
@@ -134,6 +135,8 @@ fn dashboard_has_a_stable_uid_and_datasource_agent_source_variables() {
         "Source up",
         "Scan duration",
         "State transitions",
+        "Notification delivery",
+        "Undelivered notifications",
     ] {
         assert!(titles.contains(&want), "no panel {want:?} in {titles:?}");
     }
@@ -537,16 +540,21 @@ async fn prometheus_fires_agent_stale_and_every_dashboard_query_returns_data() {
         )
         .await
         .expect("SET");
+    // A webhook receiver, so the notification panels have data.
+    let hook = Receiver::start().await;
     let app = spawn_app(&format!(
         r#"
 startup_grace: 1s
+receivers: [{{name: hook, type: webhook, url: "{hook_url}"}}]
+routing: {{group_wait: 0s, group_interval: 1s, receivers: [hook]}}
 sources:
   - {{name: redis, type: redis, url: "{url}", interval: 500ms, timeout: 1s,
       layout: keys, pattern: "{prefix}{{agent}}:last_seen"}}
   - {{name: push, type: push}}
 agents:
   - {{match: "fast_*", stale_after: 1s, labels: {{team: trading, severity: critical}}}}
-"#
+"#,
+        hook_url = hook.url("/")
     ))
     .await;
     let target = app.base.trim_start_matches("http://").to_string();
@@ -561,13 +569,20 @@ agents:
         .await;
     app.wait_for_state("fast_stopped", "stale", Duration::from_secs(10))
         .await;
+    hook.wait_requests(1, Duration::from_secs(10)).await;
 
     // The shipped AgentStale rule fires for that agent (and only for it),
     // and, once the sidecar has been scraped, none of the rules about the
     // sources or the sidecar itself fire. (With `for: 0s`,
     // AgentSupervisorAbsent fires until the first scrape: poll until it has
     // resolved rather than racing it.)
-    const QUIET: [&str; 3] = ["SourceDown", "AgentSupervisorDown", "AgentSupervisorAbsent"];
+    const QUIET: [&str; 5] = [
+        "SourceDown",
+        "AgentSupervisorDown",
+        "AgentSupervisorAbsent",
+        "AgentSupervisorNotificationsStuck",
+        "AgentSupervisorNotificationsDropped",
+    ];
     let firing_names = |v: &Value| -> Vec<String> {
         v["data"]["alerts"]
             .as_array()
