@@ -292,8 +292,12 @@ impl<'de> Deserialize<'de> for Pattern {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Matcher {
-    /// Any of these kinds; empty means any kind.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Any of these kinds; empty means any kind. One kind or a list.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
     pub kind: Vec<AlertKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<Pattern>,
@@ -302,6 +306,19 @@ pub struct Matcher {
     /// Agent labels (`team: trading`), each a pattern.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, Pattern>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AlertKind>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(AlertKind),
+        Many(Vec<AlertKind>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(k) => vec![k],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 impl Matcher {

@@ -516,3 +516,35 @@ delivery: {{initial_backoff: 200ms, max_backoff: 1s, timeout: 2s}}
     assert_eq!(up.requests().len(), 2);
     drop(second);
 }
+
+#[tokio::test]
+async fn with_an_api_token_silences_need_it_and_reads_do_not() {
+    let app = push_app("1s", "api_token: s3cret-t0ken\n").await;
+    let body = json!({"matchers": {"kind": "agent_stale"}, "duration": "10m", "comment": "deploy"});
+    let post = |token: Option<&'static str>| {
+        let mut r = app.client.post(app.url("/api/v1/silences")).json(&body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(post(None).await.unwrap().status(), 401);
+    assert_eq!(post(Some("wrong")).await.unwrap().status(), 401);
+    let created = post(Some("s3cret-t0ken")).await.unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, v) = app.get_json("/api/v1/silences").await;
+    assert_eq!(code, 200);
+    assert_eq!(v["silences"][0]["id"], id.as_str());
+    let del = app
+        .client
+        .delete(app.url(&format!("/api/v1/silences/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 401);
+    app.shutdown().await;
+}

@@ -325,6 +325,9 @@ fn deployment_runs_a_hardened_native_sidecar_probed_on_readyz_and_healthz() {
         ("REDIS_URL", false),
         ("SUPABASE_DB_URL", true),
         ("AGENT_SUPERVISOR_PUSH_TOKEN", true),
+        ("AGENT_SUPERVISOR_API_TOKEN", true),
+        ("ALERT_WEBHOOK_URL", true),
+        ("ALERT_WEBHOOK_SECRET", true),
     ] {
         let r = &env(c, var)["valueFrom"]["secretKeyRef"];
         assert_eq!(r["name"], "agent-supervisor-secrets", "{var}");
