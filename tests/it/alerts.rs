@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{AlertmanagerServer, free_port, wait_until};
+use chrono::Utc;
+
+use crate::harness::{AlertmanagerServer, free_port, shared_redis_url, unique_prefix, wait_until};
 use crate::receiver::{Receiver, Request};
-use crate::support::{TestApp, sample, spawn_app};
+use crate::support::{TestApp, redis_beat, redis_client, sample, spawn_app};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -546,5 +548,167 @@ async fn with_an_api_token_silences_need_it_and_reads_do_not() {
         .await
         .unwrap();
     assert_eq!(del.status(), 401);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_after_503s_carry_the_same_webhook_id_and_a_valid_signature_each_time() {
+    let hook = Receiver::start().await;
+    hook.refuse_next(3);
+    let app = push_app(
+        "1s",
+        &format!(
+            r#"
+receivers: [{{name: hook, type: webhook, url: "{}", secret: "{SECRET}"}}]
+routing: {{group_wait: 0s, receivers: [hook]}}
+delivery: {{initial_backoff: 100ms, max_backoff: 500ms}}
+"#,
+            hook.url("/")
+        ),
+    )
+    .await;
+    push_all(&app, &["retried".to_string()]).await;
+    let got = hook.wait_requests(4, Duration::from_secs(15)).await;
+    let accepted: Vec<bool> = got.iter().map(|r| r.accepted).collect();
+    assert_eq!(accepted, vec![false, false, false, true]);
+    let ids: BTreeSet<&str> = got.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.len(), 1, "one webhook-id across retries: {ids:?}");
+    assert!(got.iter().all(|r| r.body == got[0].body), "same body");
+    for r in &got {
+        assert!(verify_with_python(r));
+    }
+    let scrape = app.scrape().await;
+    let n = |result: &str| {
+        sample(
+            &scrape,
+            &format!(
+                r#"agent_supervisor_notifications_total{{receiver="hook",result="{result}"}}"#
+            ),
+        )
+    };
+    assert_eq!(n("failure"), Some(3.0));
+    assert_eq!(n("success"), Some(1.0));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_notification_not_delivered_within_give_up_after_is_dropped_and_counted() {
+    let gone = Receiver::gone();
+    let app = push_app(
+        "1s",
+        &format!(
+            r#"
+receivers: [{{name: gone, type: webhook, url: "{}"}}]
+routing: {{group_wait: 0s, receivers: [gone]}}
+delivery: {{initial_backoff: 100ms, max_backoff: 300ms, give_up_after: 2s}}
+"#,
+            gone.url("/")
+        ),
+    )
+    .await;
+    push_all(&app, &["unlucky".to_string()]).await;
+    wait_until(
+        "the notification to be dropped",
+        Duration::from_secs(15),
+        || async {
+            sample(
+                &app.scrape().await,
+                r#"agent_supervisor_notifications_total{receiver="gone",result="dropped"}"#,
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    let scrape = app.scrape().await;
+    assert_eq!(
+        sample(
+            &scrape,
+            r#"agent_supervisor_outbox_pending{receiver="gone"}"#
+        ),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &scrape,
+            r#"agent_supervisor_notifications_total{receiver="gone",result="failure"}"#
+        )
+        .is_some_and(|n| n >= 3.0)
+    );
+    // The alert itself still fires: only its delivery was given up.
+    let (_, v) = app.get_json("/api/v1/alerts").await;
+    assert_eq!(v["alerts"][0]["agent"], "unlucky");
+    app.shutdown().await;
+}
+
+/// Restart semantics with a Redis source: an alert that cleared while the
+/// sidecar was stopped is resolved after it starts, an agent that went stale
+/// meanwhile alerts, and an alert still firing is not sent again. One group
+/// per agent, so each message is about one agent.
+#[tokio::test]
+async fn after_a_restart_cleared_alerts_resolve_new_ones_fire_and_firing_ones_stay_quiet() {
+    let url = shared_redis_url();
+    let prefix = unique_prefix("alerts_restart");
+    let redis = redis_client(&url).await;
+    let key = |agent: &str| format!("{prefix}{agent}:last_seen");
+    let hook = Receiver::start().await;
+    let config = format!(
+        r#"
+startup_grace: 10s
+sources:
+  - {{name: redis, type: redis, url: "{url}", interval: 500ms, timeout: 1s,
+      layout: keys, pattern: "{prefix}{{agent}}:last_seen"}}
+agents: [{{match: "*", stale_after: 2s}}]
+receivers: [{{name: hook, type: webhook, url: "{}"}}]
+routing: {{group_wait: 0s, group_interval: 500ms, repeat_interval: 1h, group_by: [agent],
+  receivers: [hook]}}
+"#,
+        hook.url("/")
+    );
+    let told = |from: usize| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = hook.requests()[from..]
+            .iter()
+            .flat_map(alerts_of)
+            .map(|a| {
+                (
+                    a["agent"].as_str().unwrap().to_string(),
+                    a["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let pair = |a: &str, s: &str| (a.to_string(), s.to_string());
+    let old = Utc::now() - chrono::TimeDelta::seconds(60);
+    redis_beat(&redis, &key("recovers"), old).await;
+    redis_beat(&redis, &key("still_down"), old).await;
+    redis_beat(
+        &redis,
+        &key("dies_later"),
+        Utc::now() + chrono::TimeDelta::seconds(600),
+    )
+    .await;
+    let app = spawn_app(&config).await;
+    hook.wait_requests(2, Duration::from_secs(15)).await;
+    assert_eq!(
+        told(0),
+        [pair("recovers", "firing"), pair("still_down", "firing")]
+    );
+    // Stop; while stopped, one recovers and another stops beating.
+    let dir = app.shutdown().await;
+    redis_beat(
+        &redis,
+        &key("recovers"),
+        Utc::now() + chrono::TimeDelta::seconds(600),
+    )
+    .await;
+    redis_beat(&redis, &key("dies_later"), old).await;
+    let app = crate::support::spawn_app_in(&config, dir).await;
+    hook.wait_requests(4, Duration::from_secs(15)).await;
+    assert_eq!(
+        told(2),
+        [pair("dies_later", "firing"), pair("recovers", "resolved")]
+    );
+    // Nothing about still_down, which fired before and still does.
+    assert_eq!(hook.requests().len(), 4);
     app.shutdown().await;
 }

@@ -15,7 +15,7 @@ use crate::harness::{
     free_port, shared_redis_url, spawn_child, stop_child, tail_of_log, unique_prefix,
 };
 use crate::receiver::Receiver;
-use crate::support::spawn_app;
+use crate::support::{redis_client, spawn_app};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -513,14 +513,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-async fn redis_client(url: &str) -> fred::clients::Client {
-    let c = Builder::from_config(Config::from_url(url).expect("url"))
-        .build()
-        .expect("client");
-    c.init().await.expect("redis connects");
-    c
 }
 
 /// A real Prometheus scrapes the sidecar with the shipped rules: `AgentStale`

@@ -1,5 +1,6 @@
 //! A real webhook receiver on 127.0.0.1: records every request, answers
-//! 200, and can be away (connection refused) and come back on its port.
+//! 200 (or 503 to the next few when told to), and can be away (connection
+//! refused) and come back on its port.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,8 @@ pub struct Request {
     pub path: String,
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
+    /// Whether it was answered 2xx.
+    pub accepted: bool,
 }
 
 impl Request {
@@ -41,6 +44,8 @@ impl Request {
 #[derive(Default)]
 struct Inner {
     requests: Vec<Request>,
+    /// Answer 503 to this many more requests.
+    refuse: usize,
 }
 
 pub struct Receiver {
@@ -55,15 +60,23 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    inner.lock().unwrap().requests.push(Request {
+    let mut g = inner.lock().unwrap();
+    let accepted = g.refuse == 0;
+    g.refuse = g.refuse.saturating_sub(1);
+    g.requests.push(Request {
         path: uri.path().to_string(),
         headers: headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
             .collect(),
         body: body.to_vec(),
+        accepted,
     });
-    StatusCode::OK
+    if accepted {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 impl Receiver {
@@ -113,6 +126,11 @@ impl Receiver {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Answer 503 to the next `n` requests.
+    pub fn refuse_next(&self, n: usize) {
+        self.inner.lock().unwrap().refuse = n;
     }
 
     pub fn requests(&self) -> Vec<Request> {

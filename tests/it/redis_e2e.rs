@@ -5,26 +5,10 @@
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use fred::prelude::*;
 use tokio::time::Instant;
 
 use crate::harness::{RedisServer, shared_redis_url, unique_prefix, wait_until};
-use crate::support::{TestApp, sample, spawn_app};
-
-async fn client(url: &str) -> fred::clients::Client {
-    let c = Builder::from_config(Config::from_url(url).expect("url"))
-        .build()
-        .expect("client");
-    c.init().await.expect("redis connects");
-    c
-}
-
-async fn beat(c: &fred::clients::Client, key: &str, at: chrono::DateTime<Utc>) {
-    let v = format!("{:.6}", at.timestamp_micros() as f64 / 1e6);
-    c.set::<(), _, _>(key, v, None, None, false)
-        .await
-        .expect("SET");
-}
+use crate::support::{TestApp, redis_beat, redis_client, sample, spawn_app};
 
 fn config(url: &str, prefix: &str, interval: &str) -> String {
     format!(
@@ -53,18 +37,18 @@ async fn never_stale_until(app: &TestApp, agent: &str, until: Instant) {
 async fn stopped_agent_is_stale_within_a_second_of_its_deadline_despite_a_5s_scan() {
     let url = shared_redis_url();
     let prefix = unique_prefix("e2e_stop");
-    let r = client(&url).await;
+    let r = redis_client(&url).await;
     let key = format!("{prefix}stopper:last_seen");
     let app = spawn_app(&config(&url, &prefix, "5s")).await;
     // The agent beats every 500 ms until the supervisor knows it...
     let mut last_seen = Utc::now();
-    beat(&r, &key, last_seen).await;
+    redis_beat(&r, &key, last_seen).await;
     let known_by = Instant::now() + Duration::from_secs(15);
     while app.state_of("stopper").await.as_deref() != Some("healthy") {
         assert!(Instant::now() < known_by, "agent never seen healthy");
         if Utc::now() - last_seen > TimeDelta::milliseconds(500) {
             last_seen = Utc::now();
-            beat(&r, &key, last_seen).await;
+            redis_beat(&r, &key, last_seen).await;
         }
         tokio::task::yield_now().await;
     }
@@ -73,7 +57,7 @@ async fn stopped_agent_is_stale_within_a_second_of_its_deadline_despite_a_5s_sca
     for _ in 0..4 {
         every.tick().await;
         last_seen = Utc::now();
-        beat(&r, &key, last_seen).await;
+        redis_beat(&r, &key, last_seen).await;
     }
     // ...and stops.
     let deadline = last_seen + TimeDelta::seconds(3);
@@ -114,9 +98,9 @@ async fn stopped_agent_is_stale_within_a_second_of_its_deadline_despite_a_5s_sca
 async fn agent_writing_every_2s_with_3s_threshold_is_never_stale_over_30s() {
     let url = shared_redis_url();
     let prefix = unique_prefix("e2e_live");
-    let r = client(&url).await;
+    let r = redis_client(&url).await;
     let key = format!("{prefix}steady:last_seen");
-    beat(&r, &key, Utc::now()).await;
+    redis_beat(&r, &key, Utc::now()).await;
     let app = spawn_app(&config(&url, &prefix, "5s")).await;
     app.wait_for_state("steady", "healthy", Duration::from_secs(10))
         .await;
@@ -128,7 +112,7 @@ async fn agent_writing_every_2s_with_3s_threshold_is_never_stale_over_30s() {
             let mut every = tokio::time::interval(Duration::from_secs(2));
             loop {
                 every.tick().await;
-                beat(&r, &key, Utc::now()).await;
+                redis_beat(&r, &key, Utc::now()).await;
             }
         })
     };
@@ -154,12 +138,12 @@ async fn redis_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
     let mut server = RedisServer::start();
     let url = server.url.clone();
     let prefix = unique_prefix("e2e_outage");
-    let r = client(&url).await;
+    let r = redis_client(&url).await;
     let live = format!("{prefix}live:last_seen");
     let dead = format!("{prefix}dead:last_seen");
     let t0 = Utc::now();
-    beat(&r, &live, t0).await;
-    beat(&r, &dead, t0).await;
+    redis_beat(&r, &live, t0).await;
+    redis_beat(&r, &dead, t0).await;
     let app = spawn_app(&config(&url, &prefix, "1s")).await;
     app.wait_for_state("live", "healthy", Duration::from_secs(10))
         .await;
@@ -200,9 +184,9 @@ async fn redis_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
     // Redis returns (with its data: an AOF-backed Redis would keep it; this
     // one is rewritten as it was, plus the live agent's fresh beat).
     server.restart();
-    let r = client(&url).await;
-    beat(&r, &dead, t0).await;
-    beat(&r, &live, Utc::now()).await;
+    let r = redis_client(&url).await;
+    redis_beat(&r, &dead, t0).await;
+    redis_beat(&r, &live, Utc::now()).await;
     let dead_view = app
         .wait_for_state("dead", "stale", Duration::from_secs(10))
         .await;

@@ -268,3 +268,22 @@ pub async fn exec(url: &str, sql: &str) {
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     let _ = conn.close().await;
 }
+
+/// A fred client connected to `url`.
+pub async fn redis_client(url: &str) -> fred::clients::Client {
+    use fred::prelude::*;
+    let c = Builder::from_config(Config::from_url(url).expect("url"))
+        .build()
+        .expect("client");
+    c.init().await.expect("redis connects");
+    c
+}
+
+/// Write a heartbeat (epoch seconds with microseconds) to a string key.
+pub async fn redis_beat(c: &fred::clients::Client, key: &str, at: chrono::DateTime<chrono::Utc>) {
+    use fred::prelude::*;
+    let v = format!("{:.6}", at.timestamp_micros() as f64 / 1e6);
+    c.set::<(), _, _>(key, v, None, None, false)
+        .await
+        .expect("SET");
+}
