@@ -207,10 +207,16 @@ delivery: {{initial_backoff: 200ms, max_backoff: 2s, timeout: 2s}}
     // the spec (the documented Python snippet) accepts.
     for r in &got {
         assert!(verify_with_python(r), "signature of {:?}", r.headers);
+        assert!(
+            verify_with_reference_library(r),
+            "signature of {:?}",
+            r.headers
+        );
     }
     let mut tampered = got[0].clone();
     tampered.body.extend_from_slice(b" ");
     assert!(!verify_with_python(&tampered));
+    assert!(!verify_with_reference_library(&tampered));
     assert_eq!(
         sample(
             &app.scrape().await,
@@ -219,6 +225,43 @@ delivery: {{initial_backoff: 200ms, max_backoff: 2s, timeout: 2s}}
         Some(0.0)
     );
     app.shutdown().await;
+}
+
+/// Verify a recorded request with the Standard Webhooks reference library
+/// for Python (`standardwebhooks` on PyPI; .ci/run installs it).
+fn verify_with_reference_library(r: &Request) -> bool {
+    const SCRIPT: &str = r#"
+import sys
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+body = open(sys.argv[1], "rb").read()
+headers = {"webhook-id": sys.argv[2], "webhook-timestamp": sys.argv[3], "webhook-signature": sys.argv[4]}
+try:
+    Webhook(sys.argv[5]).verify(body, headers, json_parse=False)
+except WebhookVerificationError as e:
+    print(e, file=sys.stderr)
+    sys.exit(3)
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body");
+    std::fs::write(&body, &r.body).unwrap();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(&body)
+        .arg(r.header("webhook-id"))
+        .arg(r.header("webhook-timestamp"))
+        .arg(r.header("webhook-signature"))
+        .arg(SECRET)
+        .output()
+        .expect("python3 runs");
+    match out.status.code() {
+        Some(0) => true,
+        Some(3) => false,
+        _ => panic!(
+            "the standardwebhooks Python package is needed (pip install standardwebhooks; .ci/run does): {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
 
 /// Run `docs/verify_webhook.py` on a recorded request.
@@ -576,6 +619,7 @@ delivery: {{initial_backoff: 100ms, max_backoff: 500ms}}
     assert!(got.iter().all(|r| r.body == got[0].body), "same body");
     for r in &got {
         assert!(verify_with_python(r));
+        assert!(verify_with_reference_library(r));
     }
     let scrape = app.scrape().await;
     let n = |result: &str| {
