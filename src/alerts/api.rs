@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
@@ -48,14 +48,24 @@ struct AlertsQuery {
 
 async fn alerts(State(api): State<AlertsApi>, Query(q): Query<AlertsQuery>) -> Response {
     let view = api.handle.view.borrow().clone();
-    let list: Vec<_> = view
+    let now = api.clock.now();
+    let list: Vec<Value> = view
         .alerts
         .iter()
         .filter(|a| q.kind.is_none_or(|k| a.alert.kind == k))
         .filter(|a| q.silenced.is_none_or(|s| a.silenced == s))
+        .map(|a| {
+            let mut v = serde_json::to_value(a.alert.refreshed(now)).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("silenced".into(), json!(a.silenced));
+                m.insert("silenced_by".into(), json!(a.silenced_by));
+                m.insert("receivers".into(), json!(a.receivers));
+            }
+            v
+        })
         .collect();
     Json(json!({
-        "taken_at": view.taken_at,
+        "taken_at": now,
         "alerts": list,
         "pending_notifications": view.pending,
     }))

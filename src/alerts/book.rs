@@ -21,13 +21,14 @@
 //! were; a source that is pending again after a restart keeps its
 //! `source_down` alert until it is read.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{Alert, AlertKind, AlertStatus, Matcher, Notification, Silence, fingerprint};
-use crate::core::snapshot::SourceStatus;
+use super::model::{Alert, AlertKind, AlertStatus, Matcher, Notification, Silence};
+use crate::core::snapshot::{AgentView, SourceStatus, SourceView};
 use crate::core::{Snapshot, State, Timestamp};
 
 /// Timing of one route.
@@ -118,7 +119,7 @@ impl Routing {
 /// An alert that fires, with what the book decided about it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Active {
-    pub alert: Alert,
+    pub alert: Arc<Alert>,
     /// Ids of the silences that mute it now.
     #[serde(default)]
     pub silenced_by: Vec<String>,
@@ -135,8 +136,8 @@ pub struct Group {
     pub labels: BTreeMap<String, String>,
     /// Fingerprints of the group's firing, unsilenced alerts.
     pub firing: BTreeSet<String>,
-    /// Alerts as the receiver was last told they fire.
-    pub notified: BTreeMap<String, Alert>,
+    /// Fingerprints of the alerts the receiver was last told fire.
+    pub notified: BTreeSet<String>,
     /// Alerts told as firing that have resolved since, to be told.
     pub resolved: BTreeMap<String, Alert>,
     /// When the group was last notified.
@@ -147,12 +148,12 @@ pub struct Group {
 
 impl Group {
     fn changed(&self) -> bool {
-        !self.resolved.is_empty() || self.firing.iter().any(|f| !self.notified.contains_key(f))
+        !self.resolved.is_empty() || self.firing.iter().any(|f| !self.notified.contains(f))
     }
 }
 
 /// The whole alert state; what the state store keeps.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Book {
     pub active: BTreeMap<String, Active>,
     pub groups: BTreeMap<String, Group>,
@@ -161,6 +162,26 @@ pub struct Book {
     pub silences: Vec<Silence>,
     #[serde(skip)]
     config_silences: Vec<Silence>,
+    /// Alerts silenced at the last full pass over silences (`usize::MAX`:
+    /// unknown, do a full pass).
+    #[serde(skip, default = "unknown_count")]
+    muted: usize,
+}
+
+fn unknown_count() -> usize {
+    usize::MAX
+}
+
+impl Default for Book {
+    fn default() -> Self {
+        Self {
+            active: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            silences: Vec::new(),
+            config_silences: Vec::new(),
+            muted: usize::MAX,
+        }
+    }
 }
 
 /// What a reconciliation changed, for logs and metrics.
@@ -195,76 +216,101 @@ impl Book {
         now: Timestamp,
     ) -> Changes {
         let mut changes = Changes::default();
-        let mut desired: HashMap<String, Alert> = HashMap::new();
-        // Alerts that must stay as they are: their subject cannot be judged.
-        let mut held: BTreeSet<String> = BTreeSet::new();
+        // What the snapshot says, by subject. Alerts of subjects that cannot
+        // be judged (unknown agents, pending sources, everything before the
+        // gate opens) are held: neither fired nor resolved.
+        let mut agents: HashMap<&str, (AlertKind, &AgentView)> = HashMap::new();
+        let mut held_agents: HashSet<&str> = HashSet::new();
         for agent in &snap.agents {
             if agent.state == State::Unknown || !gate_open {
-                for kind in [
-                    AlertKind::AgentStale,
-                    AlertKind::AgentFailing,
-                    AlertKind::AgentMissing,
-                ] {
-                    held.insert(fingerprint(kind, agent.id.as_str()));
-                }
-                continue;
-            }
-            if let Some(a) = Alert::for_agent(agent, now) {
-                desired.insert(a.fingerprint.clone(), a);
+                held_agents.insert(agent.id.as_str());
+            } else if let Some(kind) = AlertKind::for_state(agent.state) {
+                agents.insert(agent.id.as_str(), (kind, agent));
             }
         }
+        let mut sources: HashMap<&str, &SourceView> = HashMap::new();
+        let mut held_sources: HashSet<&str> = HashSet::new();
         for source in &snap.sources {
             match source.status {
                 SourceStatus::Pending => {
-                    held.insert(fingerprint(AlertKind::SourceDown, source.name.as_str()));
+                    held_sources.insert(source.name.as_str());
                 }
                 SourceStatus::Down => {
-                    if let Some(a) = Alert::for_source(source) {
-                        desired.insert(a.fingerprint.clone(), a);
-                    }
+                    sources.insert(source.name.as_str(), source);
                 }
                 SourceStatus::Up => {}
             }
         }
-        if !gate_open {
-            // Agents not in the snapshot yet are held too.
-            for (fp, a) in &self.active {
-                if a.alert.agent.is_some() {
-                    held.insert(fp.clone());
+        // Active alerts: still firing (their subject is covered), held, or
+        // resolved. Their content stays as it was when they fired; the age
+        // is brought up to date when they are told (`Alert::refreshed`).
+        let mut covered_agents: HashSet<&str> = HashSet::new();
+        let mut covered_sources: HashSet<&str> = HashSet::new();
+        let mut gone = Vec::new();
+        for (fp, a) in &self.active {
+            let keep = match (&a.alert.agent, &a.alert.source) {
+                (Some(agent), _) => {
+                    let id = agent.as_str();
+                    if let Some((key, (kind, _))) = agents.get_key_value(id)
+                        && *kind == a.alert.kind
+                    {
+                        covered_agents.insert(*key);
+                        true
+                    } else {
+                        held_agents.contains(id) || !gate_open
+                    }
                 }
+                (None, Some(source)) => {
+                    let id = source.as_str();
+                    if let Some((key, _)) = sources.get_key_value(id) {
+                        covered_sources.insert(*key);
+                        true
+                    } else {
+                        held_sources.contains(id)
+                    }
+                }
+                (None, None) => false,
+            };
+            if !keep {
+                gone.push(fp.clone());
             }
         }
-        // Resolve what no longer fires.
-        let gone: Vec<String> = self
-            .active
-            .keys()
-            .filter(|fp| !desired.contains_key(*fp) && !held.contains(*fp))
-            .cloned()
-            .collect();
         for fp in gone {
             if let Some(a) = self.active.remove(&fp) {
                 changes.resolved += 1;
-                let resolved = a.alert.resolved(now);
+                let resolved = (*a.alert).clone().resolved(now);
                 self.leave_groups(&a.groups, &resolved, routing, true, now);
             }
         }
-        // Fire what is new; refresh the rest.
-        for (fp, alert) in desired {
-            match self.active.get_mut(&fp) {
-                Some(a) => a.alert = alert,
-                None => {
-                    changes.fired += 1;
-                    self.active.insert(
-                        fp.clone(),
-                        Active {
-                            alert,
-                            silenced_by: Vec::new(),
-                            groups: Vec::new(),
-                        },
-                    );
-                    self.place(&fp, routing, now);
-                }
+        // New alerts.
+        let mut fresh = Vec::new();
+        for (id, (_, agent)) in &agents {
+            if !covered_agents.contains(id)
+                && let Some(a) = Alert::for_agent(agent, now)
+            {
+                fresh.push(a);
             }
+        }
+        for (id, source) in &sources {
+            if !covered_sources.contains(id)
+                && let Some(a) = Alert::for_source(source)
+            {
+                fresh.push(a);
+            }
+        }
+        fresh.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        for alert in fresh {
+            let fp = alert.fingerprint.clone();
+            changes.fired += 1;
+            self.active.insert(
+                fp.clone(),
+                Active {
+                    alert: Arc::new(alert),
+                    silenced_by: Vec::new(),
+                    groups: Vec::new(),
+                },
+            );
+            self.place(&fp, routing, now);
         }
         self.apply_silences(routing, now);
         changes
@@ -293,13 +339,13 @@ impl Book {
                 route,
                 labels,
                 firing: BTreeSet::new(),
-                notified: BTreeMap::new(),
+                notified: BTreeSet::new(),
                 resolved: BTreeMap::new(),
                 last_flush: None,
                 next_flush: None,
             });
             g.firing.insert(fp.to_string());
-            if !g.notified.contains_key(fp) {
+            if !g.notified.contains(fp) {
                 schedule(g, &timing, now);
             }
             keys.push(key);
@@ -324,7 +370,7 @@ impl Book {
                 continue;
             };
             g.firing.remove(&alert.fingerprint);
-            if g.notified.remove(&alert.fingerprint).is_some()
+            if g.notified.remove(&alert.fingerprint)
                 && resolved
                 && routing.send_resolved(&g.receiver)
             {
@@ -339,6 +385,11 @@ impl Book {
     /// silenced leave their groups, alerts whose silence ended join them.
     fn apply_silences(&mut self, routing: &Routing, now: Timestamp) {
         self.silences.retain(|s| !s.is_expired(now));
+        // Nothing to silence and nothing silenced: nothing to do (the
+        // common case, checked at every reconcile of a large book).
+        if self.muted == 0 && self.all_silences().next().is_none() {
+            return;
+        }
         let silences: Vec<Silence> = self
             .all_silences()
             .filter(|s| s.is_active(now))
@@ -346,6 +397,7 @@ impl Book {
             .collect();
         let mut to_place = Vec::new();
         let mut to_leave = Vec::new();
+        let mut muted = 0;
         for (fp, a) in self.active.iter_mut() {
             let by: Vec<String> = silences
                 .iter()
@@ -354,13 +406,15 @@ impl Book {
                 .collect();
             let was = !a.silenced_by.is_empty();
             let is = !by.is_empty();
+            muted += usize::from(is);
             a.silenced_by = by;
             if was && !is {
                 to_place.push(fp.clone());
             } else if !was && is {
-                to_leave.push((std::mem::take(&mut a.groups), a.alert.clone()));
+                to_leave.push((std::mem::take(&mut a.groups), (*a.alert).clone()));
             }
         }
+        self.muted = muted;
         for (keys, alert) in to_leave {
             self.leave_groups(&keys, &alert, routing, false, now);
         }
@@ -433,11 +487,11 @@ impl Book {
                 let mut alerts: Vec<Alert> = g
                     .firing
                     .iter()
-                    .filter_map(|fp| self.active.get(fp).map(|a| a.alert.clone()))
+                    .filter_map(|fp| self.active.get(fp).map(|a| a.alert.refreshed(now)))
                     .collect();
                 let news: Vec<Timestamp> = alerts
                     .iter()
-                    .filter(|a| !g.notified.contains_key(&a.fingerprint))
+                    .filter(|a| !g.notified.contains(&a.fingerprint))
                     .map(|a| a.starts_at)
                     .collect();
                 alerts.extend(g.resolved.values().cloned());
@@ -458,11 +512,7 @@ impl Book {
                     },
                     news,
                 ));
-                g.notified = g
-                    .firing
-                    .iter()
-                    .filter_map(|fp| self.active.get(fp).map(|a| (fp.clone(), a.alert.clone())))
-                    .collect();
+                g.notified = g.firing.clone();
                 g.resolved.clear();
                 g.last_flush = Some(now);
             }
@@ -504,25 +554,14 @@ impl Book {
         for fp in fps {
             self.place(&fp, routing, now);
         }
+        self.muted = usize::MAX;
         self.apply_silences(routing, now);
-        // Alerts told as firing that are no longer active: resolved while
-        // this process was not running.
+        // What a group was told fires and is no longer active cannot be
+        // here: an alert leaves `notified` in the same step that removes it
+        // from `active`, and both are saved in one file.
         for g in self.groups.values_mut() {
-            let gone: Vec<String> = g
-                .notified
-                .keys()
-                .filter(|fp| !self.active.contains_key(*fp))
-                .cloned()
-                .collect();
-            for fp in gone {
-                if let Some(a) = g.notified.remove(&fp) {
-                    if routing.send_resolved(&g.receiver) {
-                        g.resolved.insert(fp, a.resolved(now));
-                        let timing = routing.timing(g.route, &g.receiver);
-                        schedule(g, &timing, now);
-                    }
-                }
-            }
+            let active = &self.active;
+            g.notified.retain(|fp| active.contains_key(fp));
         }
         self.groups.retain(|_, g| {
             !g.firing.is_empty() || !g.resolved.is_empty() || !g.notified.is_empty()

@@ -70,8 +70,9 @@ pub struct AlertsView {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct AlertEntry {
+    /// As it fired; `age_seconds` is brought up to date when served.
     #[serde(flatten)]
-    pub alert: Alert,
+    pub alert: Arc<Alert>,
     pub silenced: bool,
     pub silenced_by: Vec<String>,
     /// Receivers whose groups hold it.

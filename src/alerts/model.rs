@@ -222,12 +222,39 @@ impl Alert {
         })
     }
 
+    /// A copy with its age brought up to `now` (alerts keep the content
+    /// they fired with; their age grows).
+    pub fn refreshed(&self, now: Timestamp) -> Alert {
+        let mut a = self.clone();
+        if a.status == AlertStatus::Firing
+            && let Some(t) = a.last_seen
+        {
+            let age = (now - t).num_milliseconds() as f64 / 1000.0;
+            a.age_seconds = Some(age);
+            if let (AlertKind::AgentStale, Some(agent), Some(th)) =
+                (a.kind, &a.agent, a.threshold_seconds)
+            {
+                a.summary = stale_summary(agent, age, th, a.source.as_ref());
+            }
+        }
+        a
+    }
+
     /// This alert, resolved at `at`.
     pub fn resolved(mut self, at: Timestamp) -> Alert {
         self.status = AlertStatus::Resolved;
         self.ends_at = Some(at);
         self
     }
+}
+
+fn stale_summary(agent: &AgentId, age: f64, threshold: f64, source: Option<&SourceId>) -> String {
+    format!(
+        "Agent {agent} is stale: last heartbeat {} ago (threshold {}){}",
+        human_secs(age),
+        human_secs(threshold),
+        source.map(|s| format!(", source {s}")).unwrap_or_default()
+    )
 }
 
 /// `95s`, `4m 10s`, `2h 3m`: short and exact enough for a page.

@@ -471,3 +471,36 @@ fn a_kind_change_resolves_the_old_alert_and_fires_the_new() {
         AlertKind::AgentStale
     );
 }
+
+#[test]
+fn each_message_tells_the_age_as_of_its_sending() {
+    let r = routing(&["oncall"]);
+    let mut book = Book::default();
+    see(&mut book, &r, stale_fleet(1, at(0)), 0);
+    let sent = run(&mut book, &r, 0, 3610);
+    assert_eq!(sent.len(), 2);
+    // last_seen is 30 s before the agent turned stale at t=0.
+    assert_eq!(sent[0].1.alerts[0].age_seconds, Some(40.0));
+    assert_eq!(sent[1].1.alerts[0].age_seconds, Some(3640.0));
+    assert!(
+        sent[1].1.alerts[0].summary.contains("1h 0m ago"),
+        "{}",
+        sent[1].1.alerts[0].summary
+    );
+}
+
+#[test]
+fn a_restored_silenced_alert_whose_silence_is_gone_is_told_again() {
+    let r = routing(&["oncall"]);
+    let mut book = Book::default();
+    book.set_config_silences(vec![silence("cfg", "a000", 0, 100_000)]);
+    see(&mut book, &r, stale_fleet(1, at(0)), 0);
+    assert!(run(&mut book, &r, 0, 20).is_empty());
+    let text = serde_json::to_string(&book).unwrap();
+    // Restarted with the config silence removed.
+    let mut book: Book = serde_json::from_str(&text).unwrap();
+    book.adopt(&r, at(30));
+    let sent = run(&mut book, &r, 30, 50);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.firing().count(), 1);
+}
