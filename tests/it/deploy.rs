@@ -1,6 +1,7 @@
 //! The files under `deploy/`: the Grafana dashboard (its model and that
-//! every query parses), the Kubernetes resources no offline schema covers
-//! (ServiceMonitor, PrometheusRule), and the end-to-end proof: a real
+//! every query parses), how the Kubernetes resources fit together (what no
+//! schema can say: the ServiceMonitor scrapes the Service's port, the
+//! PrometheusRule carries the shipped rules), and the end-to-end proof: a real
 //! Prometheus scrapes a running sidecar, the shipped rules fire `AgentStale`,
 //! and every dashboard query returns data.
 
@@ -180,9 +181,10 @@ fn grafana_configmap_embeds_the_dashboard_for_the_sidecar() {
 }
 
 // ---------------------------------------------------------------------------
-// Kubernetes resources. .ci/run validates the core resources against the
-// Kubernetes schemas (kubernetes-validate); ServiceMonitor and
-// PrometheusRule are CRDs with no offline schema, so they are checked here.
+// Kubernetes resources. .ci/run validates each against its schema (the core
+// resources with kubernetes-validate, ServiceMonitor and PrometheusRule
+// against the Prometheus Operator's CRD schemas in
+// deploy/kubernetes/crd-check); these tests check how they fit together.
 // ---------------------------------------------------------------------------
 
 fn base(file: &str) -> Value {
