@@ -193,6 +193,7 @@ impl AlertParts {
             liveness: liveness.clone(),
             startup_grace: config.startup_grace,
             started_at: now,
+            policy: config.policy(),
         };
         Ok(Self {
             engine,

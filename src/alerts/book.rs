@@ -166,6 +166,9 @@ pub struct Book {
     /// unknown, do a full pass).
     #[serde(skip, default = "unknown_count")]
     muted: usize,
+    /// The earliest end of a `for:` hold of an alert not fired yet.
+    #[serde(skip)]
+    pending_until: Option<Timestamp>,
 }
 
 fn unknown_count() -> usize {
@@ -180,6 +183,7 @@ impl Default for Book {
             silences: Vec::new(),
             config_silences: Vec::new(),
             muted: usize::MAX,
+            pending_until: None,
         }
     }
 }
@@ -213,6 +217,19 @@ impl Book {
         snap: &Snapshot,
         routing: &Routing,
         gate_open: bool,
+        now: Timestamp,
+    ) -> Changes {
+        self.reconcile_with_holds(snap, routing, gate_open, &|_| Duration::ZERO, now)
+    }
+
+    /// [`Book::reconcile`], where an agent's alert fires only once it has
+    /// been in its state for `hold(agent)` (the `for:` of its rule).
+    pub fn reconcile_with_holds(
+        &mut self,
+        snap: &Snapshot,
+        routing: &Routing,
+        gate_open: bool,
+        hold: &dyn Fn(&str) -> Duration,
         now: Timestamp,
     ) -> Changes {
         let mut changes = Changes::default();
@@ -282,12 +299,19 @@ impl Book {
                 self.leave_groups(&a.groups, &resolved, routing, true, now);
             }
         }
-        // New alerts.
+        // New alerts, those still within their `for:` hold excepted.
         let mut fresh = Vec::new();
+        self.pending_until = None;
         for (id, (_, agent)) in &agents {
-            if !covered_agents.contains(id)
-                && let Some(a) = Alert::for_agent(agent, now)
-            {
+            if covered_agents.contains(id) {
+                continue;
+            }
+            let due = agent.since + delta(hold(id));
+            if due > now {
+                self.pending_until = Some(self.pending_until.map_or(due, |t| t.min(due)));
+                continue;
+            }
+            if let Some(a) = Alert::for_agent(agent, now) {
                 fresh.push(a);
             }
         }
@@ -454,7 +478,15 @@ impl Book {
             .flat_map(|s| [s.starts_at, s.ends_at])
             .filter(|t| *t > now)
             .min();
-        [flush, silence].into_iter().flatten().min()
+        [flush, silence, self.pending_until]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether a `for:` hold has ended: the snapshot must be looked at again.
+    pub fn hold_ended(&self, now: Timestamp) -> bool {
+        self.pending_until.is_some_and(|t| t <= now)
     }
 
     /// The notifications due at `now`. The book records them as sent: the

@@ -27,7 +27,7 @@ use super::store::{AlertState, AlertStore, Pending};
 use crate::clock::Clock;
 use crate::config::alerting::{AlertingConfig, ReceiverKind};
 use crate::core::snapshot::SourceStatus;
-use crate::core::{Snapshot, Timestamp};
+use crate::core::{Policy, Snapshot, Timestamp};
 use crate::liveness::Liveness;
 use crate::sinks::metrics::Metrics;
 
@@ -155,6 +155,8 @@ pub struct Engine {
     pub liveness: Liveness,
     pub startup_grace: Duration,
     pub started_at: Timestamp,
+    /// For the agents' `for:` holds.
+    pub policy: Policy,
 }
 
 impl Engine {
@@ -242,11 +244,16 @@ impl Engine {
                     debug!("Every source read once (or startup_grace over): agent alerts enabled.");
                 }
             }
+            reconcile |= self.state.book.hold_ended(now);
             if reconcile {
-                let c = self
-                    .state
-                    .book
-                    .reconcile(&snap, &self.routing, gate_open, now);
+                let policy = &self.policy;
+                let c = self.state.book.reconcile_with_holds(
+                    &snap,
+                    &self.routing,
+                    gate_open,
+                    &|agent| policy.alert_for(agent),
+                    now,
+                );
                 if c.fired > 0 || c.resolved > 0 {
                     info!(fired = c.fired, resolved = c.resolved, "Alerts changed.");
                     book_dirty = true;

@@ -1189,6 +1189,7 @@ fn agent_rule(item: &Value, path: &str, p: &mut Problems) -> Option<AgentRule> {
     let pattern = o.required_string("match", p);
     let stale_after = o.positive_duration("stale_after", p);
     let expected = o.boolean("expected", p).unwrap_or(false);
+    let alert_for = o.duration("for", p).unwrap_or(Duration::ZERO);
     let mut labels = Labels::new();
     let labels_path = o.at("labels");
     match o.get("labels") {
@@ -1220,7 +1221,7 @@ fn agent_rule(item: &Value, path: &str, p: &mut Problems) -> Option<AgentRule> {
         );
     }
     match AgentRule::new(&pattern, stale_after, labels, expected) {
-        Ok(rule) => Some(rule),
+        Ok(rule) => Some(rule.with_alert_for(alert_for)),
         Err(e) => {
             p.add(
                 format!("{path}.match"),

@@ -466,3 +466,18 @@ fn passwords_are_scrubbed_raw_and_decoded() {
             .is_empty()
     );
 }
+
+#[test]
+fn an_agent_rule_may_hold_its_alerts_with_for() {
+    let c = parse_ok(
+        r#"
+sources: [{name: push, type: push}]
+agents:
+  - {match: "risk_*", for: 2m}
+  - {match: "*", stale_after: 30s}
+"#,
+    );
+    let p = c.policy();
+    assert_eq!(p.alert_for("risk_agent"), Duration::from_secs(120));
+    assert_eq!(p.alert_for("other"), Duration::ZERO);
+}

@@ -37,6 +37,9 @@ pub struct AgentRule {
     pub stale_after: Option<Duration>,
     pub labels: Arc<Labels>,
     pub expected: bool,
+    /// How long the agent must stay stale, failing or missing before its
+    /// alert fires (`for:`); zero fires at once.
+    pub alert_for: Duration,
 }
 
 impl AgentRule {
@@ -54,7 +57,14 @@ impl AgentRule {
             stale_after,
             labels: Arc::new(labels),
             expected,
+            alert_for: Duration::ZERO,
         })
+    }
+
+    /// The same rule with a `for:` hold on its alerts.
+    pub fn with_alert_for(mut self, hold: Duration) -> Self {
+        self.alert_for = hold;
+        self
     }
 
     pub fn matches(&self, agent: &str) -> bool {
@@ -130,6 +140,14 @@ impl Policy {
                 expected: false,
             },
         }
+    }
+
+    /// How long an agent stays in an alerting state before its alert fires
+    /// (the `for:` of its rule; zero without one).
+    pub fn alert_for(&self, agent: &str) -> Duration {
+        self.rule_for(agent)
+            .map(|r| r.alert_for)
+            .unwrap_or(Duration::ZERO)
     }
 
     /// Agents named by a literal rule with `expected: true`.

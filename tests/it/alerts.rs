@@ -756,3 +756,42 @@ routing: {{group_wait: 0s, group_interval: 500ms, repeat_interval: 1h, group_by:
     assert_eq!(hook.requests().len(), 4);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_for_hold_delays_the_alert_by_exactly_its_length() {
+    let hook = Receiver::start().await;
+    let app = push_app(
+        "1s",
+        &format!(
+            r#"
+agents: [{{match: "held_*", for: 2s}}]
+receivers: [{{name: hook, type: webhook, url: "{}"}}]
+routing: {{group_wait: 0s, receivers: [hook]}}
+"#,
+            hook.url("/")
+        ),
+    )
+    .await;
+    let pushed = std::time::Instant::now();
+    push_all(&app, &["held_agent".to_string()]).await;
+    app.wait_for_state("held_agent", "stale", Duration::from_secs(10))
+        .await;
+    let (_, v) = app.get_json("/api/v1/alerts").await;
+    assert_eq!(v["alerts"].as_array().unwrap().len(), 0, "held: {v}");
+    let got = hook.wait_requests(1, Duration::from_secs(15)).await;
+    let waited = pushed.elapsed();
+    // Stale after 1 s, then held for 2 s.
+    assert!(
+        waited >= Duration::from_millis(2900),
+        "fired after {waited:?}"
+    );
+    let alert = &alerts_of(&got[0])[0];
+    assert_eq!(alert["agent"], "held_agent");
+    let starts: chrono::DateTime<Utc> = alert["starts_at"].as_str().unwrap().parse().unwrap();
+    let sent: i64 = got[0].header("webhook-timestamp").parse().unwrap();
+    assert!(
+        sent - starts.timestamp() >= 1,
+        "starts_at is when the agent turned stale, before the hold: {alert}"
+    );
+    app.shutdown().await;
+}

@@ -504,3 +504,33 @@ fn a_restored_silenced_alert_whose_silence_is_gone_is_told_again() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].1.firing().count(), 1);
 }
+
+#[test]
+fn an_alert_with_a_for_hold_fires_only_once_the_state_has_lasted_that_long() {
+    let r = routing(&["oncall"]);
+    let mut book = Book::default();
+    let hold = |agent: &str| {
+        if agent.starts_with("a000") {
+            Duration::from_secs(120)
+        } else {
+            Duration::ZERO
+        }
+    };
+    let c = book.reconcile_with_holds(&snap(stale_fleet(2, at(0)), true), &r, true, &hold, at(0));
+    assert_eq!((c.fired, c.resolved), (1, 0), "a001 fires, a000 waits");
+    assert_eq!(book.next_wakeup(at(0)), Some(at(10)));
+    assert!(!book.hold_ended(at(119)));
+    assert!(book.hold_ended(at(120)));
+    let c = book.reconcile_with_holds(&snap(stale_fleet(2, at(0)), true), &r, true, &hold, at(120));
+    assert_eq!((c.fired, c.resolved), (1, 0));
+    assert!(!book.hold_ended(at(500)));
+    // A flap shorter than the hold never fires.
+    let mut book = Book::default();
+    let agents = vec![agent("a000_flappy", State::Failing, at(0), &[])];
+    book.reconcile_with_holds(&snap(agents, true), &r, true, &hold, at(0));
+    let agents = vec![agent("a000_flappy", State::Healthy, at(60), &[])];
+    book.reconcile_with_holds(&snap(agents, true), &r, true, &hold, at(60));
+    assert!(book.active.is_empty());
+    assert!(!book.hold_ended(at(200)));
+    assert!(run(&mut book, &r, 0, 300).is_empty());
+}
