@@ -795,3 +795,54 @@ routing: {{group_wait: 0s, receivers: [hook]}}
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_times_out_and_does_not_hold_up_the_others() {
+    // Accepts connections and reads nothing, answers nothing.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_port = hang.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = hang.accept().await {
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let fine = Receiver::start().await;
+    let app = push_app(
+        "1s",
+        &format!(
+            r#"
+receivers:
+  - {{name: hang, type: webhook, url: "http://127.0.0.1:{hang_port}/", timeout: 300ms}}
+  - {{name: fine, type: webhook, url: "{}"}}
+routing: {{group_wait: 0s, receivers: [hang, fine]}}
+delivery: {{initial_backoff: 100ms, max_backoff: 200ms, give_up_after: 3s}}
+"#,
+            fine.url("/")
+        ),
+    )
+    .await;
+    push_all(&app, &["stuck".to_string()]).await;
+    fine.wait_requests(1, Duration::from_secs(10)).await;
+    wait_until(
+        "the hanging receiver's notification to be dropped",
+        Duration::from_secs(20),
+        || async {
+            sample(
+                &app.scrape().await,
+                r#"agent_supervisor_notifications_total{receiver="hang",result="dropped"}"#,
+            ) == Some(1.0)
+        },
+    )
+    .await;
+    let failures = sample(
+        &app.scrape().await,
+        r#"agent_supervisor_notifications_total{receiver="hang",result="failure"}"#,
+    )
+    .unwrap();
+    // Each attempt gave up after its 300 ms timeout: several fit in 3 s.
+    assert!(failures >= 3.0, "{failures} attempts");
+    assert!(held.lock().unwrap().len() >= 3);
+    app.shutdown().await;
+}
