@@ -242,6 +242,7 @@ impl App {
         let mut polled = Vec::new();
         let mut confirm_txs = HashMap::new();
         let mut push = None;
+        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(sup.snapshot(now)));
         for s in &config.sources {
             metrics.register_source(&s.name, matches!(s.kind, SourceKindConfig::Push(_)));
             if let SourceKindConfig::Push(p) = &s.kind {
@@ -251,6 +252,8 @@ impl App {
                     tx: obs_tx.clone(),
                     metrics: metrics.clone(),
                     clock: clock.clone(),
+                    snapshot: snapshot_rx.clone(),
+                    max_agents: p.max_agents,
                 });
             }
             if let Some(src) = Polled::build(&s.name, &s.kind, &clock, &metrics)? {
@@ -260,7 +263,6 @@ impl App {
             }
         }
 
-        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(sup.snapshot(now)));
         let driver = Driver {
             sup,
             rx: obs_rx,

@@ -510,6 +510,10 @@ fn parse_size(v: &Value) -> Option<u64> {
 pub struct PushConfig {
     /// Required bearer token, if set.
     pub token: Option<SecretString>,
+    /// A push for a new agent id is refused (429) while the sidecar already
+    /// knows this many agents, so a client cannot grow its memory without
+    /// bound.
+    pub max_agents: usize,
 }
 
 /// Read and check a config file.
@@ -702,7 +706,10 @@ fn source(item: &Value, path: &str, p: &mut Problems) -> Option<SourceConfig> {
                 .string("token", p)
                 .filter(|t| !t.is_empty())
                 .map(SecretString::from);
-            Some(SourceKindConfig::Push(PushConfig { token }))
+            let max_agents = o
+                .integer("max_agents", 1..=10_000_000, p)
+                .unwrap_or(100_000) as usize;
+            Some(SourceKindConfig::Push(PushConfig { token, max_agents }))
         }
         Some(other) => {
             p.add(

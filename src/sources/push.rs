@@ -9,6 +9,12 @@
 //! Overflow policy: the handler never waits for the core. When the core's
 //! channel is full it answers 503 with `Retry-After: 1` and counts it, so a
 //! slow core cannot pile up requests.
+//!
+//! Bound: a heartbeat for an agent id the sidecar does not know yet is
+//! refused with 429 while it knows `max_agents` agents (counted as
+//! `pushed_heartbeats_total{result="too_many_agents"}`); known agents are
+//! always accepted. The count comes from the latest snapshot, so a burst of
+//! new ids within one snapshot period may pass it by that burst.
 
 use std::sync::Arc;
 
@@ -21,11 +27,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
 use crate::core::timestamp::parse_json_value;
-use crate::core::{AgentId, Observation, Reading, SourceId, Status};
+use crate::core::{AgentId, Observation, Reading, Snapshot, SourceId, Status};
 use crate::sinks::metrics::Metrics;
 
 /// Largest accepted body.
@@ -49,6 +55,8 @@ pub struct PushState {
     pub tx: mpsc::Sender<Observation>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub max_agents: usize,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +136,24 @@ pub async fn receive(
             StatusCode::BAD_REQUEST,
             format!("agent id must be 1 to {MAX_AGENT_ID} characters without control characters"),
         );
+    }
+    {
+        let snap = state.snapshot.borrow();
+        if snap.agents.len() >= state.max_agents && snap.agent(&agent).is_none() {
+            drop(snap);
+            state.metrics.heartbeat_pushed("too_many_agents");
+            let mut r = problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "the sidecar already watches {} agents (max_agents of the push source); \
+                     heartbeats of known agents are still accepted",
+                    state.max_agents
+                ),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+            return r;
+        }
     }
     let now = state.clock.now();
     let body: Body = if body.iter().all(u8::is_ascii_whitespace) {

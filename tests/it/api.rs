@@ -135,6 +135,29 @@ async fn bad_push_requests_are_rejected_with_a_reason_and_counted() {
 }
 
 #[tokio::test]
+async fn past_max_agents_new_ids_are_refused_and_known_ones_still_accepted() {
+    let app = spawn_app("sources: [{name: push, type: push, max_agents: 2}]").await;
+    for a in ["a", "b"] {
+        assert_eq!(app.push(a, None, None).await.0, StatusCode::ACCEPTED);
+    }
+    app.wait_for_state("b", "healthy", Duration::from_secs(5))
+        .await;
+    let (code, body) = app.push("c", None, None).await;
+    assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("max_agents"));
+    assert_eq!(app.push("a", None, None).await.0, StatusCode::ACCEPTED);
+    assert!(app.agent("c").await.is_none());
+    assert_eq!(
+        sample(
+            &app.scrape().await,
+            r#"agent_supervisor_pushed_heartbeats_total{result="too_many_agents"}"#
+        ),
+        Some(1.0)
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn push_token_is_enforced() {
     let app = spawn_app("sources: [{name: push, type: push, token: s3cret}]").await;
     assert_eq!(app.push("w", None, None).await.0, StatusCode::UNAUTHORIZED);
