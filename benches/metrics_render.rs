@@ -100,6 +100,9 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     for n in [10_000usize, 100_000] {
         let snap = fleet(n);
+        let mut sized = String::new();
+        render_agents(&snap, usize::MAX, &mut sized);
+        eprintln!("{n} agents: {} bytes of per-agent series", sized.len());
         g.bench_function(format!("agent_supervisor_{n}"), |b| {
             b.iter(|| {
                 let mut out = String::with_capacity(n * 900);

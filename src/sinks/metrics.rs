@@ -4,6 +4,7 @@
 //! of magnitude slower at 100k series).
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
@@ -358,6 +359,68 @@ fn series(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
     }
 }
 
+/// A sample value, written without the float formatter where it can be
+/// (`0`, `1`, integers, Unix times in microseconds): at 100k agents the
+/// per-agent families are ~900k lines.
+#[derive(Clone, Copy)]
+enum Val {
+    Int(i64),
+    /// Microseconds, written as seconds with up to six decimals.
+    Micros(i64),
+    Float(f64),
+}
+
+impl Val {
+    fn of(v: f64) -> Val {
+        if v.fract() == 0.0 && v.abs() < 1e15 {
+            Val::Int(v as i64)
+        } else {
+            Val::Float(v)
+        }
+    }
+
+    fn write(self, out: &mut String) {
+        let mut b = itoa::Buffer::new();
+        match self {
+            Val::Int(i) => out.push_str(b.format(i)),
+            Val::Micros(us) => {
+                if us < 0 {
+                    out.push('-');
+                }
+                let us = us.unsigned_abs();
+                out.push_str(b.format(us / 1_000_000));
+                let mut frac = us % 1_000_000;
+                if frac != 0 {
+                    let mut digits = [b'0'; 6];
+                    for d in digits.iter_mut().rev() {
+                        *d = b'0' + (frac % 10) as u8;
+                        frac /= 10;
+                    }
+                    let len = 6 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+                    out.push('.');
+                    for &d in &digits[..len] {
+                        out.push(char::from(d));
+                    }
+                }
+            }
+            Val::Float(f) => {
+                let _ = write!(out, "{f}");
+            }
+        }
+        out.push('\n');
+    }
+}
+
+/// One per-agent line: `{head}{agent id, escaped}{tail}{value}`, where
+/// `head` is `agent_supervisor_<family>{agent="` and `tail` closes the
+/// agent label, adds the others and the `} `.
+fn agent_line(out: &mut String, head: &str, id: &str, tail: &str, v: Val) {
+    out.push_str(head);
+    escape(id, out);
+    out.push_str(tail);
+    v.write(out);
+}
+
 /// Per-agent families, for at most `max` agents (non-healthy first).
 pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
     header(out, "agents", "Number of agents in each state.");
@@ -381,6 +444,7 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
         idx.sort_unstable();
         idx
     };
+    out.reserve(chosen.len() * 700);
     header(
         out,
         "agent_series_omitted",
@@ -397,23 +461,30 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
         "agent_state",
         "Current state of each agent: 1 for its state, 0 for the others.",
     );
+    const STATE_HEAD: &str = "agent_supervisor_agent_state{agent=\"";
+    let state_tails = State::ALL.map(|s| (s, format!("\",state=\"{}\"}} ", s.as_str())));
     for &i in &chosen {
         let a = &snap.agents[i];
-        for s in State::ALL {
-            series(
-                out,
-                "agent_state",
-                &[("agent", a.id.as_str()), ("state", s.as_str())],
-                if s == a.state { 1.0 } else { 0.0 },
-            );
+        for (s, tail) in &state_tails {
+            let v = Val::Int(i64::from(*s == a.state));
+            agent_line(out, STATE_HEAD, a.id.as_str(), tail, v);
         }
     }
     header(out, "agent_up", "1 when the agent is healthy, else 0.");
     for &i in &chosen {
         let a = &snap.agents[i];
-        let up = if a.state == State::Healthy { 1.0 } else { 0.0 };
-        series(out, "agent_up", &[("agent", a.id.as_str())], up);
+        let up = Val::Int(i64::from(a.state == State::Healthy));
+        agent_line(
+            out,
+            "agent_supervisor_agent_up{agent=\"",
+            a.id.as_str(),
+            "\"} ",
+            up,
+        );
     }
+    // Per check: the tail names the source; most checks share a few
+    // sources, so the escaped tail is rebuilt only when the source changes.
+    let mut tails = TailCache::default();
     header(
         out,
         "agent_last_seen_timestamp_seconds",
@@ -423,11 +494,12 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
         let a = &snap.agents[i];
         for c in &a.checks {
             if let Some(t) = c.last_seen {
-                series(
+                agent_line(
                     out,
-                    "agent_last_seen_timestamp_seconds",
-                    &[("agent", a.id.as_str()), ("source", c.source.as_str())],
-                    t.timestamp_micros() as f64 / 1e6,
+                    "agent_supervisor_agent_last_seen_timestamp_seconds{agent=\"",
+                    a.id.as_str(),
+                    tails.get(c.source.as_str()),
+                    Val::Micros(t.timestamp_micros()),
                 );
             }
         }
@@ -440,11 +512,12 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
     for &i in &chosen {
         let a = &snap.agents[i];
         for c in &a.checks {
-            series(
+            agent_line(
                 out,
-                "agent_stale_after_seconds",
-                &[("agent", a.id.as_str()), ("source", c.source.as_str())],
-                c.threshold_seconds,
+                "agent_supervisor_agent_stale_after_seconds{agent=\"",
+                a.id.as_str(),
+                tails.get(c.source.as_str()),
+                Val::of(c.threshold_seconds),
             );
         }
     }
@@ -453,11 +526,53 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
         "agent_info",
         "Labels of each agent from config; always 1.",
     );
+    // Agents of one rule share its labels (one Arc): their tail is built
+    // once.
+    let mut info_tail = String::new();
+    let mut info_of: Option<&Arc<crate::core::Labels>> = None;
     for &i in &chosen {
         let a = &snap.agents[i];
-        let mut labels: Vec<(&str, &str)> = vec![("agent", a.id.as_str())];
-        labels.extend(a.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        series(out, "agent_info", &labels, 1.0);
+        if !info_of.is_some_and(|l| Arc::ptr_eq(l, &a.labels)) {
+            info_tail.clear();
+            info_tail.push('"');
+            for (k, v) in a.labels.iter() {
+                info_tail.push(',');
+                info_tail.push_str(k);
+                info_tail.push_str("=\"");
+                escape(v, &mut info_tail);
+                info_tail.push('"');
+            }
+            info_tail.push_str("} ");
+            info_of = Some(&a.labels);
+        }
+        agent_line(
+            out,
+            "agent_supervisor_agent_info{agent=\"",
+            a.id.as_str(),
+            &info_tail,
+            Val::Int(1),
+        );
+    }
+}
+
+/// `",source="<escaped>"} ` for the last source asked for.
+#[derive(Default)]
+struct TailCache {
+    source: String,
+    tail: String,
+}
+
+impl TailCache {
+    fn get(&mut self, source: &str) -> &str {
+        if self.tail.is_empty() || self.source != source {
+            self.source.clear();
+            self.source.push_str(source);
+            self.tail.clear();
+            self.tail.push_str("\",source=\"");
+            escape(source, &mut self.tail);
+            self.tail.push_str("\"} ");
+        }
+        &self.tail
     }
 }
 
@@ -491,6 +606,152 @@ mod tests {
                 status: None,
             }],
         }
+    }
+
+    /// The straightforward renderer the fast one must agree with.
+    fn reference_render(snap: &Snapshot, max: usize, out: &mut String) {
+        header(out, "agents", "Number of agents in each state.");
+        for (state, n) in snap.counts() {
+            series(out, "agents", &[("state", state.as_str())], n as f64);
+        }
+
+        let chosen: Vec<usize> = if snap.agents.len() <= max {
+            (0..snap.agents.len()).collect()
+        } else {
+            let mut idx: Vec<usize> = (0..snap.agents.len())
+                .filter(|&i| snap.agents[i].state != State::Healthy)
+                .take(max)
+                .collect();
+            let room = max - idx.len();
+            idx.extend(
+                (0..snap.agents.len())
+                    .filter(|&i| snap.agents[i].state == State::Healthy)
+                    .take(room),
+            );
+            idx.sort_unstable();
+            idx
+        };
+        header(
+            out,
+            "agent_series_omitted",
+            "Agents left out of the per-agent series by metrics.max_agent_series.",
+        );
+        let _ = writeln!(
+            out,
+            "{NS}_agent_series_omitted {}",
+            snap.agents.len() - chosen.len()
+        );
+
+        header(
+            out,
+            "agent_state",
+            "Current state of each agent: 1 for its state, 0 for the others.",
+        );
+        for &i in &chosen {
+            let a = &snap.agents[i];
+            for s in State::ALL {
+                series(
+                    out,
+                    "agent_state",
+                    &[("agent", a.id.as_str()), ("state", s.as_str())],
+                    if s == a.state { 1.0 } else { 0.0 },
+                );
+            }
+        }
+        header(out, "agent_up", "1 when the agent is healthy, else 0.");
+        for &i in &chosen {
+            let a = &snap.agents[i];
+            let up = if a.state == State::Healthy { 1.0 } else { 0.0 };
+            series(out, "agent_up", &[("agent", a.id.as_str())], up);
+        }
+        header(
+            out,
+            "agent_last_seen_timestamp_seconds",
+            "Last heartbeat of each check, as a Unix timestamp.",
+        );
+        for &i in &chosen {
+            let a = &snap.agents[i];
+            for c in &a.checks {
+                if let Some(t) = c.last_seen {
+                    series(
+                        out,
+                        "agent_last_seen_timestamp_seconds",
+                        &[("agent", a.id.as_str()), ("source", c.source.as_str())],
+                        t.timestamp_micros() as f64 / 1e6,
+                    );
+                }
+            }
+        }
+        header(
+            out,
+            "agent_stale_after_seconds",
+            "Threshold after which each check's heartbeat is stale.",
+        );
+        for &i in &chosen {
+            let a = &snap.agents[i];
+            for c in &a.checks {
+                series(
+                    out,
+                    "agent_stale_after_seconds",
+                    &[("agent", a.id.as_str()), ("source", c.source.as_str())],
+                    c.threshold_seconds,
+                );
+            }
+        }
+        header(
+            out,
+            "agent_info",
+            "Labels of each agent from config; always 1.",
+        );
+        for &i in &chosen {
+            let a = &snap.agents[i];
+            let mut labels: Vec<(&str, &str)> = vec![("agent", a.id.as_str())];
+            labels.extend(a.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            series(out, "agent_info", &labels, 1.0);
+        }
+    }
+
+    /// `series{labels} value` lines as a map, for comparing renderings.
+    fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.rsplit_once(' ').unwrap();
+                (k.to_string(), v.parse::<f64>().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_fast_renderer_says_what_the_straightforward_one_says() {
+        let mut snap = Snapshot::empty(Utc::now());
+        let mut odd = agent("we\\ird\"id\nx", State::Failing);
+        odd.checks[0].source = "so\"urce".into();
+        odd.checks[0].threshold_seconds = 2.5;
+        odd.checks[0].last_seen = Some(
+            chrono::DateTime::parse_from_rfc3339("1969-12-31T23:59:58.250001Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        );
+        let mut never = agent("never", State::Missing);
+        never.checks[0].last_seen = None;
+        snap.agents = vec![
+            agent("a", State::Healthy),
+            agent("b", State::Stale),
+            never,
+            odd,
+        ];
+        let (mut fast, mut slow) = (String::new(), String::new());
+        render_agents(&snap, 10, &mut fast);
+        reference_render(&snap, 10, &mut slow);
+        let (f, s) = (samples(&fast), samples(&slow));
+        assert_eq!(f.keys().collect::<Vec<_>>(), s.keys().collect::<Vec<_>>());
+        for (k, v) in &f {
+            assert!((v - s[k]).abs() < 1e-6, "{k}: {v} vs {}", s[k]);
+        }
+        assert!(fast.contains("-1.749999\n"), "{fast}");
+        assert!(fast.contains("} 2.5\n"));
+        assert!(fast.contains("} 30\n"));
     }
 
     #[test]
