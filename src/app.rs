@@ -267,7 +267,6 @@ impl App {
             sup,
             rx: obs_rx,
             confirm_txs,
-            events_tx: None,
             snapshot_tx,
             persist_tx,
             persist_every: config.state.flush_interval,

@@ -7,10 +7,9 @@
 //! - point-read requests out, one per source: bounded, `try_send`; a request
 //!   that does not fit is dropped and counted, and the core asks again after
 //!   `confirm_timeout`;
-//! - events out to alert sinks: bounded, `try_send`; overflow is counted in
-//!   `events_dropped_total` (the sinks re-derive state from snapshots);
 //! - snapshots out: a `watch` (latest wins), published within 100 ms of a
-//!   state transition and otherwise at most once a second;
+//!   state transition and otherwise at most once a second; the alert engine
+//!   follows them (level-triggered, so nothing it needs can be dropped);
 //! - state to the store: a `watch` (latest wins), at most once per
 //!   `state.flush_interval`, and once more at shutdown.
 
@@ -50,7 +49,6 @@ pub struct Driver {
     pub sup: Supervisor,
     pub rx: mpsc::Receiver<Observation>,
     pub confirm_txs: HashMap<SourceId, mpsc::Sender<Vec<AgentId>>>,
-    pub events_tx: Option<mpsc::Sender<Event>>,
     pub snapshot_tx: watch::Sender<Arc<Snapshot>>,
     pub persist_tx: Option<watch::Sender<Arc<Persisted>>>,
     pub persist_every: Duration,
@@ -155,18 +153,13 @@ impl Driver {
         }
     }
 
-    /// Hand events and point-read requests to whoever waits for them.
+    /// Log and count the core's events; send point-read requests.
     fn dispatch(&mut self) {
         let events = self.sup.take_events();
         let mut logged = 0usize;
         let mut unlogged = 0usize;
         for ev in events {
             self.account(&ev, &mut logged, &mut unlogged);
-            if let Some(tx) = &self.events_tx
-                && tx.try_send(ev).is_err()
-            {
-                self.metrics.event_dropped("alerts");
-            }
         }
         if unlogged > 0 {
             warn!(
@@ -287,7 +280,6 @@ mod tests {
             sup,
             rx,
             confirm_txs: [(SourceId::from("redis"), ctx)].into(),
-            events_tx: None,
             snapshot_tx,
             persist_tx: None,
             persist_every: Duration::from_secs(1),
