@@ -53,6 +53,17 @@ async fn hook_app(stale_after: &str, hook: &Receiver, routing: &str) -> TestApp 
     .await
 }
 
+/// Poll `/metrics` until `series` reads `want` (a delivery is counted once
+/// its response is in, a moment after the receiver has the request).
+async fn wait_metric(app: &TestApp, series: &str, want: f64) {
+    wait_until(
+        &format!("{series} == {want}"),
+        Duration::from_secs(10),
+        || async { sample(&app.scrape().await, series) == Some(want) },
+    )
+    .await;
+}
+
 fn fleet(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:03}")).collect()
 }
@@ -99,17 +110,15 @@ routing: {{group_wait: 2s, group_interval: 1s, repeat_interval: 1h, receivers: [
     assert_eq!(all[1].json()["status"], "resolved");
     let all_am = am.wait_requests(2, Duration::from_secs(20)).await;
     assert_eq!(all_am[1].json()["status"], "resolved");
-    let scrape = app.scrape().await;
-    assert_eq!(
-        sample(
-            &scrape,
-            r#"agent_supervisor_notifications_total{receiver="hook",result="success"}"#
-        ),
-        Some(2.0)
-    );
+    wait_metric(
+        &app,
+        r#"agent_supervisor_notifications_total{receiver="hook",result="success"}"#,
+        2.0,
+    )
+    .await;
     assert!(
         sample(
-            &scrape,
+            &app.scrape().await,
             r#"agent_supervisor_notification_latency_seconds_count{receiver="hook"}"#
         )
         .is_some_and(|n| n >= 100.0)
@@ -217,13 +226,12 @@ delivery: {{initial_backoff: 200ms, max_backoff: 2s, timeout: 2s}}
     tampered.body.extend_from_slice(b" ");
     assert!(!verify_with_python(&tampered));
     assert!(!verify_with_reference_library(&tampered));
-    assert_eq!(
-        sample(
-            &app.scrape().await,
-            r#"agent_supervisor_outbox_pending{receiver="flaky"}"#
-        ),
-        Some(0.0)
-    );
+    wait_metric(
+        &app,
+        r#"agent_supervisor_outbox_pending{receiver="flaky"}"#,
+        0.0,
+    )
+    .await;
     app.shutdown().await;
 }
 
@@ -629,17 +637,19 @@ delivery: {{initial_backoff: 100ms, max_backoff: 500ms}}
         assert!(verify_with_python(r));
         assert!(verify_with_reference_library(r));
     }
-    let scrape = app.scrape().await;
-    let n = |result: &str| {
+    wait_metric(
+        &app,
+        r#"agent_supervisor_notifications_total{receiver="hook",result="success"}"#,
+        1.0,
+    )
+    .await;
+    assert_eq!(
         sample(
-            &scrape,
-            &format!(
-                r#"agent_supervisor_notifications_total{{receiver="hook",result="{result}"}}"#
-            ),
-        )
-    };
-    assert_eq!(n("failure"), Some(3.0));
-    assert_eq!(n("success"), Some(1.0));
+            &app.scrape().await,
+            r#"agent_supervisor_notifications_total{receiver="hook",result="failure"}"#
+        ),
+        Some(3.0)
+    );
     app.shutdown().await;
 }
 
@@ -659,25 +669,19 @@ delivery: {{initial_backoff: 100ms, max_backoff: 300ms, give_up_after: 2s}}
     )
     .await;
     push_all(&app, &["unlucky".to_string()]).await;
-    wait_until(
-        "the notification to be dropped",
-        Duration::from_secs(15),
-        || async {
-            sample(
-                &app.scrape().await,
-                r#"agent_supervisor_notifications_total{receiver="gone",result="dropped"}"#,
-            ) == Some(1.0)
-        },
+    wait_metric(
+        &app,
+        r#"agent_supervisor_notifications_total{receiver="gone",result="dropped"}"#,
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &app,
+        r#"agent_supervisor_outbox_pending{receiver="gone"}"#,
+        0.0,
     )
     .await;
     let scrape = app.scrape().await;
-    assert_eq!(
-        sample(
-            &scrape,
-            r#"agent_supervisor_outbox_pending{receiver="gone"}"#
-        ),
-        Some(0.0)
-    );
     assert!(
         sample(
             &scrape,
@@ -833,15 +837,10 @@ delivery: {{initial_backoff: 100ms, max_backoff: 200ms, give_up_after: 3s}}
     .await;
     push_all(&app, &["stuck".to_string()]).await;
     fine.wait_requests(1, Duration::from_secs(10)).await;
-    wait_until(
-        "the hanging receiver's notification to be dropped",
-        Duration::from_secs(20),
-        || async {
-            sample(
-                &app.scrape().await,
-                r#"agent_supervisor_notifications_total{receiver="hang",result="dropped"}"#,
-            ) == Some(1.0)
-        },
+    wait_metric(
+        &app,
+        r#"agent_supervisor_notifications_total{receiver="hang",result="dropped"}"#,
+        1.0,
     )
     .await;
     let failures = sample(
