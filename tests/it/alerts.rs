@@ -64,6 +64,17 @@ async fn wait_metric(app: &TestApp, series: &str, want: f64) {
     .await;
 }
 
+/// `DELETE /api/v1/silences/{id}` without a token; the status code.
+async fn delete_silence(app: &TestApp, id: &str) -> u16 {
+    app.client
+        .delete(app.url(&format!("/api/v1/silences/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn fleet(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i:03}")).collect()
 }
@@ -356,22 +367,10 @@ async fn silences_from_the_api_mute_matching_alerts_which_stay_listed() {
     assert_eq!(s["silences"][0]["comment"], "migrating the quiet agents");
 
     // Lift the silence: quiet_one is notified with the next group message.
-    let r = app
-        .client
-        .delete(app.url(&format!("/api/v1/silences/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
+    assert_eq!(delete_silence(&app, &id).await, 204);
     let got = hook.wait_requests(2, Duration::from_secs(10)).await;
     assert_eq!(statuses(&got[1]), (2, 0));
-    let r = app
-        .client
-        .delete(app.url(&format!("/api/v1/silences/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    assert_eq!(delete_silence(&app, &id).await, 404);
     app.shutdown().await;
 }
 
@@ -600,13 +599,7 @@ async fn with_an_api_token_silences_need_it_and_reads_do_not() {
     let (code, v) = app.get_json("/api/v1/silences").await;
     assert_eq!(code, 200);
     assert_eq!(v["silences"][0]["id"], id.as_str());
-    let del = app
-        .client
-        .delete(app.url(&format!("/api/v1/silences/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(del.status(), 401);
+    assert_eq!(delete_silence(&app, &id).await, 401);
     app.shutdown().await;
 }
 
