@@ -131,6 +131,15 @@ fn silence(id: &str, glob: &str, from: i64, to: i64) -> Silence {
     }
 }
 
+/// A book with `n` agents stale since t=0, told to `oncall` at t=10.
+fn notified(n: usize) -> (Routing, Book) {
+    let r = routing(&["oncall"]);
+    let mut book = Book::default();
+    see(&mut book, &r, stale_fleet(n, at(0)), 0);
+    assert_eq!(run(&mut book, &r, 0, 10).len(), 1);
+    (r, book)
+}
+
 /// Reconcile with these agents (source up, gate open) at `secs`.
 fn see(book: &mut Book, r: &Routing, agents: Vec<AgentView>, secs: i64) -> Changes {
     book.reconcile(&snap(agents, true), r, true, at(secs))
@@ -194,10 +203,7 @@ fn resolution_is_sent_after_group_interval_to_those_told_it_fired() {
 
 #[test]
 fn a_group_whose_last_alert_resolves_sends_resolved_and_closes() {
-    let r = routing(&["oncall"]);
-    let mut book = Book::default();
-    see(&mut book, &r, stale_fleet(1, at(0)), 0);
-    run(&mut book, &r, 0, 10);
+    let (r, mut book) = notified(1);
     see(
         &mut book,
         &r,
@@ -239,10 +245,7 @@ fn an_alert_that_resolves_before_group_wait_is_never_sent() {
 
 #[test]
 fn unknown_holds_a_firing_alert_neither_resolved_nor_refired() {
-    let r = routing(&["oncall"]);
-    let mut book = Book::default();
-    see(&mut book, &r, stale_fleet(1, at(0)), 0);
-    run(&mut book, &r, 0, 10);
+    let (r, mut book) = notified(1);
     // The source goes down: the agent is unknown, the source alert fires.
     let c = book.reconcile(
         &snap(vec![agent("a000", State::Unknown, at(20), &[])], false),
@@ -298,10 +301,7 @@ fn silenced_alerts_stay_listed_but_are_not_sent_and_unsilencing_sends_them() {
 
 #[test]
 fn silencing_a_notified_alert_does_not_resolve_it() {
-    let r = routing(&["oncall"]);
-    let mut book = Book::default();
-    see(&mut book, &r, stale_fleet(2, at(0)), 0);
-    run(&mut book, &r, 0, 10);
+    let (r, mut book) = notified(2);
     book.add_silence(silence("s", "a000", 0, 100_000), &r, at(20));
     let sent = run(&mut book, &r, 11, 3700);
     // Only the repeat, with the one unsilenced alert; no resolved message.
@@ -412,10 +412,7 @@ fn alertmanager_api_receivers_get_changes_at_once_and_resends_while_firing() {
 
 #[test]
 fn a_restored_book_sends_nothing_for_alerts_still_firing_and_resolves_the_cleared() {
-    let r = routing(&["oncall"]);
-    let mut book = Book::default();
-    see(&mut book, &r, stale_fleet(2, at(0)), 0);
-    run(&mut book, &r, 0, 10);
+    let (r, book) = notified(2);
     // Saved and loaded, as across a restart.
     let text = serde_json::to_string(&book).unwrap();
     let mut book: Book = serde_json::from_str(&text).unwrap();
@@ -437,10 +434,7 @@ fn a_restored_book_sends_nothing_for_alerts_still_firing_and_resolves_the_cleare
 
 #[test]
 fn a_forgotten_agent_resolves_its_alert() {
-    let r = routing(&["oncall"]);
-    let mut book = Book::default();
-    see(&mut book, &r, stale_fleet(1, at(0)), 0);
-    run(&mut book, &r, 0, 10);
+    let (r, mut book) = notified(1);
     see(&mut book, &r, vec![], 20);
     let sent = run(&mut book, &r, 11, 100);
     assert_eq!(sent.len(), 1);
@@ -449,10 +443,7 @@ fn a_forgotten_agent_resolves_its_alert() {
 
 #[test]
 fn a_kind_change_resolves_the_old_alert_and_fires_the_new() {
-    let r = routing(&["oncall"]);
-    let mut book = Book::default();
-    see(&mut book, &r, stale_fleet(1, at(0)), 0);
-    run(&mut book, &r, 0, 10);
+    let (r, mut book) = notified(1);
     let c = see(
         &mut book,
         &r,
