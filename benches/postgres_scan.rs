@@ -25,13 +25,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent_supervisor::clock::Clock;
-use agent_supervisor::config::{PostgresConfig, PostgresRead, PostgresTable, SecretUrl};
+use agent_supervisor::config::{PostgresConfig, PostgresRead, PostgresTable};
 use agent_supervisor::core::{Observation, SourceId};
 use agent_supervisor::driver::OBSERVATION_CAPACITY;
 use agent_supervisor::liveness::Liveness;
-use agent_supervisor::sinks::metrics::Metrics;
+use agent_supervisor::secret::SecretUrl;
 use agent_supervisor::sources::postgres::PostgresSource;
 use agent_supervisor::sources::{SourceCtx, scan_once};
+use agent_supervisor::telemetry::metrics::Metrics;
 use criterion::{Criterion, SamplingMode};
 use sqlx::Connection as _;
 use tokio::runtime::Runtime;

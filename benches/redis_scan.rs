@@ -20,13 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_supervisor::clock::Clock;
-use agent_supervisor::config::{KeyPattern, RedisConfig, RedisLayout, SecretUrl};
+use agent_supervisor::config::{KeyPattern, RedisConfig, RedisLayout};
 use agent_supervisor::core::{Observation, SourceId};
 use agent_supervisor::driver::OBSERVATION_CAPACITY;
 use agent_supervisor::liveness::Liveness;
-use agent_supervisor::sinks::metrics::Metrics;
+use agent_supervisor::secret::SecretUrl;
 use agent_supervisor::sources::redis::RedisSource;
 use agent_supervisor::sources::{SourceCtx, scan_once};
+use agent_supervisor::telemetry::metrics::Metrics;
 use criterion::Criterion;
 use fred::prelude::*;
 use fred::types::CustomCommand;

@@ -27,13 +27,13 @@ use crate::core::{Persisted, Snapshot, SourceId, SourceKind, Supervisor};
 use crate::driver::{CONFIRM_CAPACITY, Driver, OBSERVATION_CAPACITY};
 use crate::http::{HttpState, router};
 use crate::liveness::Liveness;
-use crate::sinks::metrics::Metrics;
 use crate::sinks::state::FileStore;
 use crate::sources::http::HttpSource;
 use crate::sources::postgres::PostgresSource;
 use crate::sources::push::PushState;
 use crate::sources::redis::RedisSource;
 use crate::sources::{SourceCtx, run_polled};
+use crate::telemetry::metrics::Metrics;
 
 /// Options that tests change.
 #[derive(Clone, Debug)]

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use crate::clock::Clock;
 use crate::core::{AgentId, Event, Observation, Persisted, Snapshot, SourceId, State, Supervisor};
 use crate::liveness::Liveness;
-use crate::sinks::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// Capacity of the observation channel (messages, each up to a page).
 pub const OBSERVATION_CAPACITY: usize = 1024;

@@ -16,8 +16,8 @@ use tokio::sync::watch;
 use crate::core::snapshot::AgentView;
 use crate::core::{Snapshot, State as AgentState};
 use crate::liveness::Liveness;
-use crate::sinks::metrics::Metrics;
 use crate::sources::push::{self, PushState};
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -48,7 +48,7 @@ fn latest(s: &HttpState) -> Arc<Snapshot> {
 
 async fn metrics(State(s): State<HttpState>) -> Response {
     let snap = latest(&s);
-    let body = s.metrics.render(&snap);
+    let body = crate::sinks::metrics::render(&s.metrics, &snap);
     (
         [(
             header::CONTENT_TYPE,

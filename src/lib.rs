@@ -34,6 +34,7 @@ pub mod driver;
 pub mod http;
 pub mod liveness;
 pub mod scan;
+pub mod secret;
 pub mod sinks;
 pub mod sources;
 pub mod telemetry;

@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::core::snapshot::SourceStatus;
 use crate::core::{ErrorKind, Observation, Snapshot, SourceFailure, State, Supervisor};
 use crate::liveness::Liveness;
-use crate::sinks::metrics::Metrics;
 use crate::sources::{PollSource, SourceCtx, scan_once};
+use crate::telemetry::metrics::Metrics;
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_CRITICAL: i32 = 2;

@@ -27,7 +27,7 @@ use super::sign::Signer;
 use super::store::Pending;
 use crate::clock::Clock;
 use crate::config::alerting::{DeliveryConfig, ReceiverConfig};
-use crate::sinks::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// A receiver's queue of notifications not yet taken by its worker.
 pub struct Queue {

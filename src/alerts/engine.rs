@@ -29,7 +29,7 @@ use crate::config::alerting::{AlertingConfig, ReceiverKind};
 use crate::core::snapshot::SourceStatus;
 use crate::core::{Policy, Snapshot, Timestamp};
 use crate::liveness::Liveness;
-use crate::sinks::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// How long an API call waits for the engine to take its command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);

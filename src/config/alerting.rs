@@ -10,8 +10,9 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use super::walk::{self, Obj, Problems, index};
-use super::{SecretUrl, check_http_scheme, valid_label_name, valid_name};
+use super::{check_http_scheme, valid_label_name, valid_name};
 use crate::alerts::model::{AlertKind, Matcher, Pattern, Silence, SilenceOrigin};
+use crate::secret::SecretUrl;
 
 /// Everything about alert notifications.
 #[derive(Debug, Clone, Default)]

@@ -49,7 +49,7 @@ use tokio::sync::Semaphore;
 use crate::config::{AgentUrl, HttpComponent, HttpConfig, HttpMethod};
 use crate::core::timestamp::parse_json_value;
 use crate::core::{AgentId, ErrorKind, Reading, SourceId, Status};
-use crate::sinks::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 use super::{PollSource, ScanSink, SourceError};
 

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::clock::Clock;
 use crate::core::{AgentId, ErrorKind, Observation, Reading, SourceFailure, SourceId, Timestamp};
 use crate::liveness::Liveness;
-use crate::sinks::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// A failed read. `system` names the datastore (`redis`), the message never
 /// holds a secret.

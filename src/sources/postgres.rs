@@ -95,9 +95,10 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tracing::{debug, warn};
 
 use crate::clock::Clock;
-use crate::config::{PostgresConfig, PostgresRead, PostgresTable, scrub_secrets};
+use crate::config::{PostgresConfig, PostgresRead, PostgresTable};
 use crate::core::timestamp::{from_epoch, parse_text};
 use crate::core::{AgentId, ErrorKind, Reading, SourceId, Status, Timestamp};
+use crate::secret::scrub_secrets;
 
 use super::push::is_healthy_word;
 use super::{PollSource, ScanSink, SourceError};

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use crate::clock::Clock;
 use crate::core::timestamp::parse_json_value;
 use crate::core::{AgentId, Observation, Reading, Snapshot, SourceId, Status};
-use crate::sinks::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// Largest accepted body.
 pub const MAX_BODY: usize = 64 * 1024;

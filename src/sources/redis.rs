@@ -61,9 +61,10 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::clock::Clock;
-use crate::config::{KeyPattern, RedisConfig, RedisLayout, scrub_secrets};
+use crate::config::{KeyPattern, RedisConfig, RedisLayout};
 use crate::core::timestamp::{from_epoch, parse_text};
 use crate::core::{AgentId, ErrorKind, Reading, SourceId, Timestamp};
+use crate::secret::scrub_secrets;
 
 use super::{PollSource, ScanSink, SourceError};
 

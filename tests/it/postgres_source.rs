@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agent_supervisor::clock::Clock;
-use agent_supervisor::config::{PostgresConfig, PostgresRead, PostgresTable, SecretUrl};
+use agent_supervisor::config::{PostgresConfig, PostgresRead, PostgresTable};
 use agent_supervisor::core::{AgentId, ErrorKind, Observation, Reading, SourceId, Timestamp};
+use agent_supervisor::secret::SecretUrl;
 use agent_supervisor::sources::postgres::PostgresSource;
 use agent_supervisor::sources::{PollSource, SourceCtx, SourceError, confirm_once};
 use chrono::{DateTime, TimeDelta, Utc};

@@ -13,8 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_supervisor::clock::Clock;
-use agent_supervisor::config::{KeyPattern, RedisConfig, RedisLayout, SecretUrl};
+use agent_supervisor::config::{KeyPattern, RedisConfig, RedisLayout};
 use agent_supervisor::core::{AgentId, ErrorKind, Observation, Reading, SourceId, Timestamp};
+use agent_supervisor::secret::SecretUrl;
 use agent_supervisor::sources::redis::RedisSource;
 use agent_supervisor::sources::{PollSource, SourceCtx, SourceError, confirm_once};
 use chrono::{DateTime, FixedOffset, SecondsFormat, TimeDelta, Utc};

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use agent_supervisor::clock::Clock;
 use agent_supervisor::core::{Observation, Reading, SourceId};
 use agent_supervisor::liveness::Liveness;
-use agent_supervisor::sinks::metrics::Metrics;
 use agent_supervisor::sources::{PollSource, SourceCtx, SourceError, scan_once};
+use agent_supervisor::telemetry::metrics::Metrics;
 use tokio::sync::mpsc;
 
 use crate::harness::wait_until;

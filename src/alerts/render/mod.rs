@@ -34,9 +34,9 @@ use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 
 use crate::alerts::model::{Alert, AlertStatus, Notification};
-use crate::config::SecretUrl;
 use crate::config::alerting::{ReceiverConfig, ReceiverKind};
 use crate::core::Timestamp;
+use crate::secret::SecretUrl;
 
 /// What a body needs besides the notification.
 #[derive(Clone, Copy, Debug, Default)]

@@ -1,5 +1,8 @@
-//! Logging set-up: human-readable or JSON lines, level from
-//! `AGENT_SUPERVISOR_LOG` (an `EnvFilter` directive, default `info`).
+//! The sidecar's own telemetry: the metrics registry ([`metrics`]) and the
+//! logging set-up (human-readable or JSON lines, level from
+//! `AGENT_SUPERVISOR_LOG`, an `EnvFilter` directive, default `info`).
+
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

@@ -1,0 +1,315 @@
+//! The sidecar's own metrics: a private `prometheus` registry behind domain
+//! methods. Sources, the core's driver and the alert workers record into it;
+//! the `/metrics` sink ([`crate::sinks::metrics`]) only reads it.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::core::snapshot::SourceStatus;
+use crate::core::{ErrorKind, Snapshot, SourceId, State, Timestamp};
+
+/// The prefix of every metric name.
+pub const NS: &str = "agent_supervisor";
+
+/// The sidecar's own metrics. Each instance owns its registry.
+pub struct Metrics {
+    registry: Registry,
+    source_up: IntGaugeVec,
+    scan_duration: HistogramVec,
+    last_success: GaugeVec,
+    source_errors: IntCounterVec,
+    clock_offset: GaugeVec,
+    transitions: IntCounterVec,
+    events_dropped: IntCounterVec,
+    heartbeats: IntCounterVec,
+    http_status: IntGaugeVec,
+    notifications: IntCounterVec,
+    outbox_pending: IntGaugeVec,
+    notification_latency: HistogramVec,
+    alerts: IntGaugeVec,
+    max_agent_series: usize,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(NS)
+}
+
+impl Metrics {
+    /// `max_agent_series` bounds the per-agent series (see the config).
+    pub fn new(max_agent_series: usize) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let source_up = IntGaugeVec::new(
+            opts("source_up", "1 when the last read of the source succeeded."),
+            &["source"],
+        )?;
+        let scan_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "source_scan_duration_seconds",
+                "Duration of each full scan of a source.",
+            )
+            .namespace(NS)
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["source"],
+        )?;
+        let last_success = GaugeVec::new(
+            opts(
+                "source_last_success_timestamp_seconds",
+                "Time of the last successful read of the source.",
+            ),
+            &["source"],
+        )?;
+        let source_errors = IntCounterVec::new(
+            opts(
+                "source_errors_total",
+                "Failed reads and unusable values, by kind.",
+            ),
+            &["source", "kind"],
+        )?;
+        let clock_offset = GaugeVec::new(
+            opts(
+                "source_clock_offset_seconds",
+                "Offset of the datastore's clock from the sidecar's (remote minus local).",
+            ),
+            &["source"],
+        )?;
+        let transitions = IntCounterVec::new(
+            opts("transitions_total", "Agent state transitions."),
+            &["from", "to"],
+        )?;
+        let events_dropped = IntCounterVec::new(
+            opts(
+                "events_dropped_total",
+                "Events a full sink channel could not take.",
+            ),
+            &["sink"],
+        )?;
+        let heartbeats = IntCounterVec::new(
+            opts(
+                "pushed_heartbeats_total",
+                "Heartbeats received on the push endpoint, by result.",
+            ),
+            &["result"],
+        )?;
+        let http_status = IntGaugeVec::new(
+            opts(
+                "http_last_status_code",
+                "HTTP status code of the last probe of an http source (0: no answer).",
+            ),
+            &["source"],
+        )?;
+        let notifications = IntCounterVec::new(
+            opts(
+                "notifications_total",
+                "Notification delivery attempts by result: success, failure (retried), dropped (given up).",
+            ),
+            &["receiver", "result"],
+        )?;
+        let outbox_pending = IntGaugeVec::new(
+            opts(
+                "outbox_pending",
+                "Notifications written to the outbox and not yet delivered.",
+            ),
+            &["receiver"],
+        )?;
+        let notification_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "notification_latency_seconds",
+                "Time from an alert starting to its first successful delivery to a receiver.",
+            )
+            .namespace(NS)
+            .buckets(vec![
+                1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+            ]),
+            &["receiver"],
+        )?;
+        let alerts = IntGaugeVec::new(
+            opts(
+                "alerts",
+                "Firing alerts by kind; silenced ones separately (silenced=\"true\").",
+            ),
+            &["kind", "silenced"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            opts("build_info", "Always 1; the version is a label."),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for c in [
+            Box::new(source_up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(scan_duration.clone()),
+            Box::new(last_success.clone()),
+            Box::new(source_errors.clone()),
+            Box::new(clock_offset.clone()),
+            Box::new(transitions.clone()),
+            Box::new(events_dropped.clone()),
+            Box::new(heartbeats.clone()),
+            Box::new(http_status.clone()),
+            Box::new(notifications.clone()),
+            Box::new(outbox_pending.clone()),
+            Box::new(notification_latency.clone()),
+            Box::new(alerts.clone()),
+            Box::new(build_info),
+        ] {
+            registry.register(c)?;
+        }
+        Ok(Self {
+            registry,
+            source_up,
+            scan_duration,
+            last_success,
+            source_errors,
+            clock_offset,
+            transitions,
+            events_dropped,
+            heartbeats,
+            http_status,
+            notifications,
+            outbox_pending,
+            notification_latency,
+            alerts,
+            max_agent_series,
+        })
+    }
+
+    /// Create the per-source series up front, so a source that never
+    /// succeeds still shows `source_up 0` and zero error counters.
+    pub fn register_source(&self, source: &SourceId, up: bool) {
+        let s = source.as_str();
+        self.source_up.with_label_values(&[s]).set(i64::from(up));
+        for kind in ErrorKind::ALL {
+            self.source_errors.with_label_values(&[s, kind.as_str()]);
+        }
+    }
+
+    pub fn scan_succeeded(&self, source: &SourceId, took: Duration, at: Timestamp) {
+        let s = source.as_str();
+        self.scan_duration
+            .with_label_values(&[s])
+            .observe(took.as_secs_f64());
+        self.last_success
+            .with_label_values(&[s])
+            .set(at.timestamp_micros() as f64 / 1e6);
+    }
+
+    pub fn scan_failed(&self, source: &SourceId, kind: ErrorKind, took: Duration) {
+        let s = source.as_str();
+        if !took.is_zero() {
+            self.scan_duration
+                .with_label_values(&[s])
+                .observe(took.as_secs_f64());
+        }
+        self.source_error(source, kind);
+    }
+
+    pub fn source_error(&self, source: &SourceId, kind: ErrorKind) {
+        self.source_errors
+            .with_label_values(&[source.as_str(), kind.as_str()])
+            .inc();
+    }
+
+    pub fn source_up(&self, source: &SourceId, up: bool) {
+        self.source_up
+            .with_label_values(&[source.as_str()])
+            .set(i64::from(up));
+    }
+
+    pub fn clock_offset(&self, source: &SourceId, seconds: f64) {
+        self.clock_offset
+            .with_label_values(&[source.as_str()])
+            .set(seconds);
+    }
+
+    /// Status code of an http source's last probe (0 when nothing answered).
+    pub fn http_status(&self, source: &SourceId, code: u16) {
+        self.http_status
+            .with_label_values(&[source.as_str()])
+            .set(i64::from(code));
+    }
+
+    /// Create a receiver's series up front, so dashboards and rules see
+    /// zeros rather than nothing.
+    pub fn register_receiver(&self, receiver: &str) {
+        for result in ["success", "failure", "dropped"] {
+            self.notifications.with_label_values(&[receiver, result]);
+        }
+        self.outbox_pending.with_label_values(&[receiver]).set(0);
+        self.notification_latency.with_label_values(&[receiver]);
+    }
+
+    /// One delivery attempt (`success`, `failure`) or a notification given
+    /// up (`dropped`).
+    pub fn notification(&self, receiver: &str, result: &str) {
+        self.notifications
+            .with_label_values(&[receiver, result])
+            .inc();
+    }
+
+    pub fn outbox_pending(&self, receiver: &str, n: usize) {
+        self.outbox_pending
+            .with_label_values(&[receiver])
+            .set(n as i64);
+    }
+
+    pub fn notification_latency(&self, receiver: &str, seconds: f64) {
+        self.notification_latency
+            .with_label_values(&[receiver])
+            .observe(seconds.max(0.0));
+    }
+
+    /// Firing alerts of a kind: (unsilenced, silenced).
+    pub fn alerts(&self, kind: &str, firing: usize, silenced: usize) {
+        self.alerts
+            .with_label_values(&[kind, "false"])
+            .set(firing as i64);
+        self.alerts
+            .with_label_values(&[kind, "true"])
+            .set(silenced as i64);
+    }
+
+    pub fn transition(&self, from: State, to: State) {
+        self.transitions
+            .with_label_values(&[from.as_str(), to.as_str()])
+            .inc();
+    }
+
+    pub fn event_dropped(&self, sink: &str) {
+        self.events_dropped.with_label_values(&[sink]).inc();
+    }
+
+    /// `result`: `accepted`, `unauthorized`, `invalid`, `overloaded`.
+    pub fn heartbeat_pushed(&self, result: &'static str) {
+        self.heartbeats.with_label_values(&[result]).inc();
+    }
+
+    /// The registry's own families in the text format.
+    pub fn encode_registry(&self, out: &mut String) {
+        let mut buf = Vec::new();
+        // The text encoder only fails on a broken writer; a Vec is not one.
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .is_ok()
+        {
+            out.push_str(&String::from_utf8_lossy(&buf));
+        }
+    }
+
+    /// The bound on agents with per-agent series (`metrics.max_agent_series`).
+    pub fn max_agent_series(&self) -> usize {
+        self.max_agent_series
+    }
+
+    /// Up/down of every source as the core sees it, from a snapshot.
+    pub fn sync_sources(&self, snap: &Snapshot) {
+        for s in &snap.sources {
+            self.source_up(&s.name, s.status == SourceStatus::Up);
+        }
+    }
+}
