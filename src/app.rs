@@ -243,8 +243,10 @@ impl App {
         let mut confirm_txs = HashMap::new();
         let mut push = None;
         let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(sup.snapshot(now)));
+        for (name, kind, _) in source_kinds(&config) {
+            metrics.register_source(&name, kind);
+        }
         for s in &config.sources {
-            metrics.register_source(&s.name, matches!(s.kind, SourceKindConfig::Push(_)));
             if let SourceKindConfig::Push(p) = &s.kind {
                 push = Some(PushState {
                     source: s.name.clone(),

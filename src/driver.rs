@@ -173,7 +173,7 @@ impl Driver {
             };
             for chunk in req.agents.chunks(CONFIRM_CHUNK) {
                 if tx.try_send(chunk.to_vec()).is_err() {
-                    self.metrics.event_dropped("confirm");
+                    self.metrics.point_reads_dropped(&req.source, chunk.len());
                 }
             }
         }
@@ -214,9 +214,8 @@ impl Driver {
             Event::CheckChanged { key, from, to, .. } => {
                 debug!(agent = %key.agent, source = %key.source, from = ?from, to = %to, "Check state changed.");
             }
-            Event::SourceChanged { source, up, .. } => {
-                self.metrics.source_up(source, *up);
-            }
+            // `source_up` follows the snapshot (Metrics::sync_sources).
+            Event::SourceChanged { .. } => {}
             Event::SourceProblem {
                 source,
                 agent,

@@ -27,7 +27,7 @@ use super::sign::Signer;
 use super::store::Pending;
 use crate::clock::Clock;
 use crate::config::alerting::{DeliveryConfig, ReceiverConfig};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Delivery, Metrics};
 
 /// A receiver's queue of notifications not yet taken by its worker.
 pub struct Queue {
@@ -243,7 +243,7 @@ impl Worker {
         let parts = match self.renderer.render(&p.notification, &ctx) {
             Ok(parts) => parts,
             Err(e) => {
-                self.metrics.notification(&self.name, "dropped");
+                self.metrics.notification(&self.name, Delivery::Dropped);
                 error!(receiver = %self.name, notification = %p.notification.id, error = %e,
                     "Cannot render the notification; dropped. Fix the receiver's template.");
                 return Some(Outcome::Dropped { seq: p.seq });
@@ -272,7 +272,7 @@ impl Worker {
                 };
                 match sent {
                     Ok(()) => {
-                        self.metrics.notification(&self.name, "success");
+                        self.metrics.notification(&self.name, Delivery::Success);
                         if attempt > 1 {
                             info!(receiver = %self.name, webhook_id = %id, attempts = attempt,
                                 "Notification delivered after retries.");
@@ -280,12 +280,12 @@ impl Worker {
                         break;
                     }
                     Err(e) => {
-                        self.metrics.notification(&self.name, "failure");
+                        self.metrics.notification(&self.name, Delivery::Failure);
                         let now = self.clock.now();
                         let delay = backoff.next().unwrap_or(self.delivery.max_backoff);
                         let next_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
                         if next_at > give_up_at {
-                            self.metrics.notification(&self.name, "dropped");
+                            self.metrics.notification(&self.name, Delivery::Dropped);
                             error!(receiver = %self.name, webhook_id = %id, attempts = attempt,
                                 error = %e, queued_at = %p.queued_at,
                                 "Notification not delivered within give_up_after; dropped.");

@@ -22,14 +22,14 @@ use tracing::{debug, error, info, warn};
 
 use super::book::{ReceiverPolicy, Route, Routing, Timing};
 use super::deliver::{Outcome, Queue};
-use super::model::{Alert, Matcher, Silence};
+use super::model::{Alert, AlertKind, Matcher, Silence};
 use super::store::{AlertState, AlertStore, Pending};
 use crate::clock::Clock;
 use crate::config::alerting::{AlertingConfig, ReceiverKind};
 use crate::core::snapshot::SourceStatus;
 use crate::core::{Policy, Snapshot, Timestamp};
 use crate::liveness::Liveness;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Delivery, LabelValue, Metrics};
 
 /// How long an API call waits for the engine to take its command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -139,6 +139,12 @@ pub fn routing(cfg: &AlertingConfig) -> Routing {
         })
         .collect();
     Routing { routes, receivers }
+}
+
+impl LabelValue for AlertKind {
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
 }
 
 pub struct Engine {
@@ -340,7 +346,7 @@ impl Engine {
         }
         if let Some(old) = pushed.dropped {
             self.state.outbox.retain(|x| x.seq != old.seq);
-            self.metrics.notification(&receiver, "dropped");
+            self.metrics.notification(&receiver, Delivery::Dropped);
             error!(receiver = %receiver, notification = %old.notification.id,
                 "Outbox full for this receiver (delivery.max_pending); dropped the oldest notification.");
             changed = true;
@@ -423,7 +429,7 @@ impl Engine {
     fn publish(&self, now: Timestamp) {
         let book = &self.state.book;
         for (kind, (firing, silenced)) in book.counts() {
-            self.metrics.alerts(kind.as_str(), firing, silenced);
+            self.metrics.alerts(kind, firing, silenced);
         }
         let alerts = book
             .active

@@ -46,6 +46,18 @@ pub enum SourceKind {
     Push,
 }
 
+impl SourceKind {
+    /// The error kinds a source of this kind can report: a pushed heartbeat
+    /// is parsed by the endpoint (a bad one is refused there), so only its
+    /// time can be wrong.
+    pub fn error_kinds(self) -> &'static [ErrorKind] {
+        match self {
+            SourceKind::Polled => &ErrorKind::ALL,
+            SourceKind::Push => &[ErrorKind::ClockSkew],
+        }
+    }
+}
+
 /// How often checks are swept for `forget_after`.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch};
 use crate::clock::Clock;
 use crate::core::timestamp::parse_json_value;
 use crate::core::{AgentId, Observation, Reading, Snapshot, SourceId, Status};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, Pushed};
 
 /// Largest accepted body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -127,11 +127,11 @@ pub async fn receive(
         );
     };
     if !authorized(&state.token, &headers) {
-        state.metrics.heartbeat_pushed("unauthorized");
+        state.metrics.heartbeat_pushed(Pushed::Unauthorized);
         return problem(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     if !valid_agent_id(&agent) {
-        state.metrics.heartbeat_pushed("invalid");
+        state.metrics.heartbeat_pushed(Pushed::Invalid);
         return problem(
             StatusCode::BAD_REQUEST,
             format!("agent id must be 1 to {MAX_AGENT_ID} characters without control characters"),
@@ -141,7 +141,7 @@ pub async fn receive(
         let snap = state.snapshot.borrow();
         if snap.agents.len() >= state.max_agents && snap.agent(&agent).is_none() {
             drop(snap);
-            state.metrics.heartbeat_pushed("too_many_agents");
+            state.metrics.heartbeat_pushed(Pushed::TooManyAgents);
             let mut r = problem(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
@@ -166,7 +166,7 @@ pub async fn receive(
         match serde_json::from_slice(&body) {
             Ok(b) => b,
             Err(e) => {
-                state.metrics.heartbeat_pushed("invalid");
+                state.metrics.heartbeat_pushed(Pushed::Invalid);
                 return problem(
                     StatusCode::BAD_REQUEST,
                     format!(
@@ -181,7 +181,7 @@ pub async fn receive(
         Some(v) => match parse_json_value(v) {
             Ok(t) => t,
             Err(e) => {
-                state.metrics.heartbeat_pushed("invalid");
+                state.metrics.heartbeat_pushed(Pushed::Invalid);
                 return problem(StatusCode::BAD_REQUEST, format!("timestamp: {e}"));
             }
         },
@@ -191,7 +191,7 @@ pub async fn receive(
         Some(v) => match status_of(v, body.detail.clone()) {
             Some(s) => Some(s),
             None => {
-                state.metrics.heartbeat_pushed("invalid");
+                state.metrics.heartbeat_pushed(Pushed::Invalid);
                 return problem(
                     StatusCode::BAD_REQUEST,
                     "status must be a string or a boolean",
@@ -209,7 +209,7 @@ pub async fn receive(
     };
     match state.tx.try_send(obs) {
         Ok(()) => {
-            state.metrics.heartbeat_pushed("accepted");
+            state.metrics.heartbeat_pushed(Pushed::Accepted);
             (
                 StatusCode::ACCEPTED,
                 Json(json!({ "agent": agent, "last_seen": last_seen })),
@@ -217,7 +217,7 @@ pub async fn receive(
                 .into_response()
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
-            state.metrics.heartbeat_pushed("overloaded");
+            state.metrics.heartbeat_pushed(Pushed::Overloaded);
             let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, "busy; retry in a second");
             r.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));

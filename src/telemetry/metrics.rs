@@ -10,10 +10,77 @@ use prometheus::{
 };
 
 use crate::core::snapshot::SourceStatus;
-use crate::core::{ErrorKind, Snapshot, SourceId, State, Timestamp};
+use crate::core::{ErrorKind, Snapshot, SourceId, SourceKind, State, Timestamp};
 
 /// The prefix of every metric name.
 pub const NS: &str = "agent_supervisor";
+
+/// A label value from a closed set: what the registry accepts as a label,
+/// apart from the names of sources, receivers and agents.
+pub trait LabelValue: Copy {
+    fn label(self) -> &'static str;
+}
+
+impl LabelValue for ErrorKind {
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl LabelValue for State {
+    fn label(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+/// The result of one notification delivery attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The receiver took it.
+    Success,
+    /// This attempt failed; it will be retried.
+    Failure,
+    /// Given up: past `give_up_after`, or pushed out of a full outbox.
+    Dropped,
+}
+
+impl Delivery {
+    pub const ALL: [Delivery; 3] = [Delivery::Success, Delivery::Failure, Delivery::Dropped];
+}
+
+impl LabelValue for Delivery {
+    fn label(self) -> &'static str {
+        match self {
+            Delivery::Success => "success",
+            Delivery::Failure => "failure",
+            Delivery::Dropped => "dropped",
+        }
+    }
+}
+
+/// What became of a heartbeat pushed to `/api/v1/heartbeats/{agent}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Accepted,
+    Unauthorized,
+    Invalid,
+    /// A new agent id past the push source's `max_agents`.
+    TooManyAgents,
+    /// The core's queue was full.
+    Overloaded,
+}
+
+impl LabelValue for Pushed {
+    fn label(self) -> &'static str {
+        match self {
+            Pushed::Accepted => "accepted",
+            Pushed::Unauthorized => "unauthorized",
+            Pushed::Invalid => "invalid",
+            Pushed::TooManyAgents => "too_many_agents",
+            Pushed::Overloaded => "overloaded",
+        }
+    }
+}
 
 /// The sidecar's own metrics. Each instance owns its registry.
 pub struct Metrics {
@@ -24,7 +91,7 @@ pub struct Metrics {
     source_errors: IntCounterVec,
     clock_offset: GaugeVec,
     transitions: IntCounterVec,
-    events_dropped: IntCounterVec,
+    point_reads_dropped: IntCounterVec,
     heartbeats: IntCounterVec,
     http_status: IntGaugeVec,
     notifications: IntCounterVec,
@@ -82,12 +149,12 @@ impl Metrics {
             opts("transitions_total", "Agent state transitions."),
             &["from", "to"],
         )?;
-        let events_dropped = IntCounterVec::new(
+        let point_reads_dropped = IntCounterVec::new(
             opts(
-                "events_dropped_total",
-                "Events a full sink channel could not take.",
+                "point_reads_dropped_total",
+                "Agents whose point read was not requested because the source's queue was full (the next scan reads them).",
             ),
-            &["sink"],
+            &["source"],
         )?;
         let heartbeats = IntCounterVec::new(
             opts(
@@ -149,7 +216,7 @@ impl Metrics {
             Box::new(source_errors.clone()),
             Box::new(clock_offset.clone()),
             Box::new(transitions.clone()),
-            Box::new(events_dropped.clone()),
+            Box::new(point_reads_dropped.clone()),
             Box::new(heartbeats.clone()),
             Box::new(http_status.clone()),
             Box::new(notifications.clone()),
@@ -160,6 +227,12 @@ impl Metrics {
         ] {
             registry.register(c)?;
         }
+        // The standard process_* families (CPU, memory, file descriptors,
+        // start time), without our prefix, as every exporter names them.
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             registry,
             source_up,
@@ -168,7 +241,7 @@ impl Metrics {
             source_errors,
             clock_offset,
             transitions,
-            events_dropped,
+            point_reads_dropped,
             heartbeats,
             http_status,
             notifications,
@@ -180,12 +253,15 @@ impl Metrics {
     }
 
     /// Create the per-source series up front, so a source that never
-    /// succeeds still shows `source_up 0` and zero error counters.
-    pub fn register_source(&self, source: &SourceId, up: bool) {
+    /// succeeds still shows `source_up 0` and zero counters for the error
+    /// kinds it can have.
+    pub fn register_source(&self, source: &SourceId, kind: SourceKind) {
         let s = source.as_str();
-        self.source_up.with_label_values(&[s]).set(i64::from(up));
-        for kind in ErrorKind::ALL {
-            self.source_errors.with_label_values(&[s, kind.as_str()]);
+        self.source_up
+            .with_label_values(&[s])
+            .set(i64::from(kind == SourceKind::Push));
+        for error in kind.error_kinds() {
+            self.source_errors.with_label_values(&[s, error.label()]);
         }
     }
 
@@ -211,14 +287,8 @@ impl Metrics {
 
     pub fn source_error(&self, source: &SourceId, kind: ErrorKind) {
         self.source_errors
-            .with_label_values(&[source.as_str(), kind.as_str()])
+            .with_label_values(&[source.as_str(), kind.label()])
             .inc();
-    }
-
-    pub fn source_up(&self, source: &SourceId, up: bool) {
-        self.source_up
-            .with_label_values(&[source.as_str()])
-            .set(i64::from(up));
     }
 
     pub fn clock_offset(&self, source: &SourceId, seconds: f64) {
@@ -237,8 +307,9 @@ impl Metrics {
     /// Create a receiver's series up front, so dashboards and rules see
     /// zeros rather than nothing.
     pub fn register_receiver(&self, receiver: &str) {
-        for result in ["success", "failure", "dropped"] {
-            self.notifications.with_label_values(&[receiver, result]);
+        for result in Delivery::ALL {
+            self.notifications
+                .with_label_values(&[receiver, result.label()]);
         }
         self.outbox_pending.with_label_values(&[receiver]).set(0);
         self.notification_latency.with_label_values(&[receiver]);
@@ -246,9 +317,9 @@ impl Metrics {
 
     /// One delivery attempt (`success`, `failure`) or a notification given
     /// up (`dropped`).
-    pub fn notification(&self, receiver: &str, result: &str) {
+    pub fn notification(&self, receiver: &str, result: Delivery) {
         self.notifications
-            .with_label_values(&[receiver, result])
+            .with_label_values(&[receiver, result.label()])
             .inc();
     }
 
@@ -265,28 +336,30 @@ impl Metrics {
     }
 
     /// Firing alerts of a kind: (unsilenced, silenced).
-    pub fn alerts(&self, kind: &str, firing: usize, silenced: usize) {
+    pub fn alerts(&self, kind: impl LabelValue, firing: usize, silenced: usize) {
         self.alerts
-            .with_label_values(&[kind, "false"])
+            .with_label_values(&[kind.label(), "false"])
             .set(firing as i64);
         self.alerts
-            .with_label_values(&[kind, "true"])
+            .with_label_values(&[kind.label(), "true"])
             .set(silenced as i64);
     }
 
     pub fn transition(&self, from: State, to: State) {
         self.transitions
-            .with_label_values(&[from.as_str(), to.as_str()])
+            .with_label_values(&[from.label(), to.label()])
             .inc();
     }
 
-    pub fn event_dropped(&self, sink: &str) {
-        self.events_dropped.with_label_values(&[sink]).inc();
+    /// `agents` point reads of `source` not requested: its queue was full.
+    pub fn point_reads_dropped(&self, source: &SourceId, agents: usize) {
+        self.point_reads_dropped
+            .with_label_values(&[source.as_str()])
+            .inc_by(agents as u64);
     }
 
-    /// `result`: `accepted`, `unauthorized`, `invalid`, `overloaded`.
-    pub fn heartbeat_pushed(&self, result: &'static str) {
-        self.heartbeats.with_label_values(&[result]).inc();
+    pub fn heartbeat_pushed(&self, result: Pushed) {
+        self.heartbeats.with_label_values(&[result.label()]).inc();
     }
 
     /// The registry's own families in the text format.
@@ -309,7 +382,9 @@ impl Metrics {
     /// Up/down of every source as the core sees it, from a snapshot.
     pub fn sync_sources(&self, snap: &Snapshot) {
         for s in &snap.sources {
-            self.source_up(&s.name, s.status == SourceStatus::Up);
+            self.source_up
+                .with_label_values(&[s.name.as_str()])
+                .set(i64::from(s.status == SourceStatus::Up));
         }
     }
 }

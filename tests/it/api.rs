@@ -56,6 +56,30 @@ async fn pushed_heartbeat_shows_in_api_and_metrics() {
         ),
         Some(1.0)
     );
+    // A push source can only have a clock-skewed time: no series for kinds
+    // (timeouts, refused connections...) it can never report.
+    assert_eq!(
+        sample(
+            &m,
+            r#"agent_supervisor_source_errors_total{kind="clock_skew",source="push"}"#
+        ),
+        Some(0.0)
+    );
+    assert!(
+        !m.contains(r#"source_errors_total{kind="timeout",source="push"}"#),
+        "{m}"
+    );
+    // The standard process families.
+    for family in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(
+            sample(&m, family).is_some_and(|v| v > 0.0),
+            "{family} missing:\n{m}"
+        );
+    }
     app.shutdown().await;
 }
 
