@@ -1,0 +1,165 @@
+//! Agents: created with their rule, their state the worst of their
+//! checks, expected agents, the start-up grace, and forgetting.
+
+use super::*;
+
+impl Supervisor {
+    pub(super) fn ensure_agent(&mut self, id: &AgentId, now: Timestamp) {
+        if self.agents.contains_key(id) {
+            return;
+        }
+        let resolved = self.policy.resolve(id);
+        self.agents.insert(
+            id.clone(),
+            Agent {
+                state: State::Unknown,
+                since: now,
+                reason: "not seen yet".into(),
+                labels: resolved.labels,
+                expected: resolved.expected,
+                sources: BTreeSet::new(),
+            },
+        );
+        self.data = true;
+    }
+
+    /// Recompute an agent's state as the worst of its checks.
+    pub(super) fn refresh_agent(&mut self, id: &AgentId, now: Timestamp) {
+        let Some(agent) = self.agents.get(id) else {
+            return;
+        };
+        let (state, reason) = if agent.sources.is_empty() {
+            self.expected_state(agent)
+        } else {
+            let mut worst: Option<(State, &str)> = None;
+            for src in &agent.sources {
+                let key = CheckKey {
+                    agent: id.clone(),
+                    source: src.clone(),
+                };
+                if let Some(c) = self.checks.get(&key) {
+                    let better = worst.is_none_or(|(s, _)| c.state.severity() > s.severity());
+                    if better {
+                        worst = Some((c.state, &c.reason));
+                    }
+                }
+            }
+            match worst {
+                Some((s, r)) => (s, r.to_string()),
+                None => self.expected_state(agent),
+            }
+        };
+        let Some(agent) = self.agents.get_mut(id) else {
+            return;
+        };
+        agent.reason = reason.clone();
+        if agent.state != state {
+            let from = agent.state;
+            agent.state = state;
+            agent.since = now;
+            self.events.push(Event::AgentChanged {
+                agent: id.clone(),
+                from: Some(from),
+                to: state,
+                at: now,
+                reason,
+            });
+            self.transitions = true;
+            self.data = true;
+        }
+    }
+
+    /// State of an agent with no checks: `missing` once the grace period is
+    /// over for an expected agent, unless a source is down (then nobody can
+    /// tell).
+    pub(super) fn expected_state(&self, agent: &Agent) -> (State, String) {
+        if !agent.expected {
+            return (State::Unknown, "not seen yet".into());
+        }
+        if !self.grace_over {
+            // Keep what we had (a restored state, or "not seen yet").
+            return (agent.state, agent.reason.clone());
+        }
+        let down: Vec<&str> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| s.status != SourceStatus::Up)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if down.is_empty() {
+            (State::Missing, "expected agent never seen".into())
+        } else {
+            (
+                State::Unknown,
+                format!(
+                    "expected agent not seen; not all sources readable: {}",
+                    down.join(", ")
+                ),
+            )
+        }
+    }
+
+    pub(super) fn refresh_expected(&mut self, now: Timestamp) {
+        let ids: Vec<AgentId> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.expected && a.sources.is_empty())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.refresh_agent(&id, now);
+        }
+    }
+
+    pub(super) fn check_grace(&mut self, now: Timestamp) {
+        if self.grace_over {
+            return;
+        }
+        if now >= self.started_at + delta(self.policy.startup_grace) || self.all_sources_read() {
+            self.grace_over = true;
+            self.refresh_expected(now);
+        }
+    }
+
+    /// Drop checks with no data for `forget_after` (their source being up),
+    /// then agents left with no checks that are not expected.
+    pub(super) fn sweep(&mut self, now: Timestamp) {
+        let forget = delta(self.policy.defaults.forget_after);
+        let up: BTreeSet<SourceId> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| s.evaluable)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let old: Vec<CheckKey> = self
+            .checks
+            .iter()
+            .filter(|(k, c)| {
+                up.contains(&k.source)
+                    && c.last_seen.unwrap_or(c.observed_at).max(c.observed_at) + forget < now
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in old {
+            self.checks.remove(&key);
+            let empty = match self.agents.get_mut(&key.agent) {
+                Some(a) => {
+                    a.sources.remove(&key.source);
+                    a.sources.is_empty() && !a.expected
+                }
+                None => false,
+            };
+            if empty {
+                self.agents.remove(&key.agent);
+                self.events.push(Event::AgentForgotten {
+                    agent: key.agent.clone(),
+                    at: now,
+                });
+                self.transitions = true;
+            } else {
+                self.refresh_agent(&key.agent, now);
+            }
+            self.data = true;
+        }
+    }
+}

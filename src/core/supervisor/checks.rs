@@ -1,0 +1,292 @@
+//! Readings applied to checks, check states decided, deadlines queued and
+//! confirmed by point reads.
+
+use super::*;
+
+impl Supervisor {
+    pub(super) fn apply(
+        &mut self,
+        source: &SourceId,
+        reading: Reading,
+        as_of: Timestamp,
+        now: Timestamp,
+        generation: Option<u64>,
+    ) {
+        let key = CheckKey {
+            agent: reading.agent().clone(),
+            source: source.clone(),
+        };
+        if !self.checks.contains_key(&key) {
+            if matches!(reading, Reading::Absent { .. }) {
+                return;
+            }
+            self.ensure_agent(&key.agent, now);
+            let stale_after = delta(self.policy.stale_after(&key.agent, source));
+            self.checks.insert(
+                key.clone(),
+                Check::new(State::Unknown, now, stale_after, now),
+            );
+            if let Some(agent) = self.agents.get_mut(&key.agent) {
+                agent.sources.insert(source.clone());
+            }
+        }
+        let skew = delta(self.policy.defaults.max_clock_skew);
+        let mut problem = None;
+        let Some(c) = self.checks.get_mut(&key) else {
+            return;
+        };
+        if let Some(g) = generation {
+            c.seen_gen = g;
+        }
+        c.confirming = None;
+        match reading {
+            Reading::Heartbeat {
+                last_seen, status, ..
+            } => {
+                c.observed_at = now;
+                c.absent = false;
+                c.invalid = None;
+                c.held = None;
+                c.status = status;
+                let effective = if last_seen > now + skew {
+                    if c.raw_last_seen == Some(last_seen) {
+                        // Same future value again: keep the time we first saw it.
+                        c.last_seen.unwrap_or(now)
+                    } else {
+                        problem = Some((
+                            ErrorKind::ClockSkew,
+                            format!(
+                                "last_seen {} is {:.1}s in the future; taken as now",
+                                last_seen.to_rfc3339(),
+                                (last_seen - now).num_milliseconds() as f64 / 1e3
+                            ),
+                        ));
+                        now
+                    }
+                } else {
+                    last_seen
+                };
+                c.raw_last_seen = Some(last_seen);
+                // Never move backwards: an older reading (a scan that started
+                // before a point read) does not undo a newer one.
+                c.last_seen = Some(c.last_seen.map_or(effective, |t| t.max(effective)));
+            }
+            Reading::Status { status, .. } => {
+                c.observed_at = now;
+                c.absent = false;
+                c.invalid = None;
+                c.held = None;
+                c.status = Some(status);
+            }
+            Reading::Absent { .. } => {
+                c.absent = true;
+            }
+            Reading::Invalid { reason, .. } => {
+                c.observed_at = now;
+                if c.invalid.as_deref() != Some(reason.as_str()) {
+                    problem = Some((ErrorKind::BadValue, reason.clone()));
+                }
+                c.invalid = Some(reason);
+                c.held = None;
+            }
+            Reading::Missing { reason, .. } => {
+                c.observed_at = now;
+                c.held = Some((State::Missing, reason));
+            }
+            Reading::Unknown { reason, .. } => {
+                c.observed_at = now;
+                c.held = Some((State::Unknown, reason));
+            }
+        }
+        self.data = true;
+        if let Some((kind, detail)) = problem {
+            self.events.push(Event::SourceProblem {
+                source: source.clone(),
+                agent: key.agent.clone(),
+                kind,
+                detail,
+            });
+        }
+        self.evaluate(&key, as_of, now);
+    }
+
+    /// Decide a check's state from its data, `as_of` being when the data was
+    /// read and `now` the present.
+    pub(super) fn evaluate(&mut self, key: &CheckKey, as_of: Timestamp, now: Timestamp) {
+        let push = self
+            .source(&key.source)
+            .is_some_and(|s| s.kind == SourceKind::Push);
+        let Some(c) = self.checks.get(key) else {
+            return;
+        };
+        if let Some((state, reason)) = &c.held {
+            // Decided by the source; the deadline stays frozen (no wake-up
+            // is queued) until a normal reading re-evaluates the check.
+            let (state, reason) = (*state, reason.clone());
+            self.set_check_state(key, state, reason, now);
+            return;
+        }
+        if let Some(reason) = &c.invalid {
+            let reason = format!("unreadable value: {reason}");
+            self.set_check_state(key, State::Unknown, reason, now);
+            return;
+        }
+        if let Some(status) = &c.status
+            && !status.healthy
+        {
+            let reason = if status.detail.is_empty() {
+                "reported unhealthy".to_string()
+            } else {
+                format!("reported unhealthy: {}", status.detail)
+            };
+            self.set_check_state(key, State::Failing, reason, now);
+            return;
+        }
+        let Some(last_seen) = c.last_seen else {
+            if c.status.is_some() {
+                self.set_check_state(key, State::Healthy, "reported healthy".into(), now);
+            }
+            return;
+        };
+        let deadline = last_seen + c.stale_after;
+        let threshold = c.stale_after;
+        let absent = c.absent;
+        if as_of > deadline || (push && now > deadline) {
+            let age = now - last_seen;
+            let (state, reason) = if absent {
+                (
+                    State::Missing,
+                    format!(
+                        "heartbeat gone; last seen {} ago (threshold {})",
+                        fmt_delta(age),
+                        fmt_delta(threshold)
+                    ),
+                )
+            } else {
+                (
+                    State::Stale,
+                    format!(
+                        "no heartbeat for {} (threshold {})",
+                        fmt_delta(age),
+                        fmt_delta(threshold)
+                    ),
+                )
+            };
+            self.set_check_state(key, state, reason, now);
+        } else if now > deadline {
+            // The deadline passed after the data was read: confirm first.
+            self.request_confirm(key, now);
+        } else {
+            self.set_check_state(
+                key,
+                State::Healthy,
+                "heartbeat within threshold".into(),
+                now,
+            );
+            self.queue(key, deadline);
+        }
+    }
+
+    pub(super) fn request_confirm(&mut self, key: &CheckKey, now: Timestamp) {
+        let timeout = delta(self.policy.confirm_timeout);
+        if let Some(c) = self.checks.get_mut(key) {
+            c.confirming = Some(now);
+        }
+        self.confirms
+            .entry(key.source.clone())
+            .or_default()
+            .push(key.agent.clone());
+        self.queue(key, now + timeout);
+    }
+
+    pub(super) fn queue(&mut self, key: &CheckKey, at: Timestamp) {
+        // One microsecond past the deadline: stale means strictly older.
+        let at = at + TimeDelta::microseconds(1);
+        if let Some(c) = self.checks.get_mut(key) {
+            if c.queued.is_some_and(|q| q <= at) {
+                // An earlier wake-up is queued; it re-queues when it fires.
+                return;
+            }
+            c.queued = Some(at);
+            self.wakeups.push(Reverse((at, key.clone())));
+        }
+    }
+
+    pub(super) fn wake(&mut self, key: CheckKey, at: Timestamp, now: Timestamp) {
+        let (evaluable, kind) = match self.source(&key.source) {
+            Some(s) => (s.evaluable, s.kind),
+            None => return,
+        };
+        let timeout = delta(self.policy.confirm_timeout);
+        let Some(c) = self.checks.get_mut(&key) else {
+            return;
+        };
+        if c.queued != Some(at) {
+            return; // superseded entry
+        }
+        c.queued = None;
+        if !evaluable || c.held.is_some() {
+            return; // frozen: the next read re-arms it
+        }
+        if let Some(asked) = c.confirming {
+            if now >= asked + timeout {
+                // The point read never came back: ask again.
+                self.request_confirm(&key, now);
+            } else {
+                self.queue(&key, asked + timeout);
+            }
+            return;
+        }
+        let Some(last_seen) = c.last_seen else {
+            return;
+        };
+        let deadline = last_seen + c.stale_after;
+        if now <= deadline {
+            self.queue(&key, deadline);
+            return;
+        }
+        if c.state.is_alerting() {
+            return;
+        }
+        match kind {
+            SourceKind::Push => self.evaluate(&key, now, now),
+            SourceKind::Polled => self.request_confirm(&key, now),
+        }
+    }
+
+    // ---- state ---------------------------------------------------------
+
+    pub(super) fn set_check_state(
+        &mut self,
+        key: &CheckKey,
+        state: State,
+        reason: String,
+        now: Timestamp,
+    ) {
+        let Some(c) = self.checks.get_mut(key) else {
+            return;
+        };
+        if c.state == state {
+            if c.reason != reason {
+                c.reason = reason;
+                // The agent shows the reason of its worst check.
+                self.refresh_agent(&key.agent, now);
+            }
+            return;
+        }
+        let from = c.state;
+        c.state = state;
+        c.since = now;
+        c.reason = reason.clone();
+        self.events.push(Event::CheckChanged {
+            key: key.clone(),
+            from: Some(from),
+            to: state,
+            at: now,
+            reason,
+        });
+        self.transitions = true;
+        self.data = true;
+        self.refresh_agent(&key.agent, now);
+    }
+}

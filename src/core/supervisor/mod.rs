@@ -1,0 +1,359 @@
+//! The `Supervisor`: sole owner of agent, check and source state.
+//!
+//! It is driven from outside with `now` passed in: [`Supervisor::observe`] for
+//! what sources found, [`Supervisor::tick`] when [`Supervisor::next_wakeup`]
+//! is reached. It answers with [`Event`]s and [`ConfirmRequest`]s, drained by
+//! the caller. Nothing here does I/O or reads a clock.
+//!
+//! The rules it enforces (DESIGN §2):
+//! - every heartbeat check has a deadline (`last_seen + stale_after`) and the
+//!   caller is woken at the earliest one, not at the next scan;
+//! - a deadline that passes after the data was read is confirmed with a
+//!   point read of that one check before the check goes `stale`;
+//! - a source that cannot be read makes its checks `unknown` and freezes
+//!   them: no deadline fires for it until a fresh read;
+//! - a check the source holds `unknown` because something it depends on is
+//!   failing ([`Reading::Unknown`]: a component of a `/health` body whose
+//!   service is down) is frozen the same way, alone; a check the source
+//!   reports absent where expected ([`Reading::Missing`]) is `missing`;
+//! - a `last_seen` too far in the future is counted and taken as "now" the
+//!   first time it is seen, so a skewed writer still goes stale.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+
+use super::model::{
+    AgentId, CheckKey, ConfirmRequest, ErrorKind, Event, Observation, Reading, SourceFailure,
+    SourceId, State, Status, Timestamp,
+};
+use super::policy::{Labels, Policy};
+use super::snapshot::{
+    AgentView, CheckView, Persisted, PersistedAgent, PersistedCheck, Snapshot, SourceStatus,
+    SourceView,
+};
+
+/// How a source delivers data, which decides how a passed deadline is
+/// handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// Read periodically; a passed deadline is confirmed with a point read.
+    Polled,
+    /// Data arrives as it happens; a passed deadline is final.
+    Push,
+}
+
+impl SourceKind {
+    /// The error kinds a source of this kind can report: a pushed heartbeat
+    /// is parsed by the endpoint (a bad one is refused there), so only its
+    /// time can be wrong.
+    pub fn error_kinds(self) -> &'static [ErrorKind] {
+        match self {
+            SourceKind::Polled => &ErrorKind::ALL,
+            SourceKind::Push => &[ErrorKind::ClockSkew],
+        }
+    }
+}
+
+/// How often checks are swept for `forget_after`.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+fn delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+#[derive(Debug)]
+struct SourceEntry {
+    kind: SourceKind,
+    type_name: String,
+    status: SourceStatus,
+    since: Timestamp,
+    error: Option<SourceFailure>,
+    last_success: Option<Timestamp>,
+    /// Start time of the last complete scan.
+    last_scan_started: Option<Timestamp>,
+    /// Generation of the scan in progress; checks seen in it carry it.
+    scan_gen: u64,
+    /// Whether data has been read since start or since the last outage.
+    evaluable: bool,
+}
+
+#[derive(Debug)]
+struct Check {
+    state: State,
+    since: Timestamp,
+    reason: String,
+    /// Effective last heartbeat, on the local clock.
+    last_seen: Option<Timestamp>,
+    /// The value as the source reported it (differs when clock skew was
+    /// corrected).
+    raw_last_seen: Option<Timestamp>,
+    status: Option<Status>,
+    /// The last point read found no value.
+    absent: bool,
+    /// The last value could not be parsed.
+    invalid: Option<String>,
+    /// A state the source decided (`missing`: absent where expected;
+    /// `unknown`: a dependency is failing) with its reason. While set, the
+    /// check's deadline is frozen; the next normal reading clears it.
+    held: Option<(State, String)>,
+    stale_after: TimeDelta,
+    /// When a confirm was requested and not yet answered.
+    confirming: Option<Timestamp>,
+    /// The wake-up currently queued for this check.
+    queued: Option<Timestamp>,
+    seen_gen: u64,
+    /// Last time any reading arrived (for `forget_after`).
+    observed_at: Timestamp,
+}
+
+impl Check {
+    fn new(state: State, since: Timestamp, stale_after: TimeDelta, now: Timestamp) -> Self {
+        Check {
+            state,
+            since,
+            reason: String::new(),
+            last_seen: None,
+            raw_last_seen: None,
+            status: None,
+            absent: false,
+            invalid: None,
+            held: None,
+            stale_after,
+            confirming: None,
+            queued: None,
+            seen_gen: u64::MAX,
+            observed_at: now,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Agent {
+    state: State,
+    since: Timestamp,
+    reason: String,
+    labels: Arc<Labels>,
+    expected: bool,
+    sources: BTreeSet<SourceId>,
+}
+
+/// The core. See the module doc.
+#[derive(Debug)]
+pub struct Supervisor {
+    policy: Policy,
+    started_at: Timestamp,
+    grace_over: bool,
+    next_sweep: Timestamp,
+    sources: Vec<(SourceId, SourceEntry)>,
+    checks: HashMap<CheckKey, Check>,
+    agents: HashMap<AgentId, Agent>,
+    wakeups: BinaryHeap<Reverse<(Timestamp, CheckKey)>>,
+    events: Vec<Event>,
+    confirms: BTreeMap<SourceId, Vec<AgentId>>,
+    /// Set when an agent or check changed state since the last `take_dirty`.
+    transitions: bool,
+    /// Set when any data changed since the last `take_dirty`.
+    data: bool,
+}
+
+/// What changed since the caller last asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    pub transitions: bool,
+    pub data: bool,
+}
+
+impl Supervisor {
+    /// `sources` in config order: name, kind and type name (`redis`, `push`).
+    pub fn new(
+        policy: Policy,
+        sources: impl IntoIterator<Item = (SourceId, SourceKind, String)>,
+        now: Timestamp,
+    ) -> Self {
+        let sources = sources
+            .into_iter()
+            .map(|(id, kind, type_name)| {
+                let push = kind == SourceKind::Push;
+                (
+                    id,
+                    SourceEntry {
+                        kind,
+                        type_name,
+                        status: if push {
+                            SourceStatus::Up
+                        } else {
+                            SourceStatus::Pending
+                        },
+                        since: now,
+                        error: None,
+                        last_success: if push { Some(now) } else { None },
+                        last_scan_started: None,
+                        scan_gen: 0,
+                        evaluable: push,
+                    },
+                )
+            })
+            .collect();
+        let mut sup = Self {
+            started_at: now,
+            grace_over: false,
+            next_sweep: now + delta(SWEEP_EVERY),
+            sources,
+            checks: HashMap::new(),
+            agents: HashMap::new(),
+            wakeups: BinaryHeap::new(),
+            events: Vec::new(),
+            confirms: BTreeMap::new(),
+            transitions: false,
+            data: false,
+            policy,
+        };
+        for id in sup.policy.expected_agents() {
+            sup.ensure_agent(&id, now);
+        }
+        sup
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Feed one message from a source.
+    pub fn observe(&mut self, obs: Observation, now: Timestamp) {
+        match obs {
+            Observation::Batch {
+                source,
+                started_at,
+                readings,
+            } => {
+                if !self.source_ok(&source, now) {
+                    return;
+                }
+                let generation = self.source(&source).map(|s| s.scan_gen).unwrap_or(0);
+                for r in readings {
+                    self.apply(&source, r, started_at, now, Some(generation));
+                }
+            }
+            Observation::ScanComplete {
+                source,
+                started_at,
+                checks_seen: _,
+            } => {
+                if !self.source_ok(&source, now) {
+                    return;
+                }
+                self.finish_scan(&source, started_at, now);
+            }
+            Observation::Confirmed {
+                source,
+                read_at,
+                readings,
+            } => {
+                if !self.source_ok(&source, now) {
+                    return;
+                }
+                for r in readings {
+                    self.apply(&source, r, read_at, now, None);
+                }
+            }
+            Observation::Pushed { source, reading } => {
+                if self.source(&source).is_none() {
+                    return;
+                }
+                self.apply(&source, reading, now, now, None);
+            }
+            Observation::SourceError { source, error } => self.source_down(&source, error, now),
+        }
+        self.check_grace(now);
+    }
+
+    /// Handle every wake-up due at `now`.
+    pub fn tick(&mut self, now: Timestamp) {
+        while let Some(Reverse((at, _))) = self.wakeups.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, key))) = self.wakeups.pop() else {
+                break;
+            };
+            self.wake(key, at, now);
+        }
+        self.check_grace(now);
+        if now >= self.next_sweep {
+            self.sweep(now);
+            self.next_sweep = now + delta(SWEEP_EVERY);
+        }
+    }
+
+    /// When [`Supervisor::tick`] must next be called.
+    pub fn next_wakeup(&self) -> Timestamp {
+        let mut next = self.next_sweep;
+        if let Some(Reverse((at, _))) = self.wakeups.peek() {
+            next = next.min(*at);
+        }
+        if !self.grace_over {
+            next = next.min(self.started_at + delta(self.policy.startup_grace));
+        }
+        next
+    }
+
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn take_confirms(&mut self) -> Vec<ConfirmRequest> {
+        std::mem::take(&mut self.confirms)
+            .into_iter()
+            .map(|(source, agents)| ConfirmRequest { source, agents })
+            .collect()
+    }
+
+    pub fn take_dirty(&mut self) -> Dirty {
+        let d = Dirty {
+            transitions: self.transitions,
+            data: self.data,
+        };
+        self.transitions = false;
+        self.data = false;
+        d
+    }
+
+    /// Whether the startup grace can end before its time: every polled
+    /// source has been read once and no push source waits for its agents'
+    /// first heartbeats.
+    pub fn all_sources_read(&self) -> bool {
+        self.sources
+            .iter()
+            .all(|(_, s)| s.kind == SourceKind::Polled && s.status != SourceStatus::Pending)
+    }
+}
+
+fn key_of(agent: &AgentId, source: &SourceId) -> CheckKey {
+    CheckKey {
+        agent: agent.clone(),
+        source: source.clone(),
+    }
+}
+
+/// `4.2s`, `1m 30s`: compact, for reasons shown to people.
+pub fn fmt_delta(d: TimeDelta) -> String {
+    let ms = d.num_milliseconds().max(0);
+    if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1e3)
+    } else {
+        humantime::format_duration(Duration::from_secs((ms / 1000) as u64)).to_string()
+    }
+}
+
+mod agents;
+mod checks;
+mod persist;
+mod sources;
+mod view;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,80 @@
+//! Restoring what the state store kept, and what it should keep.
+
+use super::*;
+
+impl Supervisor {
+    /// Put back what the state store kept. Call before any observation.
+    /// Restored checks keep their state and `since` until their source has
+    /// been read again, so a restart is not a wave of fresh transitions.
+    pub fn restore(&mut self, persisted: Persisted, now: Timestamp) {
+        for pc in persisted.checks {
+            if self.source(&pc.source).is_none() {
+                continue;
+            }
+            let key = CheckKey {
+                agent: pc.agent.clone(),
+                source: pc.source.clone(),
+            };
+            self.ensure_agent(&pc.agent, now);
+            let stale_after = delta(self.policy.stale_after(&pc.agent, &pc.source));
+            self.checks.insert(
+                key,
+                Check {
+                    reason: pc.reason,
+                    last_seen: pc.last_seen,
+                    raw_last_seen: pc.raw_last_seen,
+                    ..Check::new(pc.state, pc.since, stale_after, now)
+                },
+            );
+            if let Some(agent) = self.agents.get_mut(&pc.agent) {
+                agent.sources.insert(pc.source.clone());
+            }
+            // Push checks are evaluable at once: arm their deadlines now.
+            // Polled checks wait for their source's first scan.
+            let push = self
+                .source(&pc.source)
+                .is_some_and(|s| s.kind == SourceKind::Push);
+            if push && let Some(t) = pc.last_seen {
+                self.queue(&key_of(&pc.agent, &pc.source), t + stale_after);
+            }
+        }
+        for pa in persisted.agents {
+            if let Some(agent) = self.agents.get_mut(&pa.agent) {
+                agent.state = pa.state;
+                agent.since = pa.since;
+                agent.reason = pa.reason;
+            }
+        }
+        self.data = true;
+    }
+
+    /// What the state store should keep.
+    pub fn persist(&self) -> Persisted {
+        let mut checks: Vec<PersistedCheck> = self
+            .checks
+            .iter()
+            .map(|(k, c)| PersistedCheck {
+                agent: k.agent.clone(),
+                source: k.source.clone(),
+                state: c.state,
+                since: c.since,
+                reason: c.reason.clone(),
+                last_seen: c.last_seen,
+                raw_last_seen: c.raw_last_seen,
+            })
+            .collect();
+        checks.sort_by(|a, b| (&a.agent, &a.source).cmp(&(&b.agent, &b.source)));
+        let mut agents: Vec<PersistedAgent> = self
+            .agents
+            .iter()
+            .map(|(id, a)| PersistedAgent {
+                agent: id.clone(),
+                state: a.state,
+                since: a.since,
+                reason: a.reason.clone(),
+            })
+            .collect();
+        agents.sort_by(|a, b| a.agent.cmp(&b.agent));
+        Persisted { checks, agents }
+    }
+}
