@@ -82,6 +82,7 @@ impl Config {
                 .iter()
                 .filter_map(|s| s.stale_after.map(|d| (s.name.clone(), d)))
                 .collect(),
+            ..Policy::default()
         }
     }
 }

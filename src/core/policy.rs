@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use globset::{Glob, GlobMatcher};
 
-use super::model::{AgentId, SourceId};
+use super::model::{AgentId, CheckKey, SourceId};
 
 /// Agent labels from config (`team`, `severity`); they go on `agent_info`.
 pub type Labels = BTreeMap<String, String>;
@@ -99,6 +99,15 @@ pub struct Policy {
     pub rules: Vec<AgentRule>,
     /// Per-source `stale_after`, between the rule and the default.
     pub source_stale_after: BTreeMap<SourceId, Duration>,
+    /// Sources whose agents live in a service (`depends_on`): while that
+    /// service's check is not healthy, their checks are held `unknown`.
+    pub depends_on: BTreeMap<SourceId, CheckKey>,
+    /// How often stale and missing checks of a polled source are re-read
+    /// with point reads, so an agent that beats again is seen within about
+    /// this long rather than at the next scan.
+    pub recheck_every: Duration,
+    /// At most this many of those re-reads a second, per source.
+    pub recheck_max_per_second: u32,
 }
 
 impl Default for Policy {
@@ -109,6 +118,9 @@ impl Default for Policy {
             confirm_timeout: Duration::from_secs(5),
             rules: Vec::new(),
             source_stale_after: BTreeMap::new(),
+            depends_on: BTreeMap::new(),
+            recheck_every: Duration::from_millis(500),
+            recheck_max_per_second: 1000,
         }
     }
 }

@@ -142,6 +142,9 @@ impl Supervisor {
             .collect();
         for key in old {
             self.checks.remove(&key);
+            if let Some(src) = self.source_mut(&key.source) {
+                src.rechecking.remove(&key.agent);
+            }
             let empty = match self.agents.get_mut(&key.agent) {
                 Some(a) => {
                     a.sources.remove(&key.source);

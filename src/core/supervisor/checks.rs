@@ -126,6 +126,15 @@ impl Supervisor {
             self.set_check_state(key, state, reason, now);
             return;
         }
+        if let Some(reason) = self.held_by(&key.source) {
+            // What it depends on is not healthy: nothing can be concluded
+            // from this check's data, and an alerting state is kept.
+            if !c.state.is_alerting() {
+                let reason = reason.to_string();
+                self.set_check_state(key, State::Unknown, reason, now);
+            }
+            return;
+        }
         if let Some(reason) = &c.invalid {
             let reason = format!("unreadable value: {reason}");
             self.set_check_state(key, State::Unknown, reason, now);
@@ -151,13 +160,35 @@ impl Supervisor {
         let deadline = last_seen + c.stale_after;
         let threshold = c.stale_after;
         let absent = c.absent;
-        if as_of > deadline || (push && now > deadline) {
+        let passed = |d: Timestamp| as_of > d || (push && now > d);
+        // Time given back by an outage or a hold that ended after the last
+        // heartbeat; an alerting check keeps its state instead.
+        let given = if c.state.is_alerting() {
+            None
+        } else {
+            self.given_until(&key.source, last_seen, threshold)
+        };
+        if passed(deadline) {
             let age = now - last_seen;
+            if let Some((until, why)) = &given {
+                if !passed(*until) {
+                    let reason = format!(
+                        "waiting for a heartbeat after {why}; last one {} ago",
+                        fmt_delta(age)
+                    );
+                    self.set_check_state(key, State::Unknown, reason, now);
+                    self.queue(key, *until);
+                    return;
+                }
+            }
+            let after = given
+                .map(|(_, why)| format!(", none in the {} after {why}", fmt_delta(threshold)))
+                .unwrap_or_default();
             let (state, reason) = if absent {
                 (
                     State::Missing,
                     format!(
-                        "heartbeat gone; last seen {} ago (threshold {})",
+                        "heartbeat gone; last seen {} ago (threshold {}){after}",
                         fmt_delta(age),
                         fmt_delta(threshold)
                     ),
@@ -166,7 +197,7 @@ impl Supervisor {
                 (
                     State::Stale,
                     format!(
-                        "no heartbeat for {} (threshold {})",
+                        "no heartbeat for {} (threshold {}){after}",
                         fmt_delta(age),
                         fmt_delta(threshold)
                     ),
@@ -213,8 +244,8 @@ impl Supervisor {
     }
 
     pub(super) fn wake(&mut self, key: CheckKey, at: Timestamp, now: Timestamp) {
-        let (evaluable, kind) = match self.source(&key.source) {
-            Some(s) => (s.evaluable, s.kind),
+        let (evaluable, kind, held) = match self.source(&key.source) {
+            Some(s) => (s.evaluable, s.kind, s.held.is_some()),
             None => return,
         };
         let timeout = delta(self.policy.confirm_timeout);
@@ -225,8 +256,8 @@ impl Supervisor {
             return; // superseded entry
         }
         c.queued = None;
-        if !evaluable || c.held.is_some() {
-            return; // frozen: the next read re-arms it
+        if !evaluable || c.held.is_some() || held {
+            return; // frozen: the next read (or the release) re-arms it
         }
         if let Some(asked) = c.confirming {
             if now >= asked + timeout {
@@ -288,5 +319,7 @@ impl Supervisor {
         self.transitions = true;
         self.data = true;
         self.refresh_agent(&key.agent, now);
+        self.track_recheck(key, state, now);
+        self.dependency_changed(key, state, now);
     }
 }

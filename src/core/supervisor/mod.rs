@@ -79,6 +79,17 @@ struct SourceEntry {
     scan_gen: u64,
     /// Whether data has been read since start or since the last outage.
     evaluable: bool,
+    /// While the check this source's agents depend on is not healthy: why
+    /// its checks are held `unknown` (their deadlines frozen).
+    held: Option<String>,
+    /// When its data became trustworthy again (back from an outage, or its
+    /// dependency healthy again) and what happened: a heartbeat older than
+    /// that gets `stale_after` from then before it counts as stale.
+    resumed: Option<(Timestamp, String)>,
+    /// Its stale and missing checks, re-read every `recheck_every`, round
+    /// robin from `recheck_from`.
+    rechecking: BTreeSet<AgentId>,
+    recheck_from: Option<AgentId>,
 }
 
 #[derive(Debug)]
@@ -158,6 +169,10 @@ pub struct Supervisor {
     transitions: bool,
     /// Set when any data changed since the last `take_dirty`.
     data: bool,
+    /// The sources that depend on each check (`depends_on`).
+    dependents: HashMap<CheckKey, Vec<SourceId>>,
+    /// When stale and missing checks are next re-read.
+    next_recheck: Timestamp,
 }
 
 /// What changed since the caller last asked.
@@ -194,6 +209,10 @@ impl Supervisor {
                         last_scan_started: None,
                         scan_gen: 0,
                         evaluable: push,
+                        held: None,
+                        resumed: None,
+                        rechecking: BTreeSet::new(),
+                        recheck_from: None,
                     },
                 )
             })
@@ -210,10 +229,25 @@ impl Supervisor {
             confirms: BTreeMap::new(),
             transitions: false,
             data: false,
+            dependents: HashMap::new(),
+            next_recheck: now,
             policy,
         };
         for id in sup.policy.expected_agents() {
             sup.ensure_agent(&id, now);
+        }
+        let depends_on = sup.policy.depends_on.clone();
+        for (source, dependency) in depends_on {
+            sup.dependents
+                .entry(dependency.clone())
+                .or_default()
+                .push(source.clone());
+            // Nothing is known of the dependency yet.
+            sup.hold(
+                &source,
+                holds::held_reason(&dependency.agent, State::Unknown),
+                now,
+            );
         }
         sup
     }
@@ -282,6 +316,7 @@ impl Supervisor {
             };
             self.wake(key, at, now);
         }
+        self.recheck(now);
         self.check_grace(now);
         if now >= self.next_sweep {
             self.sweep(now);
@@ -297,6 +332,9 @@ impl Supervisor {
         }
         if !self.grace_over {
             next = next.min(self.started_at + delta(self.policy.startup_grace));
+        }
+        if self.sources.iter().any(|(_, s)| s.wants_recheck()) {
+            next = next.min(self.next_recheck);
         }
         next
     }
@@ -351,7 +389,9 @@ pub fn fmt_delta(d: TimeDelta) -> String {
 
 mod agents;
 mod checks;
+mod holds;
 mod persist;
+mod rechecks;
 mod sources;
 mod view;
 

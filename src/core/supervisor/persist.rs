@@ -18,7 +18,7 @@ impl Supervisor {
             self.ensure_agent(&pc.agent, now);
             let stale_after = delta(self.policy.stale_after(&pc.agent, &pc.source));
             self.checks.insert(
-                key,
+                key.clone(),
                 Check {
                     reason: pc.reason,
                     last_seen: pc.last_seen,
@@ -29,6 +29,7 @@ impl Supervisor {
             if let Some(agent) = self.agents.get_mut(&pc.agent) {
                 agent.sources.insert(pc.source.clone());
             }
+            self.track_recheck(&key_of(&pc.agent, &pc.source), pc.state, now);
             // Push checks are evaluable at once: arm their deadlines now.
             // Polled checks wait for their source's first scan.
             let push = self

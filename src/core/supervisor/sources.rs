@@ -21,6 +21,10 @@ impl Supervisor {
         };
         src.last_success = Some(now);
         if src.status != SourceStatus::Up {
+            if src.status == SourceStatus::Down {
+                let down_for = fmt_delta(now - src.since);
+                src.resumed = Some((now, format!("{id} came back from {down_for} down")));
+            }
             src.status = SourceStatus::Up;
             src.since = now;
             src.error = None;
@@ -62,17 +66,16 @@ impl Supervisor {
             src.error = Some(error.clone());
         }
         let reason = format!("source {id} is down: {}", error.message);
-        let keys: Vec<CheckKey> = self
-            .checks
-            .keys()
-            .filter(|k| &k.source == id)
-            .cloned()
-            .collect();
-        for key in keys {
-            if let Some(c) = self.checks.get_mut(&key) {
-                c.confirming = None;
+        for key in self.keys_of(id) {
+            let Some(c) = self.checks.get_mut(&key) else {
+                continue;
+            };
+            c.confirming = None;
+            // What was already stale, missing or failing stays so: no new
+            // transition, no new notification.
+            if !c.state.is_alerting() {
+                self.set_check_state(&key, State::Unknown, reason.clone(), now);
             }
-            self.set_check_state(&key, State::Unknown, reason.clone(), now);
         }
         self.refresh_expected(now);
         self.data = true;

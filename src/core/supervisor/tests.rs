@@ -43,6 +43,7 @@ fn policy() -> Policy {
             .unwrap(),
         ],
         source_stale_after: Default::default(),
+        ..Policy::default()
     }
 }
 
@@ -81,6 +82,18 @@ fn scan(s: &mut Supervisor, started: Timestamp, now: Timestamp, readings: Vec<Re
             source: redis(),
             started_at: started,
             checks_seen: n,
+        },
+        now,
+    );
+}
+
+/// Deliver a point read of `redis` made at `now`.
+fn confirm(s: &mut Supervisor, now: Timestamp, readings: Vec<Reading>) {
+    s.observe(
+        Observation::Confirmed {
+            source: redis(),
+            read_at: now,
+            readings,
         },
         now,
     );
@@ -274,7 +287,7 @@ fn source_down_makes_checks_unknown_and_freezes_deadlines() {
 }
 
 #[test]
-fn source_recovery_reports_agents_that_stopped_meanwhile_with_their_true_age() {
+fn source_recovery_gives_stale_after_from_the_recovery_then_reports_true_age() {
     let mut s = sup();
     scan(
         &mut s,
@@ -283,7 +296,8 @@ fn source_recovery_reports_agents_that_stopped_meanwhile_with_their_true_age() {
         vec![hb("a", at(0.0)), hb("b", at(0.0))],
     );
     s.observe(down(ErrorKind::ConnectionRefused), at(1.0));
-    // Back at 60s: a kept writing, b stopped at 0s.
+    // Back at 60s: a kept writing, b's last beat predates the outage (its
+    // writes may have been blocked): not stale yet, given 10s from 60.1.
     scan(
         &mut s,
         at(60.0),
@@ -291,11 +305,60 @@ fn source_recovery_reports_agents_that_stopped_meanwhile_with_their_true_age() {
         vec![hb("a", at(59.0)), hb("b", at(0.0))],
     );
     assert_eq!(state(&s, "a", at(60.1)), State::Healthy);
-    assert_eq!(state(&s, "b", at(60.1)), State::Stale);
-    let snap = s.snapshot(at(60.1));
+    assert_eq!(state(&s, "b", at(60.1)), State::Unknown);
+    let reason = s.snapshot(at(60.1)).agent("b").unwrap().reason.clone();
+    assert!(
+        reason.contains("waiting for a heartbeat after redis came back"),
+        "{reason}"
+    );
+    assert!(
+        !s.take_events().iter().any(|e| matches!(
+            e,
+            Event::AgentChanged {
+                to: State::Stale,
+                ..
+            }
+        )),
+        "nobody stale at the recovery"
+    );
+    // At 70.1 the time given is over: a point read, not the next scan.
+    s.take_confirms();
+    s.tick(at(70.2));
+    let confirms = s.take_confirms();
+    assert_eq!(confirms.len(), 1);
+    assert!(confirms[0].agents.contains(&AgentId::from("b")));
+    confirm(&mut s, at(70.2), vec![hb("b", at(0.0))]);
+    assert_eq!(state(&s, "b", at(70.2)), State::Stale);
+    let snap = s.snapshot(at(70.2));
     let b = snap.agent("b").unwrap();
-    assert!((b.checks[0].age_seconds.unwrap() - 60.1).abs() < 0.01);
-    assert!(b.reason.contains("1m"), "{}", b.reason);
+    assert!((b.checks[0].age_seconds.unwrap() - 70.2).abs() < 0.01);
+    assert!(b.reason.contains("1m 10s"), "{}", b.reason);
+    assert!(
+        b.reason
+            .contains("none in the 10.0s after redis came back from"),
+        "{}",
+        b.reason
+    );
+}
+
+#[test]
+fn agent_stale_before_an_outage_stays_stale_through_it_without_a_new_transition() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("gone", at(-20.0))]);
+    assert_eq!(state(&s, "gone", at(0.0)), State::Stale);
+    s.take_events();
+    s.observe(down(ErrorKind::Timeout), at(1.0));
+    assert_eq!(state(&s, "gone", at(1.0)), State::Stale);
+    scan(&mut s, at(30.0), at(30.0), vec![hb("gone", at(-20.0))]);
+    assert_eq!(state(&s, "gone", at(30.0)), State::Stale);
+    let events = s.take_events();
+    assert!(
+        !events.iter().any(
+            |e| matches!(e, Event::AgentChanged { agent, .. } if agent.as_str() == "gone")
+                || matches!(e, Event::CheckChanged { key, .. } if key.agent.as_str() == "gone")
+        ),
+        "no transition for an agent already stale: {events:?}"
+    );
 }
 
 #[test]
@@ -693,4 +756,224 @@ fn component_absent_from_the_body_is_missing_even_if_never_seen() {
         }],
     );
     assert!(s.snapshot(at(3.0)).agent("other").is_none());
+}
+
+// ---- dependencies, outages and re-reads (DESIGN §2, rules 8 and 9) ----
+
+fn svc() -> SourceId {
+    SourceId::from("svc")
+}
+
+/// `redis` agents live in the service probed by `svc` (its check is agent
+/// `svc` of source `svc`).
+fn sup_with_service() -> Supervisor {
+    let mut p = policy();
+    p.depends_on = [(
+        redis(),
+        CheckKey {
+            agent: "svc".into(),
+            source: svc(),
+        },
+    )]
+    .into();
+    Supervisor::new(
+        p,
+        [
+            (redis(), SourceKind::Polled, "redis".to_string()),
+            (svc(), SourceKind::Polled, "http".to_string()),
+        ],
+        t0(),
+    )
+}
+
+/// One probe of the service: its own check healthy or failing.
+fn probe(s: &mut Supervisor, now: Timestamp, healthy: bool) {
+    let detail = if healthy {
+        ""
+    } else {
+        "not reachable: connection refused"
+    };
+    s.observe(
+        Observation::Batch {
+            source: svc(),
+            started_at: now,
+            readings: vec![status("svc", healthy, detail)],
+        },
+        now,
+    );
+    s.observe(
+        Observation::ScanComplete {
+            source: svc(),
+            started_at: now,
+            checks_seen: 1,
+        },
+        now,
+    );
+}
+
+fn agent_events(events: &[Event], to: State) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::AgentChanged { agent, to: t, .. } if *t == to => Some(agent.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn dependents_are_held_unknown_until_the_service_is_first_healthy() {
+    let mut s = sup_with_service();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(0.0))]);
+    assert_eq!(state(&s, "a", at(0.0)), State::Unknown);
+    let reason = s.snapshot(at(0.0)).agent("a").unwrap().reason.clone();
+    assert_eq!(reason, "held: svc is unknown");
+    probe(&mut s, at(0.5), true);
+    assert_eq!(state(&s, "a", at(0.5)), State::Healthy);
+}
+
+#[test]
+fn a_stopped_service_is_one_incident_and_its_agents_get_stale_after_from_its_recovery() {
+    let mut s = sup_with_service();
+    probe(&mut s, at(0.0), true);
+    scan(
+        &mut s,
+        at(0.0),
+        at(0.0),
+        vec![hb("a", at(0.0)), hb("b", at(0.0))],
+    );
+    assert_eq!(state(&s, "a", at(0.0)), State::Healthy);
+    s.take_events();
+    // The service stops at 5s: its agents stop beating with it.
+    probe(&mut s, at(5.0), false);
+    for a in ["a", "b"] {
+        assert_eq!(state(&s, a, at(5.0)), State::Unknown);
+        let reason = s.snapshot(at(5.0)).agent(a).unwrap().reason.clone();
+        assert_eq!(reason, "held: svc is failing");
+    }
+    let mut t = 5.0;
+    while t < 100.0 {
+        t += 1.0;
+        s.tick(at(t));
+        if t as u64 % 5 == 0 {
+            scan(
+                &mut s,
+                at(t),
+                at(t),
+                vec![hb("a", at(0.0)), hb("b", at(0.0))],
+            );
+            probe(&mut s, at(t), false);
+        }
+    }
+    let events = s.take_events();
+    assert!(agent_events(&events, State::Stale).is_empty(), "{events:?}");
+    assert_eq!(
+        agent_events(&events, State::Failing),
+        vec!["svc".to_string()]
+    );
+    assert!(
+        s.take_confirms().iter().all(|c| c.source != redis()),
+        "no point reads of held checks"
+    );
+    // Back at 100.5: each agent has 10s from then to beat again.
+    probe(&mut s, at(100.5), true);
+    assert_eq!(state(&s, "a", at(100.5)), State::Unknown);
+    assert!(agent_events(&s.take_events(), State::Stale).is_empty());
+    scan(
+        &mut s,
+        at(103.0),
+        at(103.0),
+        vec![hb("a", at(102.0)), hb("b", at(0.0))],
+    );
+    assert_eq!(state(&s, "a", at(103.0)), State::Healthy);
+    assert_eq!(state(&s, "b", at(103.0)), State::Unknown);
+    // b stays silent: stale once its 10s are over, on a point read.
+    s.take_confirms();
+    s.tick(at(110.6));
+    assert!(
+        s.take_confirms()
+            .iter()
+            .any(|c| c.agents.contains(&"b".into()))
+    );
+    confirm(&mut s, at(110.6), vec![hb("b", at(0.0))]);
+    assert_eq!(state(&s, "b", at(110.6)), State::Stale);
+    let reason = s.snapshot(at(110.6)).agent("b").unwrap().reason.clone();
+    assert!(
+        reason.contains("none in the 10.0s after svc recovered at 12:01:40Z"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn an_agent_stale_before_its_service_failed_keeps_its_state_and_alert() {
+    let mut s = sup_with_service();
+    // The service's first healthy probe also gives its agents stale_after
+    // (they may have started with it): `gone` is stale only then.
+    probe(&mut s, at(0.0), true);
+    scan(&mut s, at(0.0), at(0.0), vec![hb("gone", at(-30.0))]);
+    assert_eq!(state(&s, "gone", at(0.0)), State::Unknown);
+    s.tick(at(10.1));
+    confirm(&mut s, at(10.1), vec![hb("gone", at(-30.0))]);
+    assert_eq!(state(&s, "gone", at(10.1)), State::Stale);
+    s.take_events();
+    probe(&mut s, at(11.0), false);
+    assert_eq!(state(&s, "gone", at(11.0)), State::Stale);
+    probe(&mut s, at(20.0), true);
+    scan(&mut s, at(21.0), at(21.0), vec![hb("gone", at(-30.0))]);
+    assert_eq!(state(&s, "gone", at(21.0)), State::Stale);
+    let events = s.take_events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::AgentChanged { agent, .. } if agent.as_str() == "gone")),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_stale_agent_that_beats_again_is_seen_by_a_re_read_within_recheck_every() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(-20.0))]);
+    assert_eq!(state(&s, "a", at(0.0)), State::Stale);
+    s.take_confirms();
+    // The first re-read is due half a second on, not at the next scan.
+    assert!(s.next_wakeup() <= at(0.5), "{}", s.next_wakeup());
+    s.tick(at(0.5));
+    let confirms = s.take_confirms();
+    assert_eq!(confirms.len(), 1);
+    assert_eq!(confirms[0].agents, vec![AgentId::from("a")]);
+    confirm(&mut s, at(0.5), vec![hb("a", at(0.4))]);
+    assert_eq!(state(&s, "a", at(0.5)), State::Healthy);
+    // Nothing stale any more: no more re-reads.
+    s.tick(at(1.0));
+    assert!(s.take_confirms().is_empty());
+}
+
+#[test]
+fn re_reads_are_bounded_per_second_and_go_round_robin() {
+    let mut p = policy();
+    p.recheck_max_per_second = 4; // 2 per half-second round
+    let mut s = Supervisor::new(
+        p,
+        [(redis(), SourceKind::Polled, "redis".to_string())],
+        t0(),
+    );
+    let stale: Vec<Reading> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|a| hb(a, at(-20.0)))
+        .collect();
+    scan(&mut s, at(0.0), at(0.0), stale);
+    s.take_confirms();
+    let mut rounds = Vec::new();
+    for i in 1..=3 {
+        s.tick(at(0.5 * f64::from(i)));
+        let c = s.take_confirms();
+        rounds.push(
+            c[0].agents
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(rounds, vec![vec!["a", "b"], vec!["c", "d"], vec!["e", "a"]]);
 }
