@@ -301,11 +301,7 @@ impl Supervisor {
                     self.apply(&source, r, started_at, now, Some(generation));
                 }
             }
-            Observation::ScanComplete {
-                source,
-                started_at,
-                checks_seen: _,
-            } => {
+            Observation::ScanComplete { source, started_at } => {
                 if !self.source_ok(&source, now) {
                     return;
                 }
@@ -392,10 +388,6 @@ impl Supervisor {
         self.sources
             .iter()
             .all(|(_, s)| s.kind == SourceKind::Polled && s.status != SourceStatus::Pending)
-    }
-
-    pub fn agent_count(&self) -> usize {
-        self.agents.len()
     }
 
     pub fn snapshot(&self, now: Timestamp) -> Snapshot {

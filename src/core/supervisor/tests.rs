@@ -67,7 +67,6 @@ fn hb(agent: &str, last_seen: Timestamp) -> Reading {
 
 /// Deliver one complete scan of `redis` that started at `started`.
 fn scan(s: &mut Supervisor, started: Timestamp, now: Timestamp, readings: Vec<Reading>) {
-    let n = readings.len();
     s.observe(
         Observation::Batch {
             source: redis(),
@@ -80,7 +79,6 @@ fn scan(s: &mut Supervisor, started: Timestamp, now: Timestamp, readings: Vec<Re
         Observation::ScanComplete {
             source: redis(),
             started_at: started,
-            checks_seen: n,
         },
         now,
     );
