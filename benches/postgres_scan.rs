@@ -31,7 +31,7 @@ use agent_supervisor::driver::OBSERVATION_CAPACITY;
 use agent_supervisor::liveness::Liveness;
 use agent_supervisor::secret::SecretUrl;
 use agent_supervisor::sources::postgres::PostgresSource;
-use agent_supervisor::sources::{SourceCtx, scan_once};
+use agent_supervisor::sources::{PollSource as _, SourceCtx, scan_once};
 use agent_supervisor::telemetry::metrics::Metrics;
 use criterion::{Criterion, SamplingMode};
 use sqlx::Connection as _;

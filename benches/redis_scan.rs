@@ -26,7 +26,7 @@ use agent_supervisor::driver::OBSERVATION_CAPACITY;
 use agent_supervisor::liveness::Liveness;
 use agent_supervisor::secret::SecretUrl;
 use agent_supervisor::sources::redis::RedisSource;
-use agent_supervisor::sources::{SourceCtx, scan_once};
+use agent_supervisor::sources::{PollSource as _, SourceCtx, scan_once};
 use agent_supervisor::telemetry::metrics::Metrics;
 use criterion::Criterion;
 use fred::prelude::*;

@@ -350,7 +350,6 @@ mod tests {
             Observation::ScanComplete {
                 source: "redis".into(),
                 started_at: t0,
-                checks_seen: 2,
             },
         ] {
             r.tx.send(obs).await.unwrap();

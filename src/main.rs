@@ -3,6 +3,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -64,44 +65,49 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let command = cli.command.unwrap_or(Command::Run);
-    if let Command::CheckConfig = command {
-        println!(
-            "{}: ok ({} sources, {} agent rules)",
-            cli.config.display(),
-            config.sources.len(),
-            config.agents.len()
-        );
-        return ExitCode::SUCCESS;
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => block_on(run(config)),
+        Command::CheckConfig => {
+            println!(
+                "{}: ok ({} sources, {} agent rules)",
+                cli.config.display(),
+                config.sources.len(),
+                config.agents.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Scan { timeout } => block_on(scan(config, timeout)),
     }
-    // One TLS stack for every client (rediss://, later Postgres and webhooks).
+}
+
+/// Run `command` on a runtime with the TLS stack every client uses.
+fn block_on(command: impl Future<Output = ExitCode>) -> ExitCode {
+    // One TLS stack for every client (rediss://, Postgres and webhooks).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
     {
-        Ok(r) => r,
+        Ok(runtime) => runtime.block_on(command),
         Err(e) => {
             eprintln!("agent-supervisor: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    runtime.block_on(async move {
-        match command {
-            Command::Scan { timeout } => match scan::scan(&config, timeout).await {
-                Ok(snap) => {
-                    print!("{}", scan::render_table(&snap));
-                    ExitCode::from(scan::exit_code(&snap) as u8)
-                }
-                Err(e) => {
-                    eprintln!("agent-supervisor: {e:#}");
-                    ExitCode::FAILURE
-                }
-            },
-            Command::Run | Command::CheckConfig => run(config).await,
+    }
+}
+
+async fn scan(config: config::Config, timeout: Duration) -> ExitCode {
+    match scan::scan(&config, timeout).await {
+        Ok(snap) => {
+            print!("{}", scan::render_table(&snap));
+            ExitCode::from(scan::exit_code(&snap) as u8)
         }
-    })
+        Err(e) => {
+            eprintln!("agent-supervisor: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(config: config::Config) -> ExitCode {

@@ -44,28 +44,13 @@ pub async fn scan(config: &Config, timeout: Duration) -> anyhow::Result<Snapshot
         };
         reads.push(async move {
             let read = async {
-                match &src {
-                    Polled::Redis(r) => {
-                        r.connect();
-                        let out = scan_once(&**r, &ctx).await;
-                        r.disconnect().await;
-                        out
-                    }
-                    Polled::Postgres(p) => {
-                        p.connect();
-                        let out = scan_once(&**p, &ctx).await;
-                        p.disconnect().await;
-                        out
-                    }
-                    Polled::Http(h) => scan_once(&**h, &ctx).await,
-                }
+                src.connect();
+                let out = scan_once(&src, &ctx).await;
+                src.disconnect().await;
+                out
             };
             if tokio::time::timeout(timeout, read).await.is_err() {
-                let system = match &src {
-                    Polled::Redis(r) => r.system(),
-                    Polled::Postgres(p) => p.system(),
-                    Polled::Http(h) => h.system(),
-                };
+                let system = src.system();
                 let _ = ctx
                     .tx
                     .send(Observation::SourceError {
@@ -100,6 +85,15 @@ pub fn exit_code(snap: &Snapshot) -> i32 {
         EXIT_UNKNOWN
     } else {
         EXIT_OK
+    }
+}
+
+/// `1 agent`, `2 agents`.
+fn agents(n: usize) -> String {
+    if n == 1 {
+        "1 agent".into()
+    } else {
+        format!("{n} agents")
     }
 }
 
@@ -167,7 +161,7 @@ pub fn render_table(snap: &Snapshot) -> String {
                 "push: agents push to the running sidecar; nothing to read here".into()
             }
             (_, Some(e)) => e.message.clone(),
-            (SourceStatus::Up, None) => format!("{}: ok, {} agents", s.kind, s.checks),
+            (SourceStatus::Up, None) => format!("{}: ok, {}", s.kind, agents(s.checks)),
             (st, None) => format!("{}: {st:?}", s.kind),
         };
         let _ = writeln!(out, "source {}: {status}", s.name);
@@ -186,6 +180,10 @@ mod tests {
     use crate::core::{Labels, SourceId};
 
     fn snap(states: &[State], source_down: bool) -> Snapshot {
+        snap_with_checks(states, source_down, 0)
+    }
+
+    fn snap_with_checks(states: &[State], source_down: bool, checks: usize) -> Snapshot {
         let now = Utc::now();
         Snapshot {
             taken_at: now,
@@ -217,7 +215,7 @@ mod tests {
                     kind: ErrorKind::ConnectionRefused,
                     message: "redis: connection refused (redis://127.0.0.1:6379)".into(),
                 }),
-                checks: 0,
+                checks,
             }],
         }
     }
@@ -239,5 +237,13 @@ mod tests {
         let t = render_table(&snap(&[], true));
         assert!(t.contains("(no agents found)"));
         assert!(t.contains("source redis: redis: connection refused"), "{t}");
+    }
+
+    #[test]
+    fn source_lines_count_agents_in_the_singular_and_plural() {
+        let one = render_table(&snap_with_checks(&[State::Healthy], false, 1));
+        assert!(one.contains("source redis: redis: ok, 1 agent\n"), "{one}");
+        let two = render_table(&snap_with_checks(&[State::Healthy], false, 2));
+        assert!(two.contains("source redis: redis: ok, 2 agents\n"), "{two}");
     }
 }

@@ -246,7 +246,6 @@ pub enum Observation {
     ScanComplete {
         source: SourceId,
         started_at: Timestamp,
-        checks_seen: usize,
     },
     /// Answer to a confirm request (a point read of a few checks).
     Confirmed {

@@ -46,11 +46,12 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::config::{AgentUrl, HttpComponent, HttpConfig, HttpMethod};
+use crate::config::{AgentUrl, HEALTHY_VALUES, HttpComponent, HttpConfig, HttpMethod};
 use crate::core::timestamp::parse_json_value;
 use crate::core::{AgentId, ErrorKind, Reading, SourceId, Status};
 use crate::telemetry::metrics::Metrics;
 
+use super::common::{is_healthy_word, truncate};
 use super::{PollSource, ScanSink, SourceError};
 
 const SYSTEM: &str = "http";
@@ -508,10 +509,7 @@ fn component_reading(agent: &AgentId, c: &HttpComponent, body: &Value) -> Readin
         }
         Value::Null => String::new(),
     };
-    let healthy = c
-        .healthy
-        .iter()
-        .any(|h| h.eq_ignore_ascii_case(word.trim()));
+    let healthy = component_healthy(c, &word);
     let status = Status {
         healthy,
         detail: truncate(&word, MAX_DETAIL).to_string(),
@@ -536,6 +534,18 @@ fn component_reading(agent: &AgentId, c: &HttpComponent, body: &Value) -> Readin
             },
         },
     }
+}
+
+/// Whether a component's value means healthy: one of its `healthy` values,
+/// or, when the config gave it the default list, one of the
+/// [`HEALTHY_WORDS`](super::common::HEALTHY_WORDS) every source shares.
+fn component_healthy(c: &HttpComponent, word: &str) -> bool {
+    if c.healthy.iter().map(String::as_str).eq(HEALTHY_VALUES) {
+        return is_healthy_word(word);
+    }
+    c.healthy
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(word.trim()))
 }
 
 fn is_json_type(ct: &str) -> bool {
@@ -572,17 +582,6 @@ fn chain(e: &reqwest::Error) -> String {
     parts.join(": ")
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// `2s`, `500ms`, `1.5s`.
 fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -604,7 +603,7 @@ mod tests {
         HttpComponent {
             agent: "a".into(),
             pointer: pointer.into(),
-            healthy: vec!["active".into(), "ok".into(), "up".into(), "true".into()],
+            healthy: HEALTHY_VALUES.iter().map(|s| s.to_string()).collect(),
             last_seen: last_seen.map(str::to_string),
         }
     }
@@ -655,6 +654,20 @@ mod tests {
             component_reading(&a, &comp("/s", Some("/nope")), &body),
             Reading::Invalid { .. }
         ));
+    }
+
+    #[test]
+    fn default_components_share_the_healthy_words_and_explicit_lists_are_exact() {
+        let default = comp("/s", None);
+        assert!(component_healthy(&default, "running"));
+        assert!(component_healthy(&default, " Healthy "));
+        assert!(!component_healthy(&default, "error"));
+        let explicit = HttpComponent {
+            healthy: vec!["active".into()],
+            ..default
+        };
+        assert!(component_healthy(&explicit, "ACTIVE"));
+        assert!(!component_healthy(&explicit, "ok"));
     }
 
     #[test]

@@ -1,28 +1,34 @@
 //! Sources read external systems and translate what they find into
-//! [`Observation`]s. They never decide state. One file per system.
+//! [`Observation`]s. They never decide state. One module per system (a
+//! folder with one file per job when it has several: `redis/`,
+//! `postgres/`); what they share (the healthy words, error classification,
+//! skip logging, clock offsets) is in [`common`].
 //!
 //! A polled source implements [`PollSource`] (a full scan, and a point read
 //! of a few agents); [`run_polled`] drives it: one scan per interval, point
 //! reads on demand from the core, one log line per change of health rather
 //! than one per interval.
 
+pub mod common;
 pub mod http;
 pub mod postgres;
 pub mod push;
 pub mod redis;
+mod run;
+
+pub use run::{HealthLog, confirm_once, run_polled, scan_once};
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::Utc;
+use secrecy::SecretString;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 use crate::clock::Clock;
 use crate::core::{AgentId, ErrorKind, Observation, Reading, SourceFailure, SourceId, Timestamp};
 use crate::liveness::Liveness;
+use crate::secret::scrub_secrets;
 use crate::telemetry::metrics::Metrics;
 
 /// A failed read. `system` names the datastore (`redis`), the message never
@@ -42,6 +48,17 @@ impl SourceError {
             system,
             message: message.into(),
         }
+    }
+
+    /// An error whose message has `secrets` (a URL's password) scrubbed
+    /// out, as a last line of defence.
+    pub fn scrubbed(
+        kind: ErrorKind,
+        system: &'static str,
+        secrets: &[SecretString],
+        message: String,
+    ) -> Self {
+        Self::new(kind, system, scrub_secrets(secrets, message))
     }
 
     pub fn failure(&self) -> SourceFailure {
@@ -114,6 +131,17 @@ pub trait PollSource: Send + Sync + 'static {
         agents: &[AgentId],
     ) -> impl Future<Output = Result<Vec<Reading>, SourceError>> + Send;
 
+    /// Start connecting in the background, if the source keeps a
+    /// connection. Never blocks and never fails because the datastore is
+    /// down.
+    fn connect(&self) {}
+
+    /// Close what [`Self::connect`] or the reads opened, bounded by the
+    /// source's timeout. A later read opens it again.
+    fn disconnect(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Offset of the datastore's clock from ours (remote - local), in
     /// seconds, as of the last read.
     fn clock_offset_seconds(&self) -> Option<f64> {
@@ -129,149 +157,4 @@ pub struct SourceCtx {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub liveness: Liveness,
-}
-
-/// Logs a source's health once per change, not once per interval.
-#[derive(Default)]
-pub struct HealthLog {
-    last: Option<Option<ErrorKind>>,
-}
-
-impl HealthLog {
-    pub fn ok(&mut self, source: &SourceId) {
-        if self.last != Some(None) {
-            if self.last.is_some() {
-                info!(source = %source, "Source is readable again.");
-            } else {
-                info!(source = %source, "Source read successfully.");
-            }
-            self.last = Some(None);
-        }
-    }
-
-    pub fn err(&mut self, source: &SourceId, e: &SourceError) {
-        if self.last != Some(Some(e.kind)) {
-            warn!(source = %source, kind = %e.kind, error = %e, "Source cannot be read; its agents are unknown until it can.");
-            self.last = Some(Some(e.kind));
-        }
-    }
-}
-
-/// One full scan: readings, then `ScanComplete` or `SourceError`.
-/// Returns the error, if any, for the caller's logging.
-pub async fn scan_once<S: PollSource>(src: &S, ctx: &SourceCtx) -> Result<usize, SourceError> {
-    let started_at = ctx.clock.now();
-    let began = Instant::now();
-    let mut sink = ScanSink::new(ctx.id.clone(), started_at, ctx.tx.clone());
-    let result = src.scan(&mut sink).await;
-    let elapsed = began.elapsed();
-    match result {
-        Ok(()) => {
-            let n = sink.sent();
-            ctx.metrics.scan_succeeded(&ctx.id, elapsed, Utc::now());
-            if let Some(off) = src.clock_offset_seconds() {
-                ctx.metrics.clock_offset(&ctx.id, off);
-            }
-            let _ = ctx
-                .tx
-                .send(Observation::ScanComplete {
-                    source: ctx.id.clone(),
-                    started_at,
-                    checks_seen: n,
-                })
-                .await;
-            Ok(n)
-        }
-        Err(e) => {
-            ctx.metrics.scan_failed(&ctx.id, e.kind, elapsed);
-            let _ = ctx
-                .tx
-                .send(Observation::SourceError {
-                    source: ctx.id.clone(),
-                    error: e.failure(),
-                })
-                .await;
-            Err(e)
-        }
-    }
-}
-
-/// Point-read `agents` and report the result.
-pub async fn confirm_once<S: PollSource>(
-    src: &S,
-    ctx: &SourceCtx,
-    agents: &[AgentId],
-) -> Result<(), SourceError> {
-    let read_at = ctx.clock.now();
-    let result = src.point_read(agents).await;
-    let obs = match &result {
-        Ok(readings) => Observation::Confirmed {
-            source: ctx.id.clone(),
-            read_at,
-            readings: readings.clone(),
-        },
-        Err(e) => {
-            ctx.metrics.scan_failed(&ctx.id, e.kind, Duration::ZERO);
-            Observation::SourceError {
-                source: ctx.id.clone(),
-                error: e.failure(),
-            }
-        }
-    };
-    let _ = ctx.tx.send(obs).await;
-    result.map(|_| ())
-}
-
-/// Drive a polled source until cancelled: a scan every interval, and point
-/// reads as the core asks for them (concurrently with a running scan).
-pub async fn run_polled<S: PollSource>(
-    src: Arc<S>,
-    ctx: SourceCtx,
-    mut confirms: mpsc::Receiver<Vec<AgentId>>,
-    cancel: CancellationToken,
-) {
-    let health = std::sync::Mutex::new(HealthLog::default());
-    let note = |r: &Result<usize, SourceError>| {
-        if let Ok(mut h) = health.lock() {
-            match r {
-                Ok(_) => h.ok(&ctx.id),
-                Err(e) => h.err(&ctx.id, e),
-            }
-        }
-    };
-    let scans = async {
-        let mut ticker = tokio::time::interval(src.interval());
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = ticker.tick() => {}
-            }
-            ctx.liveness.tick(ctx.id.as_str());
-            let r = tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = scan_once(&*src, &ctx) => r,
-            };
-            note(&r);
-        }
-    };
-    let points = async {
-        loop {
-            let agents = tokio::select! {
-                _ = cancel.cancelled() => break,
-                a = confirms.recv() => match a {
-                    Some(a) => a,
-                    None => break,
-                },
-            };
-            let r = tokio::select! {
-                _ = cancel.cancelled() => break,
-                r = confirm_once(&*src, &ctx, &agents) => r,
-            };
-            if let Err(e) = r {
-                note(&Err(e));
-            }
-        }
-    };
-    tokio::join!(scans, points);
 }

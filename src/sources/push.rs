@@ -3,8 +3,8 @@
 //! Body (optional, JSON): `{"timestamp": <epoch or ISO 8601>, "status":
 //! "ok" | "error" | ..., "detail": "..."}`. Without a timestamp the time of
 //! arrival is the heartbeat. A status other than a healthy word
-//! (`ok`, `healthy`, `active`, `up`, `running`, `true`) makes the check
-//! `failing`.
+//! ([`HEALTHY_WORDS`](super::common::HEALTHY_WORDS): `ok`, `healthy`,
+//! `active`, `up`, `running`, `true`, `pass`) makes the check `failing`.
 //!
 //! Overflow policy: the handler never waits for the core. When the core's
 //! channel is full it answers 503 with `Retry-After: 1` and counts it, so a
@@ -34,18 +34,12 @@ use crate::core::timestamp::parse_json_value;
 use crate::core::{AgentId, Observation, Reading, Snapshot, SourceId, Status};
 use crate::telemetry::metrics::{Metrics, Pushed};
 
+use super::common::is_healthy_word;
+
 /// Largest accepted body.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Longest accepted agent id.
 pub const MAX_AGENT_ID: usize = 256;
-
-const HEALTHY_WORDS: [&str; 7] = ["ok", "healthy", "active", "up", "running", "true", "pass"];
-
-/// Whether a reported status word means healthy (case and surrounding
-/// blanks ignored); shared by every source that reads a status.
-pub fn is_healthy_word(word: &str) -> bool {
-    HEALTHY_WORDS.contains(&word.trim().to_ascii_lowercase().as_str())
-}
 
 /// Shared by the push handler.
 #[derive(Clone)]

@@ -272,11 +272,7 @@ impl Supervisor {
                     self.apply(&source, r, started_at, now, Some(generation));
                 }
             }
-            Observation::ScanComplete {
-                source,
-                started_at,
-                checks_seen: _,
-            } => {
+            Observation::ScanComplete { source, started_at } => {
                 if !self.source_ok(&source, now) {
                     return;
                 }

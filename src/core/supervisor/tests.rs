@@ -68,7 +68,6 @@ fn hb(agent: &str, last_seen: Timestamp) -> Reading {
 
 /// Deliver one complete scan of `redis` that started at `started`.
 fn scan(s: &mut Supervisor, started: Timestamp, now: Timestamp, readings: Vec<Reading>) {
-    let n = readings.len();
     s.observe(
         Observation::Batch {
             source: redis(),
@@ -81,7 +80,6 @@ fn scan(s: &mut Supervisor, started: Timestamp, now: Timestamp, readings: Vec<Re
         Observation::ScanComplete {
             source: redis(),
             started_at: started,
-            checks_seen: n,
         },
         now,
     );
@@ -805,7 +803,6 @@ fn probe(s: &mut Supervisor, now: Timestamp, healthy: bool) {
         Observation::ScanComplete {
             source: svc(),
             started_at: now,
-            checks_seen: 1,
         },
         now,
     );

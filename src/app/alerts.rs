@@ -1,0 +1,104 @@
+//! The alert engine and its receivers' workers, built from the config with
+//! the alert state restored from the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+use crate::alerts::deliver::{Queue, Worker, WorkerCtx};
+use crate::alerts::engine::{
+    AlertsHandle, AlertsView, COMMAND_CAPACITY, Engine, OUTCOME_CAPACITY, routing as alert_routing,
+};
+use crate::alerts::store::{AlertState, AlertStore};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::core::Snapshot;
+use crate::liveness::Liveness;
+use crate::sinks::state::FileStore;
+use crate::telemetry::metrics::Metrics;
+
+/// The alert engine, its receivers' workers and the API's handle.
+pub(super) struct AlertParts {
+    pub(super) engine: Engine,
+    pub(super) workers: Vec<Worker>,
+    pub(super) handle: AlertsHandle,
+}
+
+impl AlertParts {
+    pub(super) fn build(
+        config: &Config,
+        store: Option<&FileStore>,
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        metrics: &Arc<Metrics>,
+        clock: &Clock,
+        liveness: &Liveness,
+    ) -> anyhow::Result<Self> {
+        let cfg = &config.alerting;
+        let now = clock.now();
+        let store = store.map(|s| AlertStore::new(s.dir()));
+        let mut state = match &store {
+            Some(st) => match st.load() {
+                Ok(saved) => {
+                    if !saved.book.active.is_empty() || !saved.outbox.is_empty() {
+                        info!(firing = saved.book.active.len(), pending = saved.outbox.len(),
+                            path = %st.book_path().display(), "Restored alert state.");
+                    }
+                    saved
+                }
+                Err(e) => {
+                    error!(error = %e, "Could not restore alert state; firing alerts will be notified again.");
+                    AlertState::default()
+                }
+            },
+            None => AlertState::default(),
+        };
+        state.book.set_config_silences(cfg.silences.clone());
+        let (outcomes_tx, outcomes_rx) = mpsc::channel(OUTCOME_CAPACITY);
+        let mut queues = HashMap::new();
+        let mut workers = Vec::new();
+        for r in &cfg.receivers {
+            metrics.register_receiver(&r.name);
+            let queue = Arc::new(Queue::new(cfg.delivery.max_pending));
+            queues.insert(r.name.clone(), queue.clone());
+            workers.push(Worker::new(
+                r,
+                &cfg.delivery,
+                WorkerCtx {
+                    queue,
+                    outcomes: outcomes_tx.clone(),
+                    metrics: metrics.clone(),
+                    clock: clock.clone(),
+                    external_url: cfg.external_url.clone(),
+                },
+            )?);
+        }
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
+        let (view_tx, view_rx) = watch::channel(Arc::new(AlertsView::default()));
+        let engine = Engine {
+            state,
+            routing: alert_routing(cfg),
+            store,
+            queues,
+            snapshots,
+            commands: commands_rx,
+            outcomes: outcomes_rx,
+            view: view_tx,
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            liveness: liveness.clone(),
+            startup_grace: config.startup_grace,
+            started_at: now,
+            policy: config.policy(),
+        };
+        Ok(Self {
+            engine,
+            workers,
+            handle: AlertsHandle {
+                view: view_rx,
+                commands: commands_tx,
+            },
+        })
+    }
+}

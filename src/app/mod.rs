@@ -1,0 +1,283 @@
+//! Wiring: [`App::build`] binds and connects (port 0 works; [`App::port`]
+//! tells which), [`App::run`] runs every task until cancelled, then drains
+//! them within `shutdown_timeout`, naming any that did not stop.
+
+mod alerts;
+mod polled;
+mod state;
+mod tasks;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::alerts::api::AlertsApi;
+use crate::clock::Clock;
+use crate::config::{Config, SourceKindConfig};
+use crate::core::{AgentId, Observation, Persisted, Snapshot, SourceId, SourceKind, Supervisor};
+use crate::driver::{CONFIRM_CAPACITY, Driver, OBSERVATION_CAPACITY};
+use crate::http::{HttpState, router};
+use crate::liveness::Liveness;
+use crate::sinks::state::FileStore;
+use crate::sources::push::PushState;
+use crate::sources::{PollSource, SourceCtx, run_polled};
+use crate::telemetry::metrics::Metrics;
+
+use alerts::AlertParts;
+pub use polled::Polled;
+use state::write_state;
+use tasks::Tasks;
+
+/// Options that tests change.
+#[derive(Clone, Debug)]
+pub struct AppOptions {
+    pub clock: Clock,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            clock: Clock::System,
+        }
+    }
+}
+
+/// Supervisor source list from the config.
+pub fn source_kinds(config: &Config) -> Vec<(SourceId, SourceKind, String)> {
+    config
+        .sources
+        .iter()
+        .map(|s| {
+            let kind = match s.kind {
+                SourceKindConfig::Push(_) => SourceKind::Push,
+                _ => SourceKind::Polled,
+            };
+            (s.name.clone(), kind, s.kind.type_name().to_string())
+        })
+        .collect()
+}
+
+pub struct App {
+    config: Config,
+    listener: TcpListener,
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    liveness: Liveness,
+    clock: Clock,
+    obs_tx: mpsc::Sender<Observation>,
+    driver: Driver,
+    polled: Vec<(SourceId, Polled, mpsc::Receiver<Vec<AgentId>>)>,
+    push: Option<PushState>,
+    snapshot_rx: watch::Receiver<Arc<Snapshot>>,
+    store: Option<(FileStore, watch::Receiver<Arc<Persisted>>)>,
+    alerts: AlertParts,
+}
+
+impl App {
+    /// Bind the listener, open the state store, restore state and build the
+    /// source clients. Does not wait for any datastore.
+    pub async fn build(config: Config, opts: AppOptions) -> anyhow::Result<App> {
+        let clock = opts.clock;
+        let metrics =
+            Arc::new(Metrics::new(config.metrics.max_agent_series).context("registering metrics")?);
+        let liveness = Liveness::default();
+        let now = clock.now();
+        let mut sup = Supervisor::new(config.policy(), source_kinds(&config), now);
+
+        let (store, persist_tx) = match &config.state.path {
+            Some(dir) => {
+                let store = FileStore::open(dir).context("opening the state store")?;
+                match store.load() {
+                    Ok(saved) => {
+                        let n = saved.checks.len();
+                        sup.restore(saved.clone(), now);
+                        if n > 0 {
+                            info!(checks = n, path = %store.path().display(), "Restored state.");
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "Could not restore state."),
+                }
+                let (tx, rx) = watch::channel(Arc::new(sup.persist()));
+                (Some((store, rx)), Some(tx))
+            }
+            None => (None, None),
+        };
+
+        let (obs_tx, obs_rx) = mpsc::channel(OBSERVATION_CAPACITY);
+        let mut polled = Vec::new();
+        let mut confirm_txs = HashMap::new();
+        let mut push = None;
+        let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(sup.snapshot(now)));
+        for (name, kind, _) in source_kinds(&config) {
+            metrics.register_source(&name, kind);
+        }
+        for s in &config.sources {
+            if let SourceKindConfig::Push(p) = &s.kind {
+                push = Some(PushState {
+                    source: s.name.clone(),
+                    token: p.token.clone(),
+                    tx: obs_tx.clone(),
+                    metrics: metrics.clone(),
+                    clock: clock.clone(),
+                    snapshot: snapshot_rx.clone(),
+                    max_agents: p.max_agents,
+                });
+            }
+            if let Some(src) = Polled::build(&s.name, &s.kind, &clock, &metrics)? {
+                let (tx, rx) = mpsc::channel(CONFIRM_CAPACITY);
+                confirm_txs.insert(s.name.clone(), tx);
+                polled.push((s.name.clone(), src, rx));
+            }
+        }
+
+        let driver = Driver {
+            sup,
+            rx: obs_rx,
+            confirm_txs,
+            snapshot_tx,
+            persist_tx,
+            persist_every: config.state.flush_interval,
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+            liveness: liveness.clone(),
+        };
+
+        let alerts = AlertParts::build(
+            &config,
+            store.as_ref().map(|(s, _)| s),
+            snapshot_rx.clone(),
+            &metrics,
+            &clock,
+            &liveness,
+        )?;
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr().context("reading the bound address")?;
+        Ok(App {
+            config,
+            listener,
+            addr,
+            metrics,
+            liveness,
+            clock,
+            obs_tx,
+            driver,
+            polled,
+            push,
+            snapshot_rx,
+            store,
+            alerts,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Run until `cancel`, then drain every task within `shutdown_timeout`.
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let App {
+            config,
+            listener,
+            addr,
+            metrics,
+            liveness,
+            clock,
+            obs_tx,
+            driver,
+            polled,
+            push,
+            snapshot_rx,
+            store,
+            alerts,
+        } = self;
+        let mut tasks = Tasks::new(cancel.clone());
+
+        // Sources stop first so the core can drain what they sent.
+        let sources_cancel = cancel.child_token();
+        for (id, src, confirms) in polled {
+            let ctx = SourceCtx {
+                id: id.clone(),
+                tx: obs_tx.clone(),
+                metrics: metrics.clone(),
+                clock: clock.clone(),
+                liveness: liveness.clone(),
+            };
+            let allowance = src.interval() * 3 + Duration::from_secs(30);
+            liveness.register(id.as_str(), allowance);
+            tasks.spawn(
+                format!("source:{id}"),
+                run_polled(Arc::new(src), ctx, confirms, sources_cancel.clone()),
+            );
+        }
+        drop(obs_tx);
+
+        let core_cancel = CancellationToken::new();
+        {
+            let cc = core_cancel.clone();
+            tasks.spawn("core".into(), driver.run(cc));
+        }
+        if let Some((store, rx)) = store {
+            tasks.spawn(
+                "state".into(),
+                write_state(store, rx, config.state.flush_interval),
+            );
+        }
+        let http_state = HttpState {
+            snapshot: snapshot_rx,
+            metrics: metrics.clone(),
+            liveness: liveness.clone(),
+        };
+        // Alerts stop with the core: after the sources, so the last snapshot
+        // is judged and the outbox saved.
+        for w in alerts.workers {
+            let cc = core_cancel.clone();
+            tasks.spawn(format!("notify:{}", w.name), w.run(cc));
+        }
+        {
+            let cc = core_cancel.clone();
+            tasks.spawn("alerts".into(), alerts.engine.run(cc));
+        }
+        let alerts_api = AlertsApi {
+            handle: alerts.handle,
+            token: config.alerting.api_token.clone().map(Arc::new),
+            clock: clock.clone(),
+        };
+        let app = router(http_state, push).merge(crate::alerts::api::router(alerts_api));
+        let hc = cancel.clone();
+        tasks.spawn("http".into(), async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { hc.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                error!(error = %e, "HTTP server failed.");
+            }
+        });
+        info!(listen = %addr, sources = config.sources.len(), "agent-supervisor started.");
+
+        cancel.cancelled().await;
+        info!("Shutting down.");
+        let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+        sources_cancel.cancel();
+        // Let sources finish first, then stop the core, which saves state.
+        tasks
+            .join(|name| name.starts_with("source:"), deadline)
+            .await;
+        core_cancel.cancel();
+        tasks.join(|_| true, deadline).await;
+        info!("Stopped.");
+        match tasks.ended_early() {
+            Some(name) => Err(anyhow::anyhow!("task {name} exited before shutdown")),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The state writer: saves what the core publishes for the state store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::core::Persisted;
+use crate::sinks::state::FileStore;
+
+/// Write the latest state at most once per `every`, and the last one as
+/// soon as the core stops (closes `rx`), without waiting out `every`.
+pub(super) async fn write_state(
+    store: FileStore,
+    mut rx: watch::Receiver<Arc<Persisted>>,
+    every: Duration,
+) {
+    let mut saved: Option<Arc<Persisted>> = None;
+    let mut failing = false;
+    loop {
+        let closed = rx.changed().await.is_err();
+        let latest = rx.borrow_and_update().clone();
+        if saved.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &latest)) {
+            let st = store.clone();
+            let value = latest.clone();
+            match tokio::task::spawn_blocking(move || st.save(&value)).await {
+                Ok(Ok(())) => {
+                    if failing {
+                        info!("State store writable again.");
+                    }
+                    failing = false;
+                    saved = Some(latest);
+                }
+                Ok(Err(e)) => {
+                    if !failing {
+                        error!(error = %e, "Could not save state; alert state may be lost on restart.");
+                    }
+                    failing = true;
+                }
+                Err(e) => error!(error = %e, "State writer panicked."),
+            }
+        }
+        if closed {
+            break;
+        }
+        // At most one write per `every`, but the core's last state is
+        // written at once: shutdown does not wait out the interval.
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = closed_channel(rx.clone()) => {}
+        }
+    }
+}
+
+/// Until the sender is gone. Works on its own copy of the receiver, so the
+/// writer's view of what it has seen is untouched.
+async fn closed_channel<T>(mut rx: watch::Receiver<T>) {
+    while rx.changed().await.is_ok() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_last_state_is_written_at_once_when_the_core_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        let (tx, rx) = watch::channel(Arc::new(Persisted::default()));
+        let writer = tokio::spawn(write_state(store.clone(), rx, Duration::from_secs(3600)));
+        tx.send(Arc::new(Persisted::default())).unwrap();
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the writer waited out its interval")
+            .unwrap();
+        assert!(store.path().is_file());
+    }
+}
