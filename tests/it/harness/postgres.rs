@@ -11,6 +11,7 @@ use std::sync::{Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+use url::Url;
 
 use super::process::{
     DeathSignal, PORT_ATTEMPTS, PortTaken, find_on_path, free_port, kill_and_reap, lock, log_tail,
@@ -18,7 +19,7 @@ use super::process::{
     wait_port_closed,
 };
 use super::wait::POLL_INTERVAL;
-use super::{env_url, parse_authority, register_exit_cleanup, split_url};
+use super::{env_url, register_exit_cleanup};
 
 /// How long `initdb` may take.
 const INITDB_TIMEOUT: Duration = Duration::from_secs(120);
@@ -77,8 +78,9 @@ static SHARED_POSTGRES: OnceLock<PostgresServer> = OnceLock::new();
 impl PostgresServer {
     /// Uses an existing server; `admin_url` must allow `CREATE DATABASE`.
     pub fn external(admin_url: String) -> PostgresServer {
-        let port = split_url(&admin_url)
-            .and_then(|p| parse_authority(p.authority).port)
+        let port = Url::parse(&admin_url)
+            .ok()
+            .and_then(|u| u.port())
             .unwrap_or(5432);
         PostgresServer {
             admin_url,
@@ -229,12 +231,10 @@ impl PostgresServer {
             }
         }
         let _ = conn.close().await;
-        let parts = split_url(&self.admin_url)
-            .unwrap_or_else(|| panic!("admin URL is not a URL: {}", self.admin_url));
-        format!(
-            "{}://{}/{name}{}",
-            parts.scheme, parts.authority, parts.rest
-        )
+        let mut url = Url::parse(&self.admin_url)
+            .unwrap_or_else(|e| panic!("admin URL {} is not a URL: {e}", self.admin_url));
+        url.set_path(&name);
+        url.into()
     }
 }
 

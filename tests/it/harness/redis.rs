@@ -2,8 +2,6 @@
 //! first use).
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock, TryLockError};
@@ -17,10 +15,14 @@ use super::process::{
     wait_port_closed,
 };
 use super::wait::POLL_INTERVAL;
-use super::{env_url, parse_authority, register_exit_cleanup, split_url};
+use super::{env_url, register_exit_cleanup};
 
 /// How long a freshly started Redis may take to answer.
 const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on connecting to a Redis the harness checks.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Bound on one read or write of such a check.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A Redis key prefix no other test (in this or another test process) uses:
 /// `t:{test}:{pid}:{counter}:{random}:`.
@@ -175,16 +177,9 @@ fn launch_redis(binary: &Path, dir: &Path, log: &Path, port: u16) -> Result<Chil
 
 /// The pid a Redis on 127.0.0.1:`port` reports, if one answers right now.
 fn redis_server_pid(port: u16) -> Option<u32> {
-    let mut conn = RespConnection::connect(&SocketAddr::from(([127, 0, 0, 1], port))).ok()?;
-    match conn.command(&[b"PING"]).ok()? {
-        Reply::Simple(s) if s == "PONG" => {}
-        _ => return None,
-    }
-    let Reply::Bulk(Some(info)) = conn.command(&[b"INFO", b"server"]).ok()? else {
-        return None;
-    };
-    String::from_utf8_lossy(&info)
-        .lines()
+    let mut conn = connect(&format!("redis://127.0.0.1:{port}")).ok()?;
+    let info: String = ::redis::cmd("INFO").arg("server").query(&mut conn).ok()?;
+    info.lines()
         .find_map(|line| line.strip_prefix("process_id:"))
         .and_then(|pid| pid.trim().parse().ok())
 }
@@ -192,40 +187,26 @@ fn redis_server_pid(port: u16) -> Option<u32> {
 /// Sends PING to the Redis at `url` (`redis://[user[:password]@]host[:port][/db]`,
 /// authenticating first if the URL has a password) and checks for PONG.
 pub fn redis_ping(url: &str) -> Result<(), String> {
-    let parts = split_url(url).ok_or_else(|| format!("not a URL: {url}"))?;
-    if parts.scheme != "redis" {
-        return Err(format!(
-            "only redis:// URLs can be pinged by the harness, not {url}"
-        ));
+    let mut conn = connect(url)?;
+    let pong: String = ::redis::cmd("PING")
+        .query(&mut conn)
+        .map_err(|e| format!("PING failed: {e}"))?;
+    match pong.as_str() {
+        "PONG" => Ok(()),
+        other => Err(format!("PING answered {other:?}")),
     }
-    let auth = parse_authority(parts.authority);
-    let port = auth.port.unwrap_or(6379);
-    let addrs: Vec<SocketAddr> = (auth.host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}:{port}: {e}", auth.host))?
-        .collect();
-    let addr = addrs
-        .first()
-        .ok_or_else(|| format!("{}:{port} resolves to no address", auth.host))?;
-    let mut conn =
-        RespConnection::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    if let Some(password) = &auth.password {
-        let mut args: Vec<&[u8]> = vec![b"AUTH"];
-        if let Some(user) = auth.user.as_ref().filter(|u| !u.is_empty()) {
-            args.push(user.as_bytes());
-        }
-        args.push(password.as_bytes());
-        match conn.command(&args) {
-            Ok(Reply::Simple(_)) => {}
-            Ok(other) => return Err(format!("AUTH to {addr} answered {other:?}")),
-            Err(e) => return Err(format!("AUTH to {addr} failed: {e}")),
-        }
-    }
-    match conn.command(&[b"PING"]) {
-        Ok(Reply::Simple(s)) if s == "PONG" => Ok(()),
-        Ok(other) => Err(format!("PING to {addr} answered {other:?}")),
-        Err(e) => Err(format!("PING to {addr} failed: {e}")),
-    }
+}
+
+/// A connection to `url` whose connect, reads and writes are bounded.
+fn connect(url: &str) -> Result<::redis::Connection, String> {
+    let client = ::redis::Client::open(url).map_err(|e| format!("not a Redis URL: {e}"))?;
+    let conn = client
+        .get_connection_with_timeout(CONNECT_TIMEOUT)
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|()| conn.set_write_timeout(Some(IO_TIMEOUT)))
+        .map_err(|e| format!("cannot set socket timeouts: {e}"))?;
+    Ok(conn)
 }
 
 /// The URL of a Redis shared by the whole test process: `REDIS_URL` if set,
@@ -243,71 +224,6 @@ pub fn shared_redis_url() -> String {
 }
 
 static SHARED_REDIS: OnceLock<Mutex<RedisServer>> = OnceLock::new();
-
-/// A minimal RESP client, enough for PING, AUTH and INFO, so the harness
-/// needs no Redis client crate.
-struct RespConnection {
-    reader: BufReader<TcpStream>,
-}
-
-#[derive(Debug)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-}
-
-impl RespConnection {
-    fn connect(addr: &SocketAddr) -> io::Result<RespConnection> {
-        let stream = TcpStream::connect_timeout(addr, Duration::from_millis(500))?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-        Ok(RespConnection {
-            reader: BufReader::new(stream),
-        })
-    }
-
-    fn command(&mut self, args: &[&[u8]]) -> io::Result<Reply> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            out.extend_from_slice(arg);
-            out.extend_from_slice(b"\r\n");
-        }
-        self.reader.get_mut().write_all(&out)?;
-        let line = self.read_line()?;
-        let (kind, rest) = line.split_at(1.min(line.len()));
-        match kind {
-            "+" => Ok(Reply::Simple(rest.to_owned())),
-            "-" => Ok(Reply::Error(rest.to_owned())),
-            ":" => rest.parse().map(Reply::Integer).map_err(invalid),
-            "$" => {
-                let len: i64 = rest.parse().map_err(invalid)?;
-                if len < 0 {
-                    return Ok(Reply::Bulk(None));
-                }
-                let mut data = vec![0u8; len as usize + 2];
-                io::Read::read_exact(&mut self.reader, &mut data)?;
-                data.truncate(len as usize);
-                Ok(Reply::Bulk(Some(data)))
-            }
-            _ => Err(invalid(format!("unexpected RESP reply {line:?}"))),
-        }
-    }
-
-    fn read_line(&mut self) -> io::Result<String> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
-    }
-}
-
-fn invalid(e: impl ToString) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
-}
 
 /// Stops the shared server and deletes its directory, at process exit
 /// (statics are never dropped). Never blocks on a held lock.
