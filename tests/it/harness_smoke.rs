@@ -7,8 +7,8 @@ use std::time::Duration;
 use sqlx::Connection as _;
 
 use crate::harness::{
-    AlertmanagerServer, PostgresServer, RedisServer, free_port, redis_ping, shared_postgres,
-    shared_redis_url, unique_prefix, wait_until, wait_until_sync,
+    AlertmanagerServer, PostgresServer, RedisServer, free_port, holds_for, poll_until, redis_ping,
+    shared_postgres, shared_redis_url, unique_prefix, wait_until, wait_until_sync,
 };
 
 fn connect_error(port: u16) -> Option<io::ErrorKind> {
@@ -148,6 +148,32 @@ async fn wait_until_returns_once_the_condition_holds() {
 #[should_panic(expected = "waiting until pigs fly")]
 async fn wait_until_panics_naming_what_it_waited_for() {
     wait_until("pigs fly", Duration::from_millis(100), || async { false }).await;
+}
+
+#[tokio::test]
+async fn poll_until_says_whether_the_condition_held_in_time() {
+    let interval = Duration::from_millis(10);
+    assert!(!poll_until(Duration::from_millis(100), interval, || async { false }).await);
+    let mut calls = 0;
+    let held = poll_until(Duration::from_secs(5), interval, || {
+        calls += 1;
+        let done = calls >= 2;
+        async move { done }
+    })
+    .await;
+    assert!(held);
+}
+
+#[tokio::test]
+#[should_panic(expected = "pigs stay grounded stopped holding at check #3")]
+async fn holds_for_panics_the_first_time_the_condition_fails() {
+    let mut calls = 0;
+    holds_for("pigs stay grounded", Duration::from_secs(5), || {
+        calls += 1;
+        let grounded = calls < 3;
+        async move { grounded }
+    })
+    .await;
 }
 
 #[test]

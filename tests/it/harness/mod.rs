@@ -50,7 +50,7 @@ pub use alertmanager::AlertmanagerServer;
 pub use postgres::{PostgresServer, PostgresSetup, shared_postgres};
 pub use process::{free_port, spawn_child, stop_child, tail_of_log};
 pub use redis::{RedisServer, redis_ping, shared_redis_url, unique_prefix};
-pub use wait::{wait_until, wait_until_sync};
+pub use wait::{holds_for, poll_until, wait_until, wait_until_sync};
 
 /// Reads an environment variable holding a URL; unset and empty are the same.
 fn env_url(name: &str) -> Option<String> {

@@ -1,5 +1,5 @@
 //! Bounded polls: every wait has a deadline and panics saying what it was
-//! waiting for.
+//! waiting for (or tells its caller, who says what it saw).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -13,7 +13,72 @@ pub(super) const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// The deadline is measured on the real clock. Each check is also bounded by the
 /// time left (with `tokio::time::timeout`), so a check that hangs fails the wait
 /// instead of hanging the test.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    match poll(timeout, POLL_INTERVAL, f).await {
+        Polled::Held => {}
+        Polled::Hung { checks } => panic!(
+            "timed out after {timeout:?} waiting until {what} \
+             (check #{checks} was still running at the deadline)"
+        ),
+        Polled::AllFalse { checks } => {
+            panic!("timed out after {timeout:?} waiting until {what} ({checks} checks, all false)")
+        }
+    }
+}
+
+/// Like [`wait_until`], checking every `interval`, but returns whether `f`
+/// held in time instead of panicking, so that the caller can say what it saw
+/// last.
+pub async fn poll_until<F, Fut>(timeout: Duration, interval: Duration, f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    matches!(poll(timeout, interval, f).await, Polled::Held)
+}
+
+/// The opposite of [`wait_until`]: checks `f` every 25 ms for `period` and
+/// panics naming `what` the first time it returns `false`. Each check runs to
+/// its end (they are bounded by the caller, e.g. an HTTP client's timeout).
+pub async fn holds_for<F, Fut>(what: &str, period: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + period;
+    let mut checks = 0u64;
+    loop {
+        checks += 1;
+        assert!(
+            f().await,
+            "{what} stopped holding at check #{checks} of a {period:?} watch"
+        );
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(left)).await;
+    }
+}
+
+/// How a bounded poll ended.
+enum Polled {
+    Held,
+    /// Check number `checks` was still running at the deadline.
+    Hung {
+        checks: u64,
+    },
+    /// Every one of `checks` checks returned `false`.
+    AllFalse {
+        checks: u64,
+    },
+}
+
+async fn poll<F, Fut>(timeout: Duration, interval: Duration, mut f: F) -> Polled
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -24,18 +89,15 @@ where
         checks += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, f()).await {
-            Ok(true) => return,
+            Ok(true) => return Polled::Held,
             Ok(false) => {}
-            Err(_) => panic!(
-                "timed out after {timeout:?} waiting until {what} \
-                 (check #{checks} was still running at the deadline)"
-            ),
+            Err(_) => return Polled::Hung { checks },
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            panic!("timed out after {timeout:?} waiting until {what} ({checks} checks, all false)");
+            return Polled::AllFalse { checks };
         }
-        tokio::time::sleep(POLL_INTERVAL.min(left)).await;
+        tokio::time::sleep(interval.min(left)).await;
     }
 }
 
