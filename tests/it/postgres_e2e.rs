@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::Connection as _;
-use tokio::time::Instant;
 
 use crate::harness::{PostgresServer, shared_postgres, wait_until};
-use crate::support::{TestApp, exec, sample, spawn_app};
+use crate::scenarios::{
+    STOPPER_STALE_AFTER, never_stale_for, stopped_agent_is_stale_within_a_second_of_its_deadline,
+};
+use crate::support::{exec, sample, spawn_app};
 
 const TABLE: &str = "CREATE TABLE hb (agent_id text PRIMARY KEY, last_seen timestamptz NOT NULL)";
 
@@ -46,17 +48,6 @@ agents:
   - {{match: "*", stale_after: {stale_after}}}
 "#
     )
-}
-
-/// Polls until `until`: none of `agents` is ever reported stale.
-async fn never_stale_until(app: &TestApp, agents: &[&str], until: Instant) {
-    while Instant::now() < until {
-        for agent in agents {
-            let s = app.state_of(agent).await;
-            assert_ne!(s.as_deref(), Some("stale"), "{agent} reported stale");
-        }
-        tokio::task::yield_now().await;
-    }
 }
 
 fn seconds(d: TimeDelta) -> f64 {
@@ -120,7 +111,7 @@ async fn postgres_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
         u64::try_from((later_deadline - Utc::now()).num_milliseconds()).unwrap_or(0),
     );
     assert!(observe >= Duration::from_secs(3), "{observe:?}");
-    never_stale_until(&app, &["live", "dead"], Instant::now() + observe).await;
+    never_stale_for(&app, &["live", "dead"], observe).await;
     assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
     assert_eq!(app.state_of("dead").await.as_deref(), Some("unknown"));
     assert_eq!(app.source("pg").await["status"], "down");
@@ -175,62 +166,19 @@ async fn stopped_postgres_agent_is_stale_within_a_second_of_its_deadline_despite
     let app = spawn_app(&config(
         &url,
         "5s",
-        "3s",
+        STOPPER_STALE_AFTER,
         "table: hb, id_column: agent_id, timestamp_column: last_seen",
     ))
     .await;
-    // The agent beats every 500 ms until the supervisor knows it...
-    let mut last_seen = Utc::now();
-    beat(&url, "stopper", last_seen).await;
-    let known_by = Instant::now() + Duration::from_secs(15);
-    while app.state_of("stopper").await.as_deref() != Some("healthy") {
-        assert!(Instant::now() < known_by, "agent never seen healthy");
-        if Utc::now() - last_seen > TimeDelta::milliseconds(500) {
-            last_seen = Utc::now();
-            beat(&url, "stopper", last_seen).await;
-        }
-        tokio::task::yield_now().await;
-    }
-    // ...keeps beating for a while (newer than what the last scan saw)...
-    let mut every = tokio::time::interval(Duration::from_millis(700));
-    for _ in 0..4 {
-        every.tick().await;
-        last_seen = Utc::now();
-        beat(&url, "stopper", last_seen).await;
-    }
-    // ...and stops.
-    let deadline = last_seen + TimeDelta::seconds(3);
-    // Found by the next scan (within 5 s) or, if that comes after the
-    // deadline, by the deadline's point read.
-    loop {
-        match app.state_of("stopper").await.as_deref() {
-            Some("stale") => break,
-            Some("healthy") | Some("unknown") | None => {
-                assert!(
-                    Utc::now() < deadline + TimeDelta::milliseconds(1000),
-                    "not stale 1 s after its deadline"
-                );
-            }
-            Some(other) => panic!("unexpected state {other}"),
-        }
-        tokio::task::yield_now().await;
-    }
-    let now = Utc::now();
     // The heartbeat is moved onto the local clock by the offset measured
     // against PostgreSQL's clock (a round trip's midpoint): allow that
     // measurement a few milliseconds.
-    assert!(
-        now >= deadline - TimeDelta::milliseconds(5),
-        "stale {} before its deadline",
-        deadline - now
-    );
-    assert!(
-        now - deadline < TimeDelta::milliseconds(1000),
-        "stale {} after its deadline",
-        now - deadline
-    );
-    let a = app.agent("stopper").await.unwrap();
-    let age = a["checks"][0]["age_seconds"].as_f64().unwrap();
-    assert!((3.0..4.5).contains(&age), "age {age}");
+    stopped_agent_is_stale_within_a_second_of_its_deadline(
+        &app,
+        "stopper",
+        |at| beat(&url, "stopper", at),
+        TimeDelta::milliseconds(5),
+    )
+    .await;
     app.shutdown().await;
 }
