@@ -1,11 +1,10 @@
 //! The binary itself: exit codes, messages, signals.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::free_port;
+use crate::harness::{NextLine, OwnedChild, PipeLines, free_port};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_agent-supervisor"));
@@ -113,21 +112,24 @@ fn sigterm_drains_and_exits_zero() {
         ),
     )
     .unwrap();
-    let mut child = bin()
-        .args(["--log-format", "json", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
+    let mut child = OwnedChild::new(
+        bin()
+            .args(["--log-format", "json", "--config"])
+            .arg(&cfg)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+        "agent-supervisor",
+    );
+    let lines = PipeLines::read(child.child().stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     loop {
-        assert!(Instant::now() < deadline, "no start line: {seen:?}");
-        let Some(Ok(line)) = lines.next() else {
-            panic!("process ended early: {seen:?}");
+        let line = match lines.next_by(deadline) {
+            NextLine::Line(line) => line,
+            NextLine::Closed => panic!("process ended early: {seen:?}"),
+            NextLine::TimedOut => panic!("no start line within 20 s: {seen:?}"),
         };
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -138,17 +140,8 @@ fn sigterm_drains_and_exits_zero() {
     }
     let pid = child.id() as libc::pid_t;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "did not stop within 15s of SIGTERM"
-        );
-        std::thread::yield_now();
-    };
+    // Killed (when dropped) if it has not stopped in time.
+    let status = child.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
     assert!(dir.path().join("state/state.json").is_file());
 }

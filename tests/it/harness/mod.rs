@@ -48,7 +48,9 @@ use std::sync::Once;
 
 pub use alertmanager::AlertmanagerServer;
 pub use postgres::{PostgresServer, PostgresSetup, shared_postgres};
-pub use process::{free_port, spawn_child, stop_child, tail_of_log};
+pub use process::{
+    NextLine, OwnedChild, PipeLines, free_port, spawn_child, stop_child, tail_of_log,
+};
 pub use redis::{RedisServer, redis_ping, shared_redis_url, unique_prefix};
 pub use wait::{holds_for, poll_until, wait_until, wait_until_sync};
 

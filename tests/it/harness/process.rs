@@ -5,12 +5,12 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 #[cfg(target_os = "linux")]
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
@@ -239,4 +239,103 @@ pub(super) fn temp_dir(what: &str) -> TempDir {
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A child process a test drives itself (e.g. the binary under test), named
+/// `what` in failure messages. Killed (SIGKILL) and reaped when dropped, so a
+/// failing test does not leave it running.
+pub struct OwnedChild {
+    child: Option<Child>,
+    what: String,
+}
+
+impl OwnedChild {
+    pub fn new(child: Child, what: &str) -> OwnedChild {
+        OwnedChild {
+            child: Some(child),
+            what: what.to_owned(),
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("an OwnedChild holds its child until dropped")
+    }
+
+    /// The child, e.g. to take its pipes.
+    pub fn child(&mut self) -> &mut Child {
+        self.child
+            .as_mut()
+            .expect("an OwnedChild holds its child until dropped")
+    }
+
+    /// Waits until the child has exited and returns how; panics naming the
+    /// child if it has not exited within `timeout` (it is then killed when
+    /// dropped).
+    #[track_caller]
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let what = format!("{} exits", self.what);
+        let child = self.child();
+        let mut status = None;
+        wait_until_sync(&what, timeout, || {
+            status = child
+                .try_wait()
+                .unwrap_or_else(|e| panic!("cannot wait for the child: {e}"));
+            status.is_some()
+        });
+        status.expect("wait_until_sync returns once the child has exited")
+    }
+}
+
+impl Drop for OwnedChild {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            kill_and_reap(child, None);
+        }
+    }
+}
+
+/// The lines a child writes to a pipe, read on a thread of their own so that
+/// a test waits for each with a deadline instead of blocking on the pipe. The
+/// thread keeps draining the pipe, so the child never blocks writing to it.
+pub struct PipeLines {
+    lines: mpsc::Receiver<io::Result<String>>,
+}
+
+/// What [`PipeLines::next_by`] got.
+#[derive(Debug)]
+pub enum NextLine {
+    Line(String),
+    /// The pipe is closed (the child has exited) or failed.
+    Closed,
+    TimedOut,
+}
+
+impl PipeLines {
+    pub fn read(pipe: impl Read + Send + 'static) -> PipeLines {
+        let (tx, lines) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("child-pipe-reader".into())
+            .spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    if tx.send(line).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("cannot start a thread to read a child's pipe");
+        PipeLines { lines }
+    }
+
+    /// The next line, if one comes by `deadline`.
+    pub fn next_by(&self, deadline: Instant) -> NextLine {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.lines.recv_timeout(left) {
+            Ok(Ok(line)) => NextLine::Line(line),
+            Ok(Err(_)) | Err(mpsc::RecvTimeoutError::Disconnected) => NextLine::Closed,
+            Err(mpsc::RecvTimeoutError::Timeout) => NextLine::TimedOut,
+        }
+    }
 }
