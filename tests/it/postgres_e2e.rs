@@ -10,9 +10,10 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::Connection as _;
 
-use crate::harness::{PostgresServer, shared_postgres, wait_until};
+use crate::harness::{PostgresServer, shared_postgres};
 use crate::scenarios::{
-    STOPPER_STALE_AFTER, never_stale_for, stopped_agent_is_stale_within_a_second_of_its_deadline,
+    STOPPER_STALE_AFTER, assert_source_still_down, never_stale_for,
+    stopped_agent_is_stale_within_a_second_of_its_deadline, wait_source_refused,
 };
 use crate::support::{exec, sample, spawn_app};
 
@@ -90,18 +91,7 @@ async fn postgres_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
         "setup took too long: `dead` would be stale before the outage begins"
     );
     server.stop();
-    wait_until("source down", Duration::from_secs(10), || async {
-        app.source("pg").await["status"] == "down"
-    })
-    .await;
-    let src = app.source("pg").await;
-    assert!(
-        src["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("connection refused"),
-        "{src}"
-    );
+    wait_source_refused(&app, "pg").await;
     assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
     assert_eq!(app.state_of("dead").await.as_deref(), Some("unknown"));
     // Both thresholds pass while PostgreSQL is down (dead's at t0 + 4 s,
@@ -114,21 +104,7 @@ async fn postgres_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
     never_stale_for(&app, &["live", "dead"], observe).await;
     assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
     assert_eq!(app.state_of("dead").await.as_deref(), Some("unknown"));
-    assert_eq!(app.source("pg").await["status"], "down");
-    let m = app.scrape().await;
-    assert_eq!(
-        sample(&m, r#"agent_supervisor_source_up{source="pg"}"#),
-        Some(0.0)
-    );
-    assert!(
-        sample(
-            &m,
-            r#"agent_supervisor_source_errors_total{kind="connection_refused",source="pg"}"#
-        )
-        .unwrap_or(0.0)
-            >= 1.0,
-        "{m}"
-    );
+    let m = assert_source_still_down(&app, "pg").await;
     assert_eq!(
         sample(
             &m,

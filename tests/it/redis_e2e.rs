@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 
-use crate::harness::{RedisServer, shared_redis_url, unique_prefix, wait_until};
+use crate::harness::{RedisServer, shared_redis_url, unique_prefix};
 use crate::scenarios::{
-    STOPPER_STALE_AFTER, never_stale_for, stopped_agent_is_stale_within_a_second_of_its_deadline,
+    STOPPER_STALE_AFTER, assert_source_still_down, never_stale_for,
+    stopped_agent_is_stale_within_a_second_of_its_deadline, wait_source_refused,
 };
 use crate::support::{redis_beat, redis_client, sample, spawn_app};
 
@@ -102,35 +103,12 @@ async fn redis_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
         .await;
 
     server.stop();
-    wait_until("source down", Duration::from_secs(10), || async {
-        app.source("redis").await["status"] == "down"
-    })
-    .await;
-    let src = app.source("redis").await;
-    assert!(
-        src["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("connection refused"),
-        "{src}"
-    );
+    wait_source_refused(&app, "redis").await;
     assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
     // Well past both thresholds, nothing goes stale while Redis is down.
     never_stale_for(&app, &["live", "dead"], Duration::from_secs(5)).await;
     assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
-    let m = app.scrape().await;
-    assert_eq!(
-        sample(&m, r#"agent_supervisor_source_up{source="redis"}"#),
-        Some(0.0)
-    );
-    assert!(
-        sample(
-            &m,
-            r#"agent_supervisor_source_errors_total{kind="connection_refused",source="redis"}"#
-        )
-        .unwrap_or(0.0)
-            >= 1.0
-    );
+    assert_source_still_down(&app, "redis").await;
 
     // Redis returns (with its data: an AOF-backed Redis would keep it; this
     // one is rewritten as it was, plus the live agent's fresh beat).

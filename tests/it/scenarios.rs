@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::harness::{holds_for, wait_until};
-use crate::support::TestApp;
+use crate::support::{TestApp, sample, source_errors};
 
 /// The `stale_after` the [`stopped_agent_is_stale_within_a_second_of_its_deadline`]
 /// scenario expects of its app.
@@ -105,4 +105,37 @@ pub async fn never_stale_for(app: &TestApp, agents: &[&str], period: Duration) {
         true
     })
     .await;
+}
+
+/// Waits until `source`, whose server was just stopped, is reported down by
+/// the API, for a refused connection.
+pub async fn wait_source_refused(app: &TestApp, source: &str) {
+    wait_until(
+        &format!("source {source} is down"),
+        Duration::from_secs(10),
+        || async { app.source(source).await["status"] == "down" },
+    )
+    .await;
+    let view = app.source(source).await;
+    assert!(
+        view["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("connection refused"),
+        "{view}"
+    );
+}
+
+/// `source` is still down, in the API and in `/metrics` (`source_up 0`, a
+/// refused connection counted); returns the scrape.
+pub async fn assert_source_still_down(app: &TestApp, source: &str) -> String {
+    assert_eq!(app.source(source).await["status"], "down", "{source}");
+    let m = app.scrape().await;
+    let up = format!(r#"agent_supervisor_source_up{{source="{source}"}}"#);
+    assert_eq!(sample(&m, &up), Some(0.0), "{m}");
+    assert!(
+        source_errors(&m, source, "connection_refused") >= 1.0,
+        "{m}"
+    );
+    m
 }
