@@ -12,7 +12,7 @@ use sqlx::Connection as _;
 
 use crate::harness::{PostgresServer, shared_postgres};
 use crate::scenarios::{
-    STOPPER_STALE_AFTER, assert_source_still_down, never_stale_for,
+    STOPPER_STALE_AFTER, assert_source_still_down, never_stale_for, polled_source_config,
     stopped_agent_is_stale_within_a_second_of_its_deadline, wait_source_refused,
 };
 use crate::support::{exec, sample, spawn_app};
@@ -37,18 +37,9 @@ async fn beat(url: &str, agent: &str, at: DateTime<Utc>) {
     let _ = conn.close().await;
 }
 
-/// `source:` is the YAML of the read (`query: ...` or `table: ...`).
+/// `read` is the YAML of the read (`query: ...` or `table: ...`).
 fn config(url: &str, interval: &str, stale_after: &str, read: &str) -> String {
-    format!(
-        r#"
-startup_grace: 1s
-sources:
-  - {{name: pg, type: postgres, url: "{url}", interval: {interval}, timeout: 1s,
-      {read}}}
-agents:
-  - {{match: "*", stale_after: {stale_after}}}
-"#
-    )
+    polled_source_config("pg", "postgres", url, interval, read, stale_after)
 }
 
 fn seconds(d: TimeDelta) -> f64 {

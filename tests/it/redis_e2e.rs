@@ -8,21 +8,19 @@ use chrono::{TimeDelta, Utc};
 
 use crate::harness::{RedisServer, shared_redis_url, unique_prefix};
 use crate::scenarios::{
-    STOPPER_STALE_AFTER, assert_source_still_down, never_stale_for,
+    STOPPER_STALE_AFTER, assert_source_still_down, never_stale_for, polled_source_config,
     stopped_agent_is_stale_within_a_second_of_its_deadline, wait_source_refused,
 };
 use crate::support::{redis_beat, redis_client, sample, spawn_app};
 
 fn config(url: &str, prefix: &str, interval: &str) -> String {
-    format!(
-        r#"
-startup_grace: 1s
-sources:
-  - {{name: redis, type: redis, url: "{url}", interval: {interval}, timeout: 1s,
-      layout: keys, pattern: "{prefix}{{agent}}:last_seen"}}
-agents:
-  - {{match: "*", stale_after: {STOPPER_STALE_AFTER}}}
-"#
+    polled_source_config(
+        "redis",
+        "redis",
+        url,
+        interval,
+        &format!(r#"layout: keys, pattern: "{prefix}{{agent}}:last_seen""#),
+        STOPPER_STALE_AFTER,
     )
 }
 

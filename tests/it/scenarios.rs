@@ -11,6 +11,30 @@ use chrono::{DateTime, TimeDelta, Utc};
 use crate::harness::{holds_for, wait_until};
 use crate::support::{TestApp, sample, source_errors};
 
+/// The config of an end-to-end test: one polled source, `name` of type
+/// `kind`, reading `url` every `interval` (1 s timeout) with `read` (its
+/// layout or query, as YAML flow-mapping entries); every agent stale after
+/// `stale_after`; 1 s start-up grace.
+pub fn polled_source_config(
+    name: &str,
+    kind: &str,
+    url: &str,
+    interval: &str,
+    read: &str,
+    stale_after: &str,
+) -> String {
+    format!(
+        r#"
+startup_grace: 1s
+sources:
+  - {{name: {name}, type: {kind}, url: "{url}", interval: {interval}, timeout: 1s,
+      {read}}}
+agents:
+  - {{match: "*", stale_after: {stale_after}}}
+"#
+    )
+}
+
 /// The `stale_after` the [`stopped_agent_is_stale_within_a_second_of_its_deadline`]
 /// scenario expects of its app.
 pub const STOPPER_STALE_AFTER: &str = "3s";
