@@ -14,7 +14,7 @@
 //! `--bench` argument) each function runs once on 10k rows.
 
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
-#[path = "../tests/it/harness.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use std::collections::BTreeMap;

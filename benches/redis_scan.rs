@@ -11,7 +11,7 @@
 //! Run: `cargo bench --bench redis_scan`
 
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
-#[path = "../tests/it/harness.rs"]
+#[path = "../tests/it/harness/mod.rs"]
 mod harness;
 
 use std::hint::black_box;

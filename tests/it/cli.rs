@@ -1,12 +1,10 @@
 //! The binary itself: exit codes, messages, signals.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::free_port;
+use crate::harness::{NextLine, OwnedChild, PipeLines, free_port};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_agent-supervisor"));
@@ -106,7 +104,7 @@ fn scan_without_redis_prints_the_table_and_connection_refused() {
 /// started (its start line seen) within 20 s. Its stderr is drained on a
 /// thread, so that waiting for a line is bounded and the child never blocks
 /// on a full pipe.
-fn start_idle_sidecar(dir: &Path) -> Child {
+fn start_idle_sidecar(dir: &Path) -> (OwnedChild, PipeLines) {
     let cfg = dir.join("c.yaml");
     std::fs::write(
         &cfg,
@@ -116,65 +114,50 @@ fn start_idle_sidecar(dir: &Path) -> Child {
         ),
     )
     .unwrap();
-    let mut child = bin()
-        .args(["--log-format", "json", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Drained to the end even once nobody listens: a closed pipe would
-        // make the sidecar's next log line fail.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let mut child = OwnedChild::new(
+        bin()
+            .args(["--log-format", "json", "--config"])
+            .arg(&cfg)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+        "agent-supervisor",
+    );
+    // Kept with the child: dropping it would close the pipe the sidecar
+    // logs to.
+    let lines = PipeLines::read(child.child().stderr.take().unwrap());
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     loop {
-        let line = match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => line,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no start line ({e}): {seen:?}");
-            }
+        let line = match lines.next_by(deadline) {
+            NextLine::Line(line) => line,
+            NextLine::Closed => panic!("process ended early: {seen:?}"),
+            NextLine::TimedOut => panic!("no start line within 20 s: {seen:?}"),
         };
         let v: serde_json::Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         seen.push(line);
         if v["message"] == "agent-supervisor started." {
-            return child;
+            return (child, lines);
         }
     }
 }
 
 /// SIGTERM, then the exit status and how long the process took to exit;
-/// fails (and kills it) once `within` has passed.
-fn terminate(child: &mut Child, within: Duration) -> (ExitStatus, Duration) {
+/// fails (and kills it, when dropped) once `within` has passed.
+fn terminate(child: &mut OwnedChild, within: Duration) -> (ExitStatus, Duration) {
     let pid = child.id() as libc::pid_t;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let started = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return (s, started.elapsed());
-        }
-        if started.elapsed() > within {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("did not stop within {within:?} of SIGTERM");
-        }
-        std::thread::yield_now();
-    }
+    let status = child.wait_exit(within);
+    (status, started.elapsed())
 }
 
 #[test]
 fn sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = start_idle_sidecar(dir.path());
+    let (mut child, _log) = start_idle_sidecar(dir.path());
     let (status, _) = terminate(&mut child, Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
     assert!(dir.path().join("state/state.json").is_file());
@@ -183,7 +166,7 @@ fn sigterm_drains_and_exits_zero() {
 #[test]
 fn idle_sidecar_stops_within_a_second_of_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = start_idle_sidecar(dir.path());
+    let (mut child, _log) = start_idle_sidecar(dir.path());
     let (status, took) = terminate(&mut child, Duration::from_secs(1));
     assert_eq!(status.code(), Some(0), "stopped in {took:?}");
     assert!(dir.path().join("state/state.json").is_file());

@@ -7,13 +7,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fred::prelude::*;
 use serde_json::Value;
 
 use crate::harness::{
-    free_port, shared_redis_url, spawn_child, stop_child, tail_of_log, unique_prefix,
+    free_port, poll_until, shared_redis_url, spawn_child, stop_child, tail_of_log, unique_prefix,
 };
 use crate::receiver::Receiver;
 use crate::support::{redis_client, spawn_app};
@@ -435,7 +435,7 @@ impl Prometheus {
         };
         let client = reqwest::Client::new();
         let ready = format!("{}/-/ready", p.base);
-        let ready_in_time = poll(Duration::from_secs(30), || async {
+        let ready_in_time = poll_until(Duration::from_secs(30), PROMETHEUS_POLL, || async {
             client
                 .get(&ready)
                 .timeout(Duration::from_secs(2))
@@ -497,25 +497,8 @@ fn rules_without_holds() -> String {
     out
 }
 
-/// Bounded poll: checks `f` every 250 ms until it is true (returns true) or
-/// `timeout` has passed (returns false, so the caller can say what it saw).
-async fn poll<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if tokio::time::timeout(left, f()).await == Ok(true) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+/// Between two checks of Prometheus (each may be a round of queries).
+const PROMETHEUS_POLL: Duration = Duration::from_millis(250);
 
 /// A real Prometheus scrapes the sidecar with the shipped rules: `AgentStale`
 /// fires for an agent that stopped, and each dashboard query returns data.
@@ -590,7 +573,7 @@ agents:
             .collect()
     };
     let last = std::sync::Mutex::new(Value::Null);
-    let fired = poll(Duration::from_secs(30), || async {
+    let fired = poll_until(Duration::from_secs(30), PROMETHEUS_POLL, || async {
         let v = prom.api(&client, "/api/v1/alerts", &[]).await;
         let hit = v["data"]["alerts"].as_array().is_some_and(|alerts| {
             alerts.iter().any(|a| {
@@ -636,7 +619,7 @@ agents:
         .map(|(title, expr)| (title, expand(&expr)))
         .collect();
     let empty = std::sync::Mutex::new(Vec::<String>::new());
-    let all_answered = poll(Duration::from_secs(30), || async {
+    let all_answered = poll_until(Duration::from_secs(30), PROMETHEUS_POLL, || async {
         let mut missing = Vec::new();
         for (title, q) in &queries {
             let v = prom.api(&client, "/api/v1/query", &[("query", q)]).await;

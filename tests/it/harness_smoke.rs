@@ -7,8 +7,9 @@ use std::time::Duration;
 use sqlx::Connection as _;
 
 use crate::harness::{
-    AlertmanagerServer, PostgresServer, RedisServer, free_port, redis_ping, shared_postgres,
-    shared_redis_url, unique_prefix, wait_until, wait_until_sync,
+    AlertmanagerServer, NextLine, OwnedChild, PipeLines, PostgresServer, RedisServer, free_port,
+    holds_for, poll_until, redis_ping, shared_postgres, shared_redis_url, unique_prefix,
+    wait_until, wait_until_sync,
 };
 
 fn connect_error(port: u16) -> Option<io::ErrorKind> {
@@ -150,10 +151,73 @@ async fn wait_until_panics_naming_what_it_waited_for() {
     wait_until("pigs fly", Duration::from_millis(100), || async { false }).await;
 }
 
+#[tokio::test]
+async fn poll_until_says_whether_the_condition_held_in_time() {
+    let interval = Duration::from_millis(10);
+    assert!(!poll_until(Duration::from_millis(100), interval, || async { false }).await);
+    let mut calls = 0;
+    let held = poll_until(Duration::from_secs(5), interval, || {
+        calls += 1;
+        let done = calls >= 2;
+        async move { done }
+    })
+    .await;
+    assert!(held);
+}
+
+#[tokio::test]
+#[should_panic(expected = "pigs stay grounded stopped holding at check #3")]
+async fn holds_for_panics_the_first_time_the_condition_fails() {
+    let mut calls = 0;
+    holds_for("pigs stay grounded", Duration::from_secs(5), || {
+        calls += 1;
+        let grounded = calls < 3;
+        async move { grounded }
+    })
+    .await;
+}
+
 #[test]
 #[should_panic(expected = "waiting until pigs fly")]
 fn wait_until_sync_panics_naming_what_it_waited_for() {
     wait_until_sync("pigs fly", Duration::from_millis(100), || false);
+}
+
+/// A child that neither writes nor exits: reading a line and waiting for
+/// its exit time out instead of blocking, and dropping it kills it.
+#[test]
+fn an_owned_child_that_hangs_times_out_and_is_killed_when_dropped() {
+    let mut child = OwnedChild::new(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sleep"),
+        "sleep 60",
+    );
+    let pid = child.id() as libc::pid_t;
+    let lines = PipeLines::read(child.child().stdout.take().expect("stdout"));
+    let deadline = std::time::Instant::now() + Duration::from_millis(100);
+    assert!(matches!(lines.next_by(deadline), NextLine::TimedOut));
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        child.wait_exit(Duration::from_millis(100))
+    }));
+    let message = waited.expect_err("sleep 60 does not exit within 100 ms");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("waiting until sleep 60 exits"),
+        "{message}"
+    );
+    drop(child);
+    // SAFETY: signal 0 only checks that the process exists.
+    assert_eq!(unsafe { libc::kill(pid, 0) }, -1, "sleep 60 still runs");
+    assert!(matches!(
+        lines.next_by(std::time::Instant::now() + Duration::from_secs(5)),
+        NextLine::Closed
+    ));
 }
 
 /// The alerts in `alerts` (a `GET /api/v2/alerts` answer) named `Smoke`.

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::harness::{shared_redis_url, unique_prefix, wait_until};
-use crate::support::{TestApp, sample, spawn_app};
+use crate::support::{TestApp, sample, source_errors, spawn_app};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -248,13 +248,7 @@ sources:
     );
     // Probes keep ending: more than one timeout is counted.
     wait_until("two timeouts counted", WAIT, || async {
-        let m = app.scrape().await;
-        sample(
-            &m,
-            r#"agent_supervisor_source_errors_total{kind="timeout",source="hung"}"#,
-        )
-        .unwrap_or(0.0)
-            >= 2.0
+        source_errors(&app.scrape().await, "hung", "timeout") >= 2.0
     })
     .await;
     let m = app.scrape().await;
@@ -288,14 +282,7 @@ sources:
     app.wait_for_state("w", "unknown", WAIT).await;
     assert_eq!(app.source("gone").await["status"], "up");
     let m = app.scrape().await;
-    assert!(
-        sample(
-            &m,
-            r#"agent_supervisor_source_errors_total{kind="connection_refused",source="gone"}"#
-        )
-        .unwrap_or(0.0)
-            >= 1.0
-    );
+    assert!(source_errors(&m, "gone", "connection_refused") >= 1.0);
     app.shutdown().await;
 }
 
@@ -401,9 +388,10 @@ sources:
         let got = v["reason"].as_str().unwrap_or_default();
         assert!(got.starts_with(reason), "{name}: {got}");
         let m = app.scrape().await;
-        let series =
-            format!(r#"agent_supervisor_source_errors_total{{kind="{kind}",source="{name}"}}"#);
-        assert!(sample(&m, &series).unwrap_or(0.0) >= 1.0, "{series}");
+        assert!(
+            source_errors(&m, name, kind) >= 1.0,
+            "{name}: no {kind} error counted"
+        );
         assert_eq!(app.source(name).await["status"], "up", "{name}");
     }
     assert!(reason_of(&app, "slow").await.ends_with("> 200ms"));
@@ -428,14 +416,7 @@ sources:
         "{obj}"
     );
     let m = app.scrape().await;
-    assert!(
-        sample(
-            &m,
-            r#"agent_supervisor_source_errors_total{kind="bad_value",source="object"}"#
-        )
-        .unwrap_or(0.0)
-            >= 1.0
-    );
+    assert!(source_errors(&m, "object", "bad_value") >= 1.0);
     app.shutdown().await;
 }
 
@@ -687,12 +668,7 @@ sources:
     assert!(reason.contains("TLS"), "{reason}");
     let m = app.scrape().await;
     assert!(
-        sample(
-            &m,
-            r#"agent_supervisor_source_errors_total{kind="tls",source="secure"}"#
-        )
-        .unwrap_or(0.0)
-            >= 1.0,
+        source_errors(&m, "secure", "tls") >= 1.0,
         "tls errors not counted"
     );
     app.shutdown().await;

@@ -13,4 +13,5 @@ mod postgres_source;
 mod receiver;
 mod redis_e2e;
 mod redis_source;
+mod scenarios;
 mod support;

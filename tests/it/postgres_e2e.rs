@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::Connection as _;
-use tokio::time::Instant;
 
-use crate::harness::{PostgresServer, shared_postgres, wait_until};
-use crate::support::{TestApp, exec, sample, spawn_app};
+use crate::harness::{PostgresServer, shared_postgres};
+use crate::scenarios::{
+    STOPPER_STALE_AFTER, assert_source_still_down, never_stale_for, polled_source_config,
+    stopped_agent_is_stale_within_a_second_of_its_deadline, wait_source_refused,
+};
+use crate::support::{exec, sample, spawn_app};
 
 const TABLE: &str = "CREATE TABLE hb (agent_id text PRIMARY KEY, last_seen timestamptz NOT NULL)";
 
@@ -34,29 +37,9 @@ async fn beat(url: &str, agent: &str, at: DateTime<Utc>) {
     let _ = conn.close().await;
 }
 
-/// `source:` is the YAML of the read (`query: ...` or `table: ...`).
+/// `read` is the YAML of the read (`query: ...` or `table: ...`).
 fn config(url: &str, interval: &str, stale_after: &str, read: &str) -> String {
-    format!(
-        r#"
-startup_grace: 1s
-sources:
-  - {{name: pg, type: postgres, url: "{url}", interval: {interval}, timeout: 1s,
-      {read}}}
-agents:
-  - {{match: "*", stale_after: {stale_after}}}
-"#
-    )
-}
-
-/// Polls until `until`: none of `agents` is ever reported stale.
-async fn never_stale_until(app: &TestApp, agents: &[&str], until: Instant) {
-    while Instant::now() < until {
-        for agent in agents {
-            let s = app.state_of(agent).await;
-            assert_ne!(s.as_deref(), Some("stale"), "{agent} reported stale");
-        }
-        tokio::task::yield_now().await;
-    }
+    polled_source_config("pg", "postgres", url, interval, read, stale_after)
 }
 
 fn seconds(d: TimeDelta) -> f64 {
@@ -99,18 +82,7 @@ async fn postgres_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
         "setup took too long: `dead` would be stale before the outage begins"
     );
     server.stop();
-    wait_until("source down", Duration::from_secs(10), || async {
-        app.source("pg").await["status"] == "down"
-    })
-    .await;
-    let src = app.source("pg").await;
-    assert!(
-        src["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("connection refused"),
-        "{src}"
-    );
+    wait_source_refused(&app, "pg").await;
     assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
     assert_eq!(app.state_of("dead").await.as_deref(), Some("unknown"));
     // Both thresholds pass while PostgreSQL is down (dead's at t0 + 4 s,
@@ -120,24 +92,10 @@ async fn postgres_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
         u64::try_from((later_deadline - Utc::now()).num_milliseconds()).unwrap_or(0),
     );
     assert!(observe >= Duration::from_secs(3), "{observe:?}");
-    never_stale_until(&app, &["live", "dead"], Instant::now() + observe).await;
+    never_stale_for(&app, &["live", "dead"], observe).await;
     assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
     assert_eq!(app.state_of("dead").await.as_deref(), Some("unknown"));
-    assert_eq!(app.source("pg").await["status"], "down");
-    let m = app.scrape().await;
-    assert_eq!(
-        sample(&m, r#"agent_supervisor_source_up{source="pg"}"#),
-        Some(0.0)
-    );
-    assert!(
-        sample(
-            &m,
-            r#"agent_supervisor_source_errors_total{kind="connection_refused",source="pg"}"#
-        )
-        .unwrap_or(0.0)
-            >= 1.0,
-        "{m}"
-    );
+    let m = assert_source_still_down(&app, "pg").await;
     assert_eq!(
         sample(
             &m,
@@ -147,21 +105,34 @@ async fn postgres_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
         "an agent went stale during the outage"
     );
 
-    // PostgreSQL returns with its data; `live` writes again at once.
+    // PostgreSQL returns with its data; `live` writes again from then on.
+    // `dead` gets stale_after from the recovery, then is stale with its
+    // true age.
     server.restart();
-    beat(&url, "live", Utc::now()).await;
+    let beating = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            loop {
+                beat(&url, "live", Utc::now()).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
     let dead_view = app
-        .wait_for_state("dead", "stale", Duration::from_secs(10))
+        .wait_for_state("dead", "stale", Duration::from_secs(15))
         .await;
     let age = dead_view["checks"][0]["age_seconds"].as_f64().unwrap();
     let true_age = seconds(Utc::now() - t0);
     assert!((true_age - age).abs() < 1.5, "age {age} vs true {true_age}");
     assert!(age > seconds(stale_after) + 3.0, "age {age}");
+    let reason = dead_view["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("after pg came back from"), "{reason}");
     let live_view = app
         .wait_for_state("live", "healthy", Duration::from_secs(10))
         .await;
     let live_age = live_view["checks"][0]["age_seconds"].as_f64().unwrap();
     assert!(live_age < 2.0, "live age {live_age}");
+    beating.abort();
     assert_eq!(app.source("pg").await["status"], "up");
     app.shutdown().await;
 }
@@ -175,62 +146,19 @@ async fn stopped_postgres_agent_is_stale_within_a_second_of_its_deadline_despite
     let app = spawn_app(&config(
         &url,
         "5s",
-        "3s",
+        STOPPER_STALE_AFTER,
         "table: hb, id_column: agent_id, timestamp_column: last_seen",
     ))
     .await;
-    // The agent beats every 500 ms until the supervisor knows it...
-    let mut last_seen = Utc::now();
-    beat(&url, "stopper", last_seen).await;
-    let known_by = Instant::now() + Duration::from_secs(15);
-    while app.state_of("stopper").await.as_deref() != Some("healthy") {
-        assert!(Instant::now() < known_by, "agent never seen healthy");
-        if Utc::now() - last_seen > TimeDelta::milliseconds(500) {
-            last_seen = Utc::now();
-            beat(&url, "stopper", last_seen).await;
-        }
-        tokio::task::yield_now().await;
-    }
-    // ...keeps beating for a while (newer than what the last scan saw)...
-    let mut every = tokio::time::interval(Duration::from_millis(700));
-    for _ in 0..4 {
-        every.tick().await;
-        last_seen = Utc::now();
-        beat(&url, "stopper", last_seen).await;
-    }
-    // ...and stops.
-    let deadline = last_seen + TimeDelta::seconds(3);
-    // Found by the next scan (within 5 s) or, if that comes after the
-    // deadline, by the deadline's point read.
-    loop {
-        match app.state_of("stopper").await.as_deref() {
-            Some("stale") => break,
-            Some("healthy") | Some("unknown") | None => {
-                assert!(
-                    Utc::now() < deadline + TimeDelta::milliseconds(1000),
-                    "not stale 1 s after its deadline"
-                );
-            }
-            Some(other) => panic!("unexpected state {other}"),
-        }
-        tokio::task::yield_now().await;
-    }
-    let now = Utc::now();
     // The heartbeat is moved onto the local clock by the offset measured
     // against PostgreSQL's clock (a round trip's midpoint): allow that
     // measurement a few milliseconds.
-    assert!(
-        now >= deadline - TimeDelta::milliseconds(5),
-        "stale {} before its deadline",
-        deadline - now
-    );
-    assert!(
-        now - deadline < TimeDelta::milliseconds(1000),
-        "stale {} after its deadline",
-        now - deadline
-    );
-    let a = app.agent("stopper").await.unwrap();
-    let age = a["checks"][0]["age_seconds"].as_f64().unwrap();
-    assert!((3.0..4.5).contains(&age), "age {age}");
+    stopped_agent_is_stale_within_a_second_of_its_deadline(
+        &app,
+        "stopper",
+        |at| beat(&url, "stopper", at),
+        TimeDelta::milliseconds(5),
+    )
+    .await;
     app.shutdown().await;
 }

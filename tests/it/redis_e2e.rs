@@ -5,30 +5,23 @@
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use tokio::time::Instant;
 
-use crate::harness::{RedisServer, shared_redis_url, unique_prefix, wait_until};
-use crate::support::{TestApp, redis_beat, redis_client, sample, spawn_app};
+use crate::harness::{RedisServer, shared_redis_url, unique_prefix};
+use crate::scenarios::{
+    STOPPER_STALE_AFTER, assert_source_still_down, never_stale_for, polled_source_config,
+    stopped_agent_is_stale_within_a_second_of_its_deadline, wait_source_refused,
+};
+use crate::support::{redis_beat, redis_client, sample, spawn_app};
 
 fn config(url: &str, prefix: &str, interval: &str) -> String {
-    format!(
-        r#"
-startup_grace: 1s
-sources:
-  - {{name: redis, type: redis, url: "{url}", interval: {interval}, timeout: 1s,
-      layout: keys, pattern: "{prefix}{{agent}}:last_seen"}}
-agents:
-  - {{match: "*", stale_after: 3s}}
-"#
+    polled_source_config(
+        "redis",
+        "redis",
+        url,
+        interval,
+        &format!(r#"layout: keys, pattern: "{prefix}{{agent}}:last_seen""#),
+        STOPPER_STALE_AFTER,
     )
-}
-
-async fn never_stale_until(app: &TestApp, agent: &str, until: Instant) {
-    while Instant::now() < until {
-        let s = app.state_of(agent).await;
-        assert_ne!(s.as_deref(), Some("stale"), "{agent} reported stale");
-        tokio::task::yield_now().await;
-    }
 }
 
 /// With a 5 s scan interval, an agent that stops is stale within 1 s of
@@ -40,56 +33,13 @@ async fn stopped_agent_is_stale_within_a_second_of_its_deadline_despite_a_5s_sca
     let r = redis_client(&url).await;
     let key = format!("{prefix}stopper:last_seen");
     let app = spawn_app(&config(&url, &prefix, "5s")).await;
-    // The agent beats every 500 ms until the supervisor knows it...
-    let mut last_seen = Utc::now();
-    redis_beat(&r, &key, last_seen).await;
-    let known_by = Instant::now() + Duration::from_secs(15);
-    while app.state_of("stopper").await.as_deref() != Some("healthy") {
-        assert!(Instant::now() < known_by, "agent never seen healthy");
-        if Utc::now() - last_seen > TimeDelta::milliseconds(500) {
-            last_seen = Utc::now();
-            redis_beat(&r, &key, last_seen).await;
-        }
-        tokio::task::yield_now().await;
-    }
-    // ...keeps beating for a while (newer than what the last scan saw)...
-    let mut every = tokio::time::interval(Duration::from_millis(700));
-    for _ in 0..4 {
-        every.tick().await;
-        last_seen = Utc::now();
-        redis_beat(&r, &key, last_seen).await;
-    }
-    // ...and stops.
-    let deadline = last_seen + TimeDelta::seconds(3);
-    // Found by the next scan (within 5 s) or, if that comes after the
-    // deadline, by the deadline's point read.
-    loop {
-        match app.state_of("stopper").await.as_deref() {
-            Some("stale") => break,
-            Some("healthy") | Some("unknown") | None => {
-                assert!(
-                    Utc::now() < deadline + TimeDelta::milliseconds(1000),
-                    "not stale 1 s after its deadline"
-                );
-            }
-            Some(other) => panic!("unexpected state {other}"),
-        }
-        tokio::task::yield_now().await;
-    }
-    let now = Utc::now();
-    assert!(
-        now >= deadline,
-        "stale {} before its deadline",
-        deadline - now
-    );
-    assert!(
-        now - deadline < TimeDelta::milliseconds(1000),
-        "stale {} after its deadline",
-        now - deadline
-    );
-    let a = app.agent("stopper").await.unwrap();
-    let age = a["checks"][0]["age_seconds"].as_f64().unwrap();
-    assert!((3.0..4.5).contains(&age), "age {age}");
+    stopped_agent_is_stale_within_a_second_of_its_deadline(
+        &app,
+        "stopper",
+        |at| redis_beat(&r, &key, at),
+        TimeDelta::zero(),
+    )
+    .await;
     app.shutdown().await;
 }
 
@@ -116,7 +66,7 @@ async fn agent_writing_every_2s_with_3s_threshold_is_never_stale_over_30s() {
             }
         })
     };
-    never_stale_until(&app, "steady", Instant::now() + Duration::from_secs(30)).await;
+    never_stale_for(&app, &["steady"], Duration::from_secs(30)).await;
     writer.abort();
     let m = app.scrape().await;
     assert_eq!(
@@ -151,50 +101,41 @@ async fn redis_outage_is_unknown_not_stale_and_recovery_reports_true_age() {
         .await;
 
     server.stop();
-    wait_until("source down", Duration::from_secs(10), || async {
-        app.source("redis").await["status"] == "down"
-    })
-    .await;
-    let src = app.source("redis").await;
-    assert!(
-        src["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("connection refused"),
-        "{src}"
-    );
+    wait_source_refused(&app, "redis").await;
     assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
     // Well past both thresholds, nothing goes stale while Redis is down.
-    never_stale_until(&app, "dead", Instant::now() + Duration::from_secs(5)).await;
+    never_stale_for(&app, &["live", "dead"], Duration::from_secs(5)).await;
     assert_eq!(app.state_of("live").await.as_deref(), Some("unknown"));
-    let m = app.scrape().await;
-    assert_eq!(
-        sample(&m, r#"agent_supervisor_source_up{source="redis"}"#),
-        Some(0.0)
-    );
-    assert!(
-        sample(
-            &m,
-            r#"agent_supervisor_source_errors_total{kind="connection_refused",source="redis"}"#
-        )
-        .unwrap_or(0.0)
-            >= 1.0
-    );
+    assert_source_still_down(&app, "redis").await;
 
     // Redis returns (with its data: an AOF-backed Redis would keep it; this
     // one is rewritten as it was, plus the live agent's fresh beat).
+    // `live` beats again from then on; `dead` does not. Outage time is not
+    // silence: `dead` gets stale_after from the recovery, then is stale with
+    // its true age and a reason that says what it was given.
     server.restart();
     let r = redis_client(&url).await;
     redis_beat(&r, &dead, t0).await;
-    redis_beat(&r, &live, Utc::now()).await;
+    let beating = {
+        let (r, live) = (r.clone(), live.clone());
+        tokio::spawn(async move {
+            loop {
+                redis_beat(&r, &live, Utc::now()).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
     let dead_view = app
         .wait_for_state("dead", "stale", Duration::from_secs(10))
         .await;
     let age = dead_view["checks"][0]["age_seconds"].as_f64().unwrap();
     let true_age = (Utc::now() - t0).num_milliseconds() as f64 / 1e3;
     assert!((true_age - age).abs() < 1.5, "age {age} vs true {true_age}");
+    let reason = dead_view["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("after redis came back from"), "{reason}");
     app.wait_for_state("live", "healthy", Duration::from_secs(10))
         .await;
+    beating.abort();
     assert_eq!(app.source("redis").await["status"], "up");
     app.shutdown().await;
 }

@@ -214,6 +214,30 @@ fn score_formats(t: Timestamp) -> Vec<(&'static str, String, Timestamp)> {
     ]
 }
 
+/// Scans `layout`, where each of `formats` is stored as the heartbeat of the
+/// agent named after it, and checks that each agent reads as the instant its
+/// format stores, and that nothing else is read.
+async fn assert_reads_formats(
+    url: &str,
+    layout: RedisLayout,
+    formats: &[(&'static str, String, Timestamp)],
+) {
+    let src = source(&config(url, layout, Duration::from_secs(2)));
+    let scanned = scan(&src).await.expect("scan");
+    let offset = offset_of(&src);
+    let got = scanned.by_agent();
+    assert_eq!(got.len(), formats.len(), "{got:?}");
+    for (agent, value, stored) in formats {
+        assert_heartbeat(
+            got.get(*agent),
+            *stored,
+            offset,
+            &format!("{agent} = {value}"),
+        );
+    }
+    src.disconnect().await;
+}
+
 // ---------------------------------------------------------------------------
 // Layouts and value formats
 // ---------------------------------------------------------------------------
@@ -236,85 +260,48 @@ async fn keys_layout_reads_every_value_format() {
     redis(&w, vec![v("SET"), v(other.as_str()), v("x")]).await;
     keys.push(other);
 
-    let src = source(&config(&url, keys_layout(&prefix), Duration::from_secs(2)));
-    let scanned = scan(&src).await.expect("scan");
-    let offset = offset_of(&src);
-    let got = scanned.by_agent();
-    assert_eq!(got.len(), formats.len(), "{got:?}");
-    for (agent, value, stored) in &formats {
-        assert_heartbeat(
-            got.get(*agent),
-            *stored,
-            offset,
-            &format!("{agent} = {value}"),
-        );
-    }
-    src.disconnect().await;
+    assert_reads_formats(&url, keys_layout(&prefix), &formats).await;
     unlink(&w, keys).await;
 }
 
+/// The hash layout holds every text format, the sorted set only epoch
+/// scores (in s, ms, µs or with a fraction).
 #[tokio::test]
-async fn hash_layout_reads_every_value_format() {
+async fn hash_and_zset_layouts_read_every_value_format_they_can_hold() {
     let url = shared_redis_url();
-    let key = format!("{}heartbeats", unique_prefix("src_hash_fmt"));
+    let prefix = unique_prefix("src_pairs_fmt");
     let w = writer(&url).await;
     let t = base_time();
-    let formats = text_formats(t);
-    let mut args = vec![v("HSET"), v(key.as_str())];
-    for (agent, value, _) in &formats {
-        args.push(v(*agent));
-        args.push(v(value.as_str()));
+    let hash = format!("{prefix}hash");
+    let zset = format!("{prefix}zset");
+    // The layout, the command that stores its heartbeats, how one agent's
+    // value goes into that command, and the formats the layout can hold.
+    type Pair = fn(&str, &str) -> [Value; 2];
+    let table: [(RedisLayout, &str, &str, Pair, _); 2] = [
+        (
+            RedisLayout::Hash { key: hash.clone() },
+            "HSET",
+            &hash,
+            |agent, value| [v(agent), v(value)],
+            text_formats(t),
+        ),
+        (
+            RedisLayout::Zset { key: zset.clone() },
+            "ZADD",
+            &zset,
+            |agent, score| [v(score), v(agent)],
+            score_formats(t),
+        ),
+    ];
+    for (layout, command, key, pair, formats) in table {
+        let mut args = vec![v(command), v(key)];
+        for (agent, value, _) in &formats {
+            args.extend(pair(agent, value));
+        }
+        redis(&w, args).await;
+        assert_reads_formats(&url, layout, &formats).await;
     }
-    redis(&w, args).await;
-
-    let layout = RedisLayout::Hash { key: key.clone() };
-    let src = source(&config(&url, layout, Duration::from_secs(2)));
-    let scanned = scan(&src).await.expect("scan");
-    let offset = offset_of(&src);
-    let got = scanned.by_agent();
-    assert_eq!(got.len(), formats.len(), "{got:?}");
-    for (agent, value, stored) in &formats {
-        assert_heartbeat(
-            got.get(*agent),
-            *stored,
-            offset,
-            &format!("{agent} = {value}"),
-        );
-    }
-    src.disconnect().await;
-    unlink(&w, vec![key]).await;
-}
-
-#[tokio::test]
-async fn zset_layout_reads_epoch_scores_in_s_ms_us_and_float() {
-    let url = shared_redis_url();
-    let key = format!("{}heartbeats", unique_prefix("src_zset_fmt"));
-    let w = writer(&url).await;
-    let t = base_time();
-    let formats = score_formats(t);
-    let mut args = vec![v("ZADD"), v(key.as_str())];
-    for (agent, score, _) in &formats {
-        args.push(v(score.as_str()));
-        args.push(v(*agent));
-    }
-    redis(&w, args).await;
-
-    let layout = RedisLayout::Zset { key: key.clone() };
-    let src = source(&config(&url, layout, Duration::from_secs(2)));
-    let scanned = scan(&src).await.expect("scan");
-    let offset = offset_of(&src);
-    let got = scanned.by_agent();
-    assert_eq!(got.len(), formats.len(), "{got:?}");
-    for (agent, score, stored) in &formats {
-        assert_heartbeat(
-            got.get(*agent),
-            *stored,
-            offset,
-            &format!("{agent} = {score}"),
-        );
-    }
-    src.disconnect().await;
-    unlink(&w, vec![key]).await;
+    unlink(&w, vec![hash, zset]).await;
 }
 
 #[tokio::test]
@@ -459,33 +446,35 @@ async fn hash_and_zset_bad_values_are_invalid_and_the_others_still_read() {
     )
     .await;
 
-    let src = source(&config(
-        &url,
-        RedisLayout::Hash { key: hash.clone() },
-        Duration::from_secs(2),
-    ));
-    let got = scan(&src).await.expect("hash scan").by_agent();
-    let offset = offset_of(&src);
-    assert_heartbeat(got.get("good"), t, offset, "good");
-    assert_heartbeat(got.get("also_good"), t, offset, "also_good");
-    assert_invalid(got.get("garbage"), "not a timestamp", "garbage");
-    assert_invalid(got.get("not_utf8"), "UTF-8", "non-UTF-8");
-    assert_eq!(got.len(), 4);
-    src.disconnect().await;
-
-    let src = source(&config(
-        &url,
-        RedisLayout::Zset { key: zset.clone() },
-        Duration::from_secs(2),
-    ));
-    let got = scan(&src).await.expect("zset scan").by_agent();
-    let offset = offset_of(&src);
-    assert_heartbeat(got.get("good"), t, offset, "good");
-    assert_heartbeat(got.get("also_good"), t, offset, "also_good");
-    assert_invalid(got.get("infinite"), "out of range", "+inf");
-    assert_invalid(got.get("negative"), "out of range", "-5");
-    assert_eq!(got.len(), 4);
-    src.disconnect().await;
+    // The layout and the agents whose values are invalid, with the reason.
+    let table = [
+        (
+            RedisLayout::Hash { key: hash.clone() },
+            [("garbage", "not a timestamp"), ("not_utf8", "UTF-8")],
+        ),
+        (
+            RedisLayout::Zset { key: zset.clone() },
+            [("infinite", "out of range"), ("negative", "out of range")],
+        ),
+    ];
+    for (layout, invalid) in table {
+        let what = format!("{layout:?}");
+        let src = source(&config(&url, layout, Duration::from_secs(2)));
+        let got = scan(&src).await.expect("scan").by_agent();
+        let offset = offset_of(&src);
+        assert_heartbeat(got.get("good"), t, offset, &format!("{what}: good"));
+        assert_heartbeat(
+            got.get("also_good"),
+            t,
+            offset,
+            &format!("{what}: also_good"),
+        );
+        for (agent, reason) in invalid {
+            assert_invalid(got.get(agent), reason, &format!("{what}: {agent}"));
+        }
+        assert_eq!(got.len(), 4, "{what}: {got:?}");
+        src.disconnect().await;
+    }
     unlink(&w, vec![hash, zset]).await;
 }
 

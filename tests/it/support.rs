@@ -178,6 +178,16 @@ pub fn sample(scrape: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// How many errors of `kind` `source` has counted, in a scrape (0 while the
+/// series does not exist).
+pub fn source_errors(scrape: &str, source: &str, kind: &str) -> f64 {
+    sample(
+        scrape,
+        &format!(r#"agent_supervisor_source_errors_total{{kind="{kind}",source="{source}"}}"#),
+    )
+    .unwrap_or(0.0)
+}
+
 /// A context for driving a source directly, as source `id`.
 pub fn source_ctx(id: &str, tx: mpsc::Sender<Observation>) -> SourceCtx {
     SourceCtx {
