@@ -1,4 +1,5 @@
 use super::*;
+use secrecy::ExposeSecret;
 
 fn no_env(_: &str) -> Option<String> {
     None

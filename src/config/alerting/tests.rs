@@ -1,8 +1,9 @@
 //! `external_url`, `receivers`, `routing`, `silences` and `delivery`.
 
-use super::alerting::ReceiverKind;
-use super::*;
 use crate::alerts::model::{AlertKind, Pattern, SilenceOrigin};
+use crate::config::alerting::ReceiverKind;
+use crate::config::*;
+use secrecy::ExposeSecret;
 
 const SOURCES: &str = "sources: [{name: push, type: push}]\n";
 

@@ -1,0 +1,59 @@
+//! `agents:`: rules that give matching agents their threshold, labels,
+//! `expected` and `for`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::values::valid_label_name;
+use super::walk::{self, Obj, Problems};
+use crate::core::{AgentRule, Labels};
+
+/// One `agents:` entry.
+pub(super) fn rule(item: &Value, path: &str, p: &mut Problems) -> Option<AgentRule> {
+    let mut o = Obj::new(Some(item), path, p);
+    let pattern = o.required_string("match", p);
+    let stale_after = o.positive_duration("stale_after", p);
+    let expected = o.boolean("expected", p).unwrap_or(false);
+    let alert_for = o.duration("for", p).unwrap_or(Duration::ZERO);
+    let mut labels = Labels::new();
+    let labels_path = o.at("labels");
+    match o.get("labels") {
+        None => {}
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                let at = walk::join(&labels_path, k);
+                if !valid_label_name(k) {
+                    p.add(
+                        &at,
+                        "label names use letters, digits and `_`, not starting with a digit or `__`",
+                    );
+                } else if k == "agent" {
+                    p.add(&at, "`agent` is set by agent-supervisor itself");
+                }
+                if let Some(s) = walk::as_string(v, &at, p) {
+                    labels.insert(k.clone(), s);
+                }
+            }
+        }
+        Some(_) => p.add(&labels_path, "expected a mapping of label names to values"),
+    }
+    o.finish(p);
+    let pattern = pattern?;
+    if expected && !crate::core::policy::is_literal_pattern(&pattern) {
+        p.add(
+            format!("{path}.expected"),
+            "expected: true needs a literal agent id in `match`, not a glob",
+        );
+    }
+    match AgentRule::new(&pattern, stale_after, labels, expected) {
+        Ok(rule) => Some(rule.with_alert_for(alert_for)),
+        Err(e) => {
+            p.add(
+                format!("{path}.match"),
+                format!("not a valid glob: {}", e.kind()),
+            );
+            None
+        }
+    }
+}
