@@ -18,6 +18,7 @@ use super::values::check_http_scheme;
 use super::walk::{self, Obj, Problems, index};
 use crate::alerts::model::{Matcher, Silence};
 use crate::secret::SecretUrl;
+use crate::template::Template;
 
 /// Everything about alert notifications.
 #[derive(Debug, Clone, Default)]
@@ -58,8 +59,8 @@ pub enum ReceiverKind {
     /// The generic JSON of DESIGN §5, or `template` rendered with minijinja.
     Webhook {
         url: SecretUrl,
-        /// A minijinja template for the body (checked at load).
-        template: Option<String>,
+        /// The body template, compiled at load.
+        template: Option<Template>,
     },
     /// Alertmanager's webhook payload, version 4.
     Alertmanager { url: SecretUrl },

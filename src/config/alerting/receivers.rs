@@ -9,6 +9,7 @@ use super::{ReceiverConfig, ReceiverKind};
 use crate::config::values::{check_http_scheme, headers, valid_name};
 use crate::config::walk::{Obj, Problems};
 use crate::secret::SecretUrl;
+use crate::template::Template;
 
 const RECEIVER_TYPES: &str =
     "webhook, alertmanager, alertmanager_api, slack, discord, teams, pagerduty";
@@ -77,18 +78,14 @@ fn receiver_kind(ty: &str, o: &mut Obj<'_>, p: &mut Problems) -> Option<Receiver
     match ty {
         "webhook" => {
             let url = receiver_url(o, None, false, p);
-            let template = o.string("template", p).filter(|t| !t.trim().is_empty());
-            if let Some(t) = &template {
-                // Compiled as the renderer will, so what loads renders.
-                if let Err(
-                    crate::alerts::render::RenderError::Template(e)
-                    | crate::alerts::render::RenderError::Encode(e),
-                ) = crate::alerts::render::compile_template(t)
-                {
-                    p.add(o.at("template"), format!("not a valid template: {e}"));
-                    return None;
-                }
-            }
+            let template = o
+                .string("template", p)
+                .filter(|t| !t.trim().is_empty())
+                .and_then(|t| {
+                    Template::compile(&t)
+                        .map_err(|e| p.add(o.at("template"), format!("not a valid template: {e}")))
+                        .ok()
+                });
             Some(ReceiverKind::Webhook {
                 url: url?,
                 template,

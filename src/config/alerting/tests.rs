@@ -136,7 +136,7 @@ fn full_alerting_example_parses_to_the_expected_values() {
         panic!()
     };
     assert_eq!(url.expose(), "https://hooks.example/alerts");
-    assert!(template.as_deref().unwrap().contains("{{ title }}"));
+    assert!(template.as_ref().unwrap().source().contains("{{ title }}"));
 
     let ReceiverKind::AlertmanagerApi {
         url,
