@@ -40,20 +40,21 @@ pub(super) fn rule(item: &Value, path: &str, p: &mut Problems) -> Option<AgentRu
     }
     o.finish(p);
     let pattern = pattern?;
+    let rule = match AgentRule::new(&pattern, stale_after, labels, expected) {
+        Ok(rule) => rule.with_alert_for(alert_for),
+        Err(e) => {
+            p.add(
+                format!("{path}.match"),
+                format!("not a valid glob: {}", e.kind()),
+            );
+            return None;
+        }
+    };
     if expected && !crate::core::policy::is_literal_pattern(&pattern) {
         p.add(
             format!("{path}.expected"),
             "expected: true needs a literal agent id in `match`, not a glob",
         );
     }
-    match AgentRule::new(&pattern, stale_after, labels, expected) {
-        Ok(rule) => Some(rule.with_alert_for(alert_for)),
-        Err(e) => {
-            p.add(
-                format!("{path}.match"),
-                format!("not a valid glob: {}", e.kind()),
-            );
-            None
-        }
-    }
+    Some(rule)
 }

@@ -142,10 +142,10 @@ pub fn parse(
     env::substitute(&mut tree, "", lookup, &mut p);
     let config = convert(&tree, &mut p);
     match config {
-        Some(c) if p.0.is_empty() => Ok(c),
+        Some(c) if p.list.is_empty() => Ok(c),
         _ => Err(ConfigError::Invalid {
             path: path.to_path_buf(),
-            problems: p.0,
+            problems: p.list,
         }),
     }
 }
@@ -179,6 +179,7 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
     let defaults = {
         let mut o = Obj::new(root.get("defaults"), "defaults", p);
         let base = Defaults::default();
+        let before = p.len();
         let d = Defaults {
             stale_after: o
                 .positive_duration("stale_after", p)
@@ -190,7 +191,8 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
                 .duration("max_clock_skew", p)
                 .unwrap_or(base.max_clock_skew),
         };
-        if d.forget_after < d.stale_after {
+        // Compared only when both were read, so one mistake is one problem.
+        if p.len() == before && d.forget_after < d.stale_after {
             p.add(
                 "defaults.forget_after",
                 "must not be shorter than defaults.stale_after",
@@ -239,7 +241,9 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
         }
     }
     let alerting = alerting::parse(&mut root, p);
+    let sections = root.read_order().to_vec();
     root.finish(p);
+    p.order(&sections);
 
     Some(Config {
         listen: listen?,

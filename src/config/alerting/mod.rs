@@ -264,19 +264,22 @@ fn delivery(v: Option<&Value>, p: &mut Problems) -> DeliveryConfig {
     let mut o = Obj::new(v, "delivery", p);
     let d = DeliveryConfig::default();
     let timeout = o.positive_duration("timeout", p).unwrap_or(d.timeout);
+    let before = p.len();
     let initial_backoff = o
         .positive_duration("initial_backoff", p)
         .unwrap_or(d.initial_backoff);
     let max_backoff = o
         .positive_duration("max_backoff", p)
         .unwrap_or(d.max_backoff);
+    // Compared only when both were read, so one mistake is one problem.
+    let backoffs_read = p.len() == before;
     let give_up_after = o
         .positive_duration("give_up_after", p)
         .unwrap_or(d.give_up_after);
     let max_pending = o
         .integer("max_pending", 1..=1_000_000, p)
         .map_or(d.max_pending, |n| n as usize);
-    if max_backoff < initial_backoff {
+    if backoffs_read && max_backoff < initial_backoff {
         p.add(
             o.at("max_backoff"),
             format!(

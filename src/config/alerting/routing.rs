@@ -62,7 +62,7 @@ fn route(
     names: &BTreeSet<String>,
     p: &mut Problems,
 ) -> Option<RouteConfig> {
-    let before = p.0.len();
+    let before = p.len();
     let mut o = Obj::new(Some(item), path, p);
     let match_path = o.at("match");
     let matcher = matcher(o.get("match"), &match_path, p);
@@ -79,7 +79,7 @@ fn route(
     let group_interval = o.duration("group_interval", p);
     let repeat_interval = o.positive_duration("repeat_interval", p);
     o.finish(p);
-    (p.0.len() == before).then_some(RouteConfig {
+    (p.len() == before).then_some(RouteConfig {
         matcher: matcher?,
         receivers,
         continue_matching,
@@ -164,7 +164,7 @@ fn group_by(o: &mut Obj<'_>, p: &mut Problems) -> Option<Vec<String>> {
 
 /// `match:` of a route or a silence; `None` when it has a problem.
 pub(super) fn matcher(v: Option<&Value>, path: &str, p: &mut Problems) -> Option<Matcher> {
-    let before = p.0.len();
+    let before = p.len();
     let mut o = Obj::new(v, path, p);
     let mut m = Matcher::default();
 
@@ -240,7 +240,7 @@ pub(super) fn matcher(v: Option<&Value>, path: &str, p: &mut Problems) -> Option
         ),
     }
     o.finish(p);
-    (p.0.len() == before).then_some(m)
+    (p.len() == before).then_some(m)
 }
 
 /// A glob at `key` (`trading_*`).

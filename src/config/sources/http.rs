@@ -170,12 +170,11 @@ pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<HttpConfig> {
         None => {}
         Some(Value::Array(items)) => {
             for (i, v) in items.iter().enumerate() {
+                let at = index(&status_path, i);
                 match v.as_u64().filter(|n| (100..=599).contains(n)) {
                     Some(n) => expected_status.push(n as u16),
-                    None => p.add(
-                        index(&status_path, i),
-                        "expected an HTTP status code from 100 to 599",
-                    ),
+                    None if p.is_reported(&at) => {}
+                    None => p.add(at, "expected an HTTP status code from 100 to 599"),
                 }
             }
             if items.is_empty() {
@@ -188,7 +187,7 @@ pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<HttpConfig> {
         ),
     }
     let max_response_time = o.positive_duration("max_response_time", p);
-    let max_body = match o.get("max_body") {
+    let max_body = match o.value("max_body", p) {
         None => Some(1024 * 1024),
         Some(v) => match parse_size(v).filter(|n| (1..=64 * 1024 * 1024).contains(n)) {
             Some(n) => Some(n as usize),

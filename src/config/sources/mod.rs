@@ -47,6 +47,8 @@ impl SourceKindConfig {
     }
 }
 
+const TYPES: [&str; 4] = ["redis", "postgres", "http", "push"];
+
 /// `sources:` of the root mapping: every entry, names unique, at most one
 /// push source.
 pub(super) fn parse(root: &mut Obj<'_>, p: &mut Problems) -> Vec<SourceConfig> {
@@ -56,36 +58,47 @@ pub(super) fn parse(root: &mut Obj<'_>, p: &mut Problems) -> Vec<SourceConfig> {
     }
     let mut sources = Vec::new();
     let mut names = BTreeSet::new();
-    let mut push_count = 0;
+    let mut push_seen = false;
     for (i, item) in source_items.iter().enumerate() {
         let path = index("sources", i);
-        if let Some(s) = source(item, &path, p) {
-            if !names.insert(s.name.clone()) {
-                p.add(
-                    format!("{path}.name"),
-                    format!("duplicate source name `{}`", s.name),
-                );
-            }
-            if matches!(s.kind, SourceKindConfig::Push(_)) {
-                push_count += 1;
-                if push_count > 1 {
-                    p.add(format!("{path}.type"), "only one push source is allowed");
-                }
-            }
-            sources.push(s);
+        let read = source(item, &path, p);
+        // Checked on what was read even when the entry has other problems,
+        // so fixing those does not reveal these.
+        if let Some(name) = &read.name
+            && !names.insert(name.clone())
+        {
+            p.add(
+                format!("{path}.name"),
+                format!("duplicate source name `{name}`"),
+            );
         }
+        if read.ty.as_deref() == Some("push") {
+            if push_seen {
+                p.add(format!("{path}.type"), "only one push source is allowed");
+            }
+            push_seen = true;
+        }
+        sources.extend(read.config);
     }
     sources
 }
 
-fn source(item: &Value, path: &str, p: &mut Problems) -> Option<SourceConfig> {
+/// One `sources:` entry as read: its name and type when well-formed (for the
+/// checks across entries), and the source when it has no problem.
+struct Read {
+    name: Option<String>,
+    ty: Option<String>,
+    config: Option<SourceConfig>,
+}
+
+fn source(item: &Value, path: &str, p: &mut Problems) -> Read {
     let mut o = Obj::new(Some(item), path, p);
-    let name = o.required_string("name", p);
-    if let Some(n) = &name
-        && !valid_name(n)
-    {
-        p.add(o.at("name"), "use 1 to 64 letters, digits, `_`, `-` or `.`");
-    }
+    let name = o.required_string("name", p).filter(|n| {
+        if !valid_name(n) {
+            p.add(o.at("name"), "use 1 to 64 letters, digits, `_`, `-` or `.`");
+        }
+        valid_name(n)
+    });
     let stale_after = o.positive_duration("stale_after", p);
     let ty = o.required_string("type", p);
     let kind = match ty.as_deref() {
@@ -96,16 +109,26 @@ fn source(item: &Value, path: &str, p: &mut Problems) -> Option<SourceConfig> {
         Some(other) => {
             p.add(
                 o.at("type"),
-                format!("unknown source type `{other}` (supported: redis, postgres, http, push)"),
+                format!(
+                    "unknown source type `{other}` (supported: {})",
+                    TYPES.join(", ")
+                ),
             );
             None
         }
         None => None,
     };
-    o.finish(p);
-    Some(SourceConfig {
-        name: SourceId::new(name?.as_str()),
-        stale_after,
-        kind: kind?,
-    })
+    // Without a known type, which keys belong is unknown: none is reported.
+    if ty.as_deref().is_some_and(|t| TYPES.contains(&t)) {
+        o.finish(p);
+    }
+    let config = match (&name, kind) {
+        (Some(name), Some(kind)) => Some(SourceConfig {
+            name: SourceId::new(name.as_str()),
+            stale_after,
+            kind,
+        }),
+        _ => None,
+    };
+    Read { name, ty, config }
 }

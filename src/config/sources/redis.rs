@@ -143,6 +143,8 @@ pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<RedisConfig> {
                 o.at("layout"),
                 format!("unknown layout `{other}` (supported: keys, hash, zset)"),
             );
+            // Which of these belongs depends on the layout: none is reported.
+            let _ = (o.get("pattern"), o.get("key"));
             None
         }
     };
