@@ -12,11 +12,13 @@
 //! - `values`: checks shared by sections (names, label names, URLs, headers);
 //! - `sources/`: `sources:`, one file per source type;
 //! - `agents`: `agents:` rules;
-//! - [`alerting`]: receivers, routing, silences and delivery.
+//! - [`alerting`]: receivers, routing, silences and delivery;
+//! - [`schema`]: the JSON Schema of the file, for editors and CI.
 
 mod agents;
 pub mod alerting;
 mod env;
+pub mod schema;
 mod sources;
 mod values;
 mod walk;

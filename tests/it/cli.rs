@@ -105,6 +105,24 @@ fn check_config_lists_six_independent_mistakes_once_each_and_exits_64() {
 }
 
 #[test]
+fn schema_prints_the_checked_in_schema_without_reading_a_config() {
+    let o = bin()
+        .args(["schema", "--config", "/nonexistent/config.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let checked_in = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.schema.json"),
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout) == checked_in,
+        "`agent-supervisor schema` differs from config.schema.json; regenerate it with\n  \
+         cargo run -- schema > config.schema.json"
+    );
+}
+
+#[test]
 fn missing_config_file_is_a_clear_error() {
     let o = bin()
         .args([

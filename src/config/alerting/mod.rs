@@ -6,7 +6,7 @@ mod receivers;
 mod routing;
 mod silences;
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
