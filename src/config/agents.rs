@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::values::valid_label_name;
-use super::walk::{self, Obj, Problems};
+use super::values;
+use super::walk::{Obj, Problems};
 use crate::core::{AgentRule, Labels};
 
 /// One `agents:` entry.
@@ -17,27 +17,12 @@ pub(super) fn rule(item: &Value, path: &str, p: &mut Problems) -> Option<AgentRu
     let expected = o.boolean("expected", p).unwrap_or(false);
     let alert_for = o.duration("for", p).unwrap_or(Duration::ZERO);
     let mut labels = Labels::new();
-    let labels_path = o.at("labels");
-    match o.get("labels") {
-        None => {}
-        Some(Value::Object(map)) => {
-            for (k, v) in map {
-                let at = walk::join(&labels_path, k);
-                if !valid_label_name(k) {
-                    p.add(
-                        &at,
-                        "label names use letters, digits and `_`, not starting with a digit or `__`",
-                    );
-                } else if k == "agent" {
-                    p.add(&at, "`agent` is set by agent-supervisor itself");
-                }
-                if let Some(s) = walk::as_string(v, &at, p) {
-                    labels.insert(k.clone(), s);
-                }
-            }
+    values::labels(&mut o, "values", p, |k, v, at, p| {
+        if k == "agent" {
+            p.add(at, "`agent` is set by agent-supervisor itself");
         }
-        Some(_) => p.add(&labels_path, "expected a mapping of label names to values"),
-    }
+        labels.insert(k.to_string(), v);
+    });
     o.finish(p);
     let pattern = pattern?;
     let rule = match AgentRule::new(&pattern, stale_after, labels, expected) {

@@ -7,12 +7,21 @@ use serde_json::Value;
 use super::walk::{self, Obj, Problems};
 use crate::secret::SecretUrl;
 
-/// A source or receiver name: `[A-Za-z0-9_.-]{1,64}`.
-pub(super) fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+/// The required `name` of a source or receiver, when well-formed:
+/// `[A-Za-z0-9_.-]{1,64}`.
+pub(super) fn name(o: &mut Obj<'_>, p: &mut Problems) -> Option<String> {
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    o.required_string("name", p).filter(|n| {
+        if !valid(n) {
+            p.add(o.at("name"), "use 1 to 64 letters, digits, `_`, `-` or `.`");
+        }
+        valid(n)
+    })
 }
 
 /// A Prometheus label name that is not reserved (`__`).
@@ -25,15 +34,67 @@ pub(super) fn valid_label_name(s: &str) -> bool {
         && !s.starts_with("__")
 }
 
-pub(super) fn check_http_scheme(u: &SecretUrl) -> Result<(), String> {
-    let scheme = u.expose().split("://").next().unwrap_or_default();
-    if matches!(scheme, "http" | "https") {
-        Ok(())
-    } else {
-        Err(format!(
-            "scheme must be http:// or https:// (found `{scheme}://`)"
-        ))
+/// `labels:` of `o`, a mapping of label names to strings: each pair with a
+/// valid name is given to `each` with its path; `values` says what the
+/// values are in the message of a wrong shape.
+pub(super) fn labels(
+    o: &mut Obj<'_>,
+    values: &str,
+    p: &mut Problems,
+    mut each: impl FnMut(&str, String, &str, &mut Problems),
+) {
+    let labels_path = o.at("labels");
+    match o.get("labels") {
+        None => {}
+        Some(Value::Object(map)) => {
+            for (k, v) in map {
+                let at = walk::join(&labels_path, k);
+                if !valid_label_name(k) {
+                    p.add(
+                        &at,
+                        "label names use letters, digits and `_`, not starting with a digit or `__`",
+                    );
+                } else if let Some(s) = walk::as_string(v, &at, p) {
+                    each(k, s, &at, p);
+                }
+            }
+        }
+        Some(_) => p.add(
+            &labels_path,
+            format!("expected a mapping of label names to {values}"),
+        ),
     }
+}
+
+/// The required `url` of `o`, parsed and accepted by `check`.
+pub(super) fn required_url(
+    o: &mut Obj<'_>,
+    p: &mut Problems,
+    check: impl Fn(&SecretUrl) -> Result<(), String>,
+) -> Option<SecretUrl> {
+    let s = o.required_string("url", p)?;
+    SecretUrl::parse(&s)
+        .and_then(|u| check(&u).map(|()| u))
+        .map_err(|e| p.add(o.at("url"), e))
+        .ok()
+}
+
+/// `Ok` when the scheme of `u` is one of `schemes` (the message shows the
+/// first two).
+pub(super) fn check_scheme(u: &SecretUrl, schemes: &[&str]) -> Result<(), String> {
+    let scheme = u.expose().split("://").next().unwrap_or_default();
+    if schemes.contains(&scheme) {
+        return Ok(());
+    }
+    let shown: Vec<String> = schemes.iter().take(2).map(|s| format!("{s}://")).collect();
+    Err(format!(
+        "scheme must be {} (found `{scheme}://`)",
+        shown.join(" or ")
+    ))
+}
+
+pub(super) fn check_http_scheme(u: &SecretUrl) -> Result<(), String> {
+    check_scheme(u, &["http", "https"])
 }
 
 /// `headers:`, a mapping of header names to values; the values are secrets

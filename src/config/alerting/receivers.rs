@@ -6,7 +6,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 
 use super::{ReceiverConfig, ReceiverKind};
-use crate::config::values::{check_http_scheme, headers, valid_name};
+use crate::config::values::{self, check_http_scheme, headers};
 use crate::config::walk::{Obj, Problems};
 use crate::secret::SecretUrl;
 use crate::template::Template;
@@ -33,12 +33,7 @@ pub(super) fn receiver(
     p: &mut Problems,
 ) -> (Option<String>, Option<ReceiverConfig>) {
     let mut o = Obj::new(Some(item), path, p);
-    let name = o.required_string("name", p).filter(|n| {
-        if !valid_name(n) {
-            p.add(o.at("name"), "use 1 to 64 letters, digits, `_`, `-` or `.`");
-        }
-        valid_name(n)
-    });
+    let name = values::name(&mut o, p);
     let ty = o.required_string("type", p);
     let send_resolved = o.boolean("send_resolved", p);
     let timeout = o.positive_duration("timeout", p);

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::{RouteConfig, RoutingConfig};
 use crate::alerts::model::{AlertKind, Matcher, Pattern};
-use crate::config::values::valid_label_name;
+use crate::config::values::{labels, valid_label_name};
 use crate::config::walk::{self, Obj, Problems, index};
 
 /// Labels every alert carries besides its agent's own.
@@ -211,34 +211,14 @@ pub(super) fn matcher(v: Option<&Value>, path: &str, p: &mut Problems) -> Option
     m.agent = pattern(&mut o, "agent", p);
     m.source = pattern(&mut o, "source", p);
 
-    let labels_path = o.at("labels");
-    match o.get("labels") {
-        None => {}
-        Some(Value::Object(map)) => {
-            for (k, v) in map {
-                let at = walk::join(&labels_path, k);
-                if !valid_label_name(k) {
-                    p.add(
-                        &at,
-                        "label names use letters, digits and `_`, not starting with a digit or `__`",
-                    );
-                    continue;
-                }
-                if let Some(s) = walk::as_string(v, &at, p) {
-                    match Pattern::new(&s) {
-                        Ok(pat) => {
-                            m.labels.insert(k.clone(), pat);
-                        }
-                        Err(e) => p.add(&at, e),
-                    }
-                }
+    labels(&mut o, "patterns", p, |k, v, at, p| {
+        match Pattern::new(&v) {
+            Ok(pat) => {
+                m.labels.insert(k.to_string(), pat);
             }
+            Err(e) => p.add(at, e),
         }
-        Some(_) => p.add(
-            &labels_path,
-            "expected a mapping of label names to patterns",
-        ),
-    }
+    });
     o.finish(p);
     (p.len() == before).then_some(m)
 }

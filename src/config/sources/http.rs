@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::config::values::{check_http_scheme, headers, parse_size};
+use crate::config::values::{check_http_scheme, headers, parse_size, required_url};
 use crate::config::walk::{self, Obj, Problems, index};
 use crate::secret::SecretUrl;
 
@@ -138,12 +138,7 @@ pub fn json_pointer(s: &str) -> Result<String, String> {
 }
 
 pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<HttpConfig> {
-    let url = o.required_string("url", p).and_then(|s| {
-        SecretUrl::parse(&s)
-            .and_then(|u| check_http_scheme(&u).map(|()| u))
-            .map_err(|e| p.add(o.at("url"), e))
-            .ok()
-    });
+    let url = required_url(o, p, check_http_scheme);
     let interval = o
         .positive_duration("interval", p)
         .unwrap_or(Duration::from_secs(10));

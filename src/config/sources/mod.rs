@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::values::valid_name;
+use super::values;
 use super::walk::{Obj, Problems, index};
 use crate::core::SourceId;
 pub use http::{AgentUrl, HEALTHY_VALUES, HttpComponent, HttpConfig, HttpMethod, json_pointer};
@@ -93,12 +93,7 @@ struct Read {
 
 fn source(item: &Value, path: &str, p: &mut Problems) -> Read {
     let mut o = Obj::new(Some(item), path, p);
-    let name = o.required_string("name", p).filter(|n| {
-        if !valid_name(n) {
-            p.add(o.at("name"), "use 1 to 64 letters, digits, `_`, `-` or `.`");
-        }
-        valid_name(n)
-    });
+    let name = values::name(&mut o, p);
     let stale_after = o.positive_duration("stale_after", p);
     let ty = o.required_string("type", p);
     let kind = match ty.as_deref() {

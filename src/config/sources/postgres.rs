@@ -5,6 +5,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::values::{check_scheme, required_url};
 use crate::config::walk::{Obj, Problems};
 use crate::secret::SecretUrl;
 
@@ -54,18 +55,9 @@ pub struct PostgresTable {
 }
 
 pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<PostgresConfig> {
-    let url = o.required_string("url", p).and_then(|s| {
-        let parsed = SecretUrl::parse(&s).and_then(|u| {
-            let scheme = u.expose().split("://").next().unwrap_or_default();
-            if !matches!(scheme, "postgres" | "postgresql") {
-                return Err(format!(
-                    "scheme must be postgres:// or postgresql:// (found `{scheme}://`)"
-                ));
-            }
-            check_postgres_url(&u)?;
-            Ok(u)
-        });
-        parsed.map_err(|e| p.add(o.at("url"), e)).ok()
+    let url = required_url(o, p, |u| {
+        check_scheme(u, &["postgres", "postgresql"])?;
+        check_postgres_url(u)
     });
     let interval = o
         .positive_duration("interval", p)

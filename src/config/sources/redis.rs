@@ -3,6 +3,7 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use crate::config::values::{check_scheme, required_url};
 use crate::config::walk::{Obj, Problems};
 use crate::secret::SecretUrl;
 
@@ -90,17 +91,8 @@ fn escape_glob(s: &str) -> String {
 }
 
 pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<RedisConfig> {
-    let url = o.required_string("url", p).and_then(|s| {
-        let parsed = SecretUrl::parse(&s).and_then(|u| {
-            let scheme = u.expose().split("://").next().unwrap_or_default();
-            match scheme {
-                "redis" | "rediss" | "redis+unix" | "unix" => Ok(u),
-                _ => Err(format!(
-                    "scheme must be redis:// or rediss:// (found `{scheme}://`)"
-                )),
-            }
-        });
-        parsed.map_err(|e| p.add(o.at("url"), e)).ok()
+    let url = required_url(o, p, |u| {
+        check_scheme(u, &["redis", "rediss", "redis+unix", "unix"])
     });
     let interval = o
         .positive_duration("interval", p)
