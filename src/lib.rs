@@ -21,7 +21,8 @@
 //! - [`http`]: the sidecar's HTTP server (metrics, probes, JSON API, push).
 //! - [`app`]: builds everything from a config and runs it until cancelled.
 //! - [`scan`]: the one-shot `scan` command.
-//! - [`clock`], [`liveness`], [`telemetry`]: small shared pieces.
+//! - [`clock`], [`liveness`], [`secret`], [`telemetry`], [`template`]: small
+//!   shared pieces.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -38,3 +39,4 @@ pub mod secret;
 pub mod sinks;
 pub mod sources;
 pub mod telemetry;
+pub mod template;

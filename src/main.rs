@@ -53,11 +53,17 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Print the JSON Schema of the config file (config.schema.json).
+    Schema,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
+    if let Some(Command::Schema) = cli.command {
+        print!("{}", config::schema::json_schema());
+        return ExitCode::SUCCESS;
+    }
     let config = match config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -77,6 +83,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Scan { timeout } => block_on(scan(config, timeout)),
+        // Printed above, before any config is read.
+        Command::Schema => ExitCode::SUCCESS,
     }
 }
 

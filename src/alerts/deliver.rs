@@ -175,8 +175,7 @@ impl Worker {
         delivery: &DeliveryConfig,
         ctx: WorkerCtx,
     ) -> anyhow::Result<Self> {
-        let renderer = Renderer::new(receiver)
-            .map_err(|e| anyhow::anyhow!("receiver {}: {e}", receiver.name))?;
+        let renderer = Renderer::new(receiver);
         let timeout = receiver.timeout.unwrap_or(delivery.timeout);
         let mut headers = HeaderMap::new();
         for (k, v) in &receiver.headers {

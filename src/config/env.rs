@@ -16,7 +16,7 @@ pub fn substitute(
     match v {
         Value::String(s) if s.contains('$') => match expand(s, lookup) {
             Ok(out) => *s = out,
-            Err(msg) => p.add(path, msg),
+            Err(msg) => p.add_value(path, msg),
         },
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {

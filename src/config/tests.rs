@@ -1,4 +1,5 @@
 use super::*;
+use secrecy::ExposeSecret;
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -16,6 +17,14 @@ fn problems(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
         Err(ConfigError::Invalid { problems, .. }) => problems,
         other => panic!("expected problems, got {other:?}"),
     }
+}
+
+/// The problems of `text`, asserted to be exactly at `paths`, in order.
+fn problems_at(text: &str, env: &dyn Fn(&str) -> Option<String>, paths: &[&str]) -> Vec<Problem> {
+    let got = problems(text, env);
+    let found: Vec<&str> = got.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(found, paths, "{got:#?}");
+    got
 }
 
 #[test]
@@ -79,16 +88,109 @@ sources:
   - {name: redis, type: redis, url: "redis://127.0.0.1:6379", layout: keys, pattern: "agent:last_seen"}
   - {name: push, type: push, tokn: x}
 "#;
-    let got = problems(text, &no_env);
-    let paths: Vec<&str> = got.iter().map(|p| p.path.as_str()).collect();
-    assert_eq!(
-        paths,
-        vec![
+    problems_at(
+        text,
+        &no_env,
+        &[
             "defaults.stale_after",
             "sources[0].pattern",
-            "sources[1].tokn"
+            "sources[1].tokn",
         ],
-        "{got:?}"
+    );
+}
+
+/// A config with six independent mistakes (`testdata/six_mistakes.yaml`,
+/// also run through the binary in tests/it/cli.rs).
+pub(crate) const SIX_MISTAKES: &str = include_str!("testdata/six_mistakes.yaml");
+
+#[test]
+fn six_independent_mistakes_are_six_problems_each_at_its_path() {
+    let got = problems(SIX_MISTAKES, &no_env);
+    let found: Vec<(&str, &str)> = got
+        .iter()
+        .map(|p| (p.path.as_str(), p.message.as_str()))
+        .collect();
+    let expected = [
+        ("sources[0].type", "unknown source type `redsi`"),
+        ("sources[1].url", "SIX_MISTAKES_UNSET_URL is not set"),
+        ("sources[2].layout", "unknown layout `key`"),
+        ("sources[3].name", "duplicate source name `jobs`"),
+        ("sources[4].interval", "`soon` is not a duration"),
+        ("agents[0].match", "not a valid glob"),
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for ((path, message), (want_path, want)) in found.iter().zip(expected) {
+        assert_eq!(*path, want_path, "{found:#?}");
+        assert!(message.contains(want), "{path}: {message}");
+    }
+}
+
+#[test]
+fn a_missing_variable_is_one_problem_wherever_it_is_used() {
+    let text = r#"
+sources:
+  - {name: p, type: postgres, url: "${PG_URL}", query: "select 1, now()"}
+  - {name: h, type: http, url: "${HEALTH_URL}", max_body: "${MAX_BODY}", expected_status: ["${CODE}"]}
+  - {name: push, type: push, max_agents: "${MAX_AGENTS}"}
+"#;
+    let got = problems_at(
+        text,
+        &no_env,
+        &[
+            "sources[0].url",
+            "sources[1].expected_status[0]",
+            "sources[1].max_body",
+            "sources[1].url",
+            "sources[2].max_agents",
+        ],
+    );
+    assert!(
+        got.iter().all(|p| p.message.contains("is not set")),
+        "{got:#?}"
+    );
+}
+
+#[test]
+fn an_unknown_type_or_layout_reports_no_key_of_it_as_unknown() {
+    let text = r#"
+sources:
+  - {name: a, type: kafka, url: "kafka://x", topic: t}
+  - {name: b, type: redis, url: "redis://x", layout: list, key: k, pattern: "a:{agent}"}
+receivers:
+  - {name: r, type: pagerduti, url: "https://x.example", routing_key: k}
+routing: {receivers: [r]}
+"#;
+    problems_at(
+        text,
+        &no_env,
+        &["sources[0].type", "sources[1].layout", "receivers[0].type"],
+    );
+}
+
+#[test]
+fn entries_with_problems_still_take_part_in_cross_checks() {
+    let text = r#"
+sources:
+  - {name: a, type: redis, url: "redis://x", pattern: "no-agent"}
+  - {name: a, type: push, tokn: x}
+  - {name: b, type: push}
+agents:
+  - {match: "x[", expected: true}
+delivery: {initial_backoff: 10s, max_backoff: later}
+defaults: {stale_after: 0s}
+"#;
+    problems_at(
+        text,
+        &no_env,
+        &[
+            "defaults.stale_after",
+            "sources[0].pattern",
+            "sources[1].tokn",
+            "sources[1].name",
+            "sources[2].type",
+            "agents[0].match",
+            "delivery.max_backoff",
+        ],
     );
 }
 
@@ -270,11 +372,10 @@ sources:
   - {name: f, type: postgres, url: "postgres://u:hunter2@db/x?sslmode=sometimes",
      query: "select 1, now()"}
 "#;
-    let got = problems(text, &no_env);
-    let paths: Vec<&str> = got.iter().map(|p| p.path.as_str()).collect();
-    assert_eq!(
-        paths,
-        vec![
+    let got = problems_at(
+        text,
+        &no_env,
+        &[
             "sources[0].url",
             "sources[1].table",
             "sources[2].query",
@@ -286,7 +387,6 @@ sources:
             "sources[4].id_column",
             "sources[5].url",
         ],
-        "{got:?}"
     );
     let all = format!("{got:?}");
     assert!(!all.contains("hunter2"), "{all}");

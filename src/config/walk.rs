@@ -2,6 +2,7 @@
 //! its path instead of stopping at the first one (serde's derive stops at the
 //! first error, and operators fixing a config want the whole list at once).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -23,15 +24,56 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// Collects problems.
+/// Collects problems, and the values already reported (a `${VAR}` that
+/// could not be substituted): reading one of those yields nothing and no
+/// second problem, so each mistake is reported once.
 #[derive(Default, Debug)]
-pub struct Problems(pub Vec<Problem>);
+pub struct Problems {
+    pub list: Vec<Problem>,
+    reported: BTreeSet<String>,
+}
 
 impl Problems {
     pub fn add(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
+        self.list.push(Problem {
             path: path.into(),
             message: message.into(),
+        });
+    }
+
+    /// Report the value at `path`, which is then left alone by every later
+    /// check.
+    pub fn add_value(&mut self, path: &str, message: impl Into<String>) {
+        self.reported.insert(path.to_string());
+        self.add(path, message);
+    }
+
+    /// Whether the value at `path` has been reported already.
+    pub fn is_reported(&self, path: &str) -> bool {
+        self.reported.contains(path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Order the problems as the file reads: by section (`sections` in the
+    /// order they were read, others after), then by entry (`sources[2]`
+    /// after `sources[1]`). Within one entry the order found is kept, so
+    /// a `${VAR}` problem (found first) comes before that entry's others.
+    pub fn order(&mut self, sections: &[&str]) {
+        self.list.sort_by_key(|p| {
+            let end = p.path.find(['.', '[']).unwrap_or(p.path.len());
+            let (section, rest) = p.path.split_at(end);
+            let rank = sections
+                .iter()
+                .position(|s| *s == section)
+                .unwrap_or(sections.len());
+            let entry = rest
+                .strip_prefix('[')
+                .and_then(|r| r.split(']').next())
+                .and_then(|n| n.parse::<usize>().ok());
+            (rank, entry)
         });
     }
 }
@@ -104,6 +146,12 @@ impl<'a> Obj<'a> {
         self.map.get(key).is_some_and(|v| !v.is_null())
     }
 
+    /// The value of `key` unless it is absent or was reported already.
+    pub fn value(&mut self, key: &'static str, p: &Problems) -> Option<&'a Value> {
+        let v = self.get(key)?;
+        (!p.is_reported(&self.at(key))).then_some(v)
+    }
+
     pub fn string(&mut self, key: &'static str, p: &mut Problems) -> Option<String> {
         let path = self.at(key);
         self.get(key).and_then(|v| as_string(v, &path, p))
@@ -135,7 +183,7 @@ impl<'a> Obj<'a> {
 
     pub fn boolean(&mut self, key: &'static str, p: &mut Problems) -> Option<bool> {
         let path = self.at(key);
-        match self.get(key)? {
+        match self.value(key, p)? {
             Value::Bool(b) => Some(*b),
             Value::String(s) if s == "true" => Some(true),
             Value::String(s) if s == "false" => Some(false),
@@ -157,7 +205,7 @@ impl<'a> Obj<'a> {
         p: &mut Problems,
     ) -> Option<u64> {
         let path = self.at(key);
-        let v = self.get(key)?;
+        let v = self.value(key, p)?;
         let n = match v {
             Value::Number(n) => n.as_u64(),
             Value::String(s) => s.trim().parse::<u64>().ok(),
@@ -191,6 +239,11 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// The keys read so far, in the order they were read.
+    pub fn read_order(&self) -> &[&'static str] {
+        &self.known
+    }
+
     /// Report keys that were never read.
     pub fn finish(self, p: &mut Problems) {
         let mut unknown: Vec<&String> = self
@@ -212,6 +265,9 @@ impl<'a> Obj<'a> {
 }
 
 pub fn as_string(v: &Value, path: &str, p: &mut Problems) -> Option<String> {
+    if p.is_reported(path) {
+        return None;
+    }
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -227,6 +283,9 @@ pub fn as_string(v: &Value, path: &str, p: &mut Problems) -> Option<String> {
 }
 
 pub fn as_duration(v: &Value, path: &str, p: &mut Problems) -> Option<Duration> {
+    if p.is_reported(path) {
+        return None;
+    }
     let s = match v {
         Value::String(s) => s.trim().to_string(),
         Value::Number(n) if n.as_u64() == Some(0) => return Some(Duration::ZERO),
@@ -272,7 +331,7 @@ mod tests {
         let mut o = Obj::new(Some(&v), "root", &mut p);
         let _ = o.get("a");
         o.finish(&mut p);
-        let paths: Vec<_> = p.0.iter().map(|x| x.path.as_str()).collect();
+        let paths: Vec<_> = p.list.iter().map(|x| x.path.as_str()).collect();
         assert_eq!(paths, vec!["root.yy", "root.zz"]);
     }
 
@@ -280,7 +339,7 @@ mod tests {
     fn bare_number_duration_asks_for_a_unit() {
         let mut p = Problems::default();
         assert_eq!(as_duration(&json!(30), "x", &mut p), None);
-        assert!(p.0[0].message.contains("30s"));
+        assert!(p.list[0].message.contains("30s"));
         assert_eq!(
             as_duration(&json!("1m 30s"), "x", &mut p),
             Some(Duration::from_secs(90))

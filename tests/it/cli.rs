@@ -68,6 +68,60 @@ sources:
 }
 
 #[test]
+fn check_config_lists_six_independent_mistakes_once_each_and_exits_64() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/config/testdata/six_mistakes.yaml");
+    let o = bin()
+        .env_remove("SIX_MISTAKES_UNSET_URL")
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(64), "{out}");
+    assert!(out.contains("6 problem(s)"), "{out}");
+    let listed: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("- "))
+        .collect();
+    let paths: Vec<&str> = listed
+        .iter()
+        .map(|l| l.split(": ").next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "sources[0].type",
+            "sources[1].url",
+            "sources[2].layout",
+            "sources[3].name",
+            "sources[4].interval",
+            "agents[0].match",
+        ],
+        "{out}"
+    );
+}
+
+#[test]
+fn schema_prints_the_checked_in_schema_without_reading_a_config() {
+    let o = bin()
+        .args(["schema", "--config", "/nonexistent/config.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let checked_in = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.schema.json"),
+    )
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout) == checked_in,
+        "`agent-supervisor schema` differs from config.schema.json; regenerate it with\n  \
+         cargo run -- schema > config.schema.json"
+    );
+}
+
+#[test]
 fn missing_config_file_is_a_clear_error() {
     let o = bin()
         .args([

@@ -2,8 +2,8 @@
 //! receiver accepts.
 //!
 //! One [`Renderer`] per receiver, built once from its config (a webhook
-//! `template` is compiled there, so a bad template fails at load, not at
-//! 3 a.m.). Rendering is pure and deterministic: the same notification and
+//! `template` was compiled when the config loaded, so a bad template fails
+//! at load, not at 3 a.m.). Rendering is pure and deterministic: the same notification and
 //! context always give the same bytes (maps are sorted by key, alerts keep
 //! their order, nothing reads the clock), which is what lets the outbox
 //! retry a request and a receiver de-duplicate it.
@@ -29,7 +29,6 @@ mod tests;
 use std::collections::BTreeMap;
 
 use chrono::SecondsFormat;
-use minijinja::Environment;
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 
@@ -37,6 +36,7 @@ use crate::alerts::model::{Alert, AlertStatus, Notification};
 use crate::config::alerting::{ReceiverConfig, ReceiverKind};
 use crate::core::Timestamp;
 use crate::secret::SecretUrl;
+use crate::template::{Template, TemplateError};
 
 /// What a body needs besides the notification.
 #[derive(Clone, Copy, Debug, Default)]
@@ -59,18 +59,16 @@ pub struct Rendered {
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("template: {0}")]
-    Template(String),
+    Template(#[from] TemplateError),
     #[error("encode: {0}")]
     Encode(String),
 }
 
 const JSON: &str = "application/json";
-const TEMPLATE_NAME: &str = "body";
 
 /// Turns notifications into one receiver's request bodies.
 #[derive(Debug)]
 pub struct Renderer {
-    receiver: String,
     url: SecretUrl,
     format: Format,
 }
@@ -78,7 +76,7 @@ pub struct Renderer {
 #[derive(Debug)]
 enum Format {
     Webhook {
-        template: Option<Box<Environment<'static>>>,
+        template: Option<Template>,
     },
     Alertmanager,
     AlertmanagerApi,
@@ -92,14 +90,11 @@ enum Format {
 }
 
 impl Renderer {
-    /// The renderer of `receiver`; compiles its webhook `template` once.
-    pub fn new(receiver: &ReceiverConfig) -> Result<Self, RenderError> {
+    /// The renderer of `receiver`, with its compiled webhook `template`.
+    pub fn new(receiver: &ReceiverConfig) -> Self {
         let format = match &receiver.kind {
             ReceiverKind::Webhook { template, .. } => Format::Webhook {
-                template: match template {
-                    Some(src) => Some(Box::new(compile_template(src)?)),
-                    None => None,
-                },
+                template: template.clone(),
             },
             ReceiverKind::Alertmanager { .. } => Format::Alertmanager,
             ReceiverKind::AlertmanagerApi { .. } => Format::AlertmanagerApi,
@@ -115,16 +110,10 @@ impl Renderer {
                 severity: severity.clone(),
             },
         };
-        Ok(Self {
-            receiver: receiver.name.clone(),
+        Self {
             url: receiver.kind.url().clone(),
             format,
-        })
-    }
-
-    /// The receiver's name.
-    pub fn receiver(&self) -> &str {
-        &self.receiver
+        }
     }
 
     /// Where to POST: the receiver's URL; for `alertmanager_api`,
@@ -151,10 +140,10 @@ impl Renderer {
         match &self.format {
             Format::Webhook { template: None } => one(generic_json(n)),
             Format::Webhook {
-                template: Some(env),
+                template: Some(template),
             } => Ok(vec![Rendered {
                 id_suffix: None,
-                body: render_template(env, n)?,
+                body: render_template(template, n)?,
                 content_type: JSON,
             }]),
             Format::Alertmanager => one(alertmanager_v4(n, ctx)),
@@ -180,24 +169,9 @@ impl Renderer {
     }
 }
 
-/// A webhook body template, compiled into its own environment. Besides
-/// minijinja's builtins it has a `tojson` filter (JSON-encodes a value, so
-/// templates can embed strings safely).
-pub fn compile_template(src: &str) -> Result<Environment<'static>, RenderError> {
-    let mut env = Environment::new();
-    env.add_filter("tojson", tojson);
-    env.add_template_owned(TEMPLATE_NAME, src.to_string())
-        .map_err(|e| RenderError::Template(e.to_string()))?;
-    Ok(env)
-}
-
-fn tojson(v: minijinja::Value) -> Result<minijinja::Value, minijinja::Error> {
-    serde_json::to_string(&v)
-        .map(minijinja::Value::from_safe_string)
-        .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
-}
-
-fn render_template(env: &Environment<'static>, n: &Notification) -> Result<String, RenderError> {
+/// The body from the receiver's template, with the variables `notification`
+/// (the generic JSON), `alerts`, `status`, `receiver` and `title`.
+fn render_template(template: &Template, n: &Notification) -> Result<String, RenderError> {
     let generic = generic_json(n);
     let alerts = generic
         .get("alerts")
@@ -210,9 +184,7 @@ fn render_template(env: &Environment<'static>, n: &Notification) -> Result<Strin
         "receiver": n.receiver,
         "title": n.title(),
     });
-    env.get_template(TEMPLATE_NAME)
-        .and_then(|t| t.render(ctx))
-        .map_err(|e| RenderError::Template(e.to_string()))
+    Ok(template.render(ctx)?)
 }
 
 fn encode(v: &Value) -> Result<String, RenderError> {

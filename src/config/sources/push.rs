@@ -1,0 +1,27 @@
+//! `type: push`: agents `POST /api/v1/heartbeats/{agent}`.
+
+use secrecy::SecretString;
+
+use crate::config::walk::{Obj, Problems};
+
+/// `type: push`: agents `POST /api/v1/heartbeats/{agent}`.
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    /// Required bearer token, if set.
+    pub token: Option<SecretString>,
+    /// A push for a new agent id is refused (429) while the sidecar already
+    /// knows this many agents, so a client cannot grow its memory without
+    /// bound.
+    pub max_agents: usize,
+}
+
+pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> PushConfig {
+    let token = o
+        .string("token", p)
+        .filter(|t| !t.is_empty())
+        .map(SecretString::from);
+    let max_agents = o
+        .integer("max_agents", 1..=10_000_000, p)
+        .unwrap_or(100_000) as usize;
+    PushConfig { token, max_agents }
+}
