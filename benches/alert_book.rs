@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_supervisor::alerts::book::{Book, ReceiverPolicy, Route, Routing, Timing};
-use agent_supervisor::alerts::model::Matcher;
+use agent_supervisor::core::alert::Matcher;
 use agent_supervisor::core::snapshot::{AgentView, CheckView};
 use agent_supervisor::core::{AgentId, Labels, Snapshot, State};
 use agent_supervisor::sinks::metrics::render_agents;

@@ -3,26 +3,35 @@
 //!
 //! # Layout
 //!
-//! The code follows the data: sources → core → sinks.
+//! The code follows the data: sources → core → sinks. Lower modules never
+//! import higher ones (a test checks the module graph has no cycle).
 //!
 //! - [`config`]: `config.yaml` parsed into typed values, every problem
-//!   collected with its path.
-//! - [`core`]: the pure decisions. The [`core::Supervisor`] owns every agent,
-//!   check and source state; it takes `now` as an argument and imports no I/O
-//!   crate.
-//! - [`sources`]: one file per external system (`redis`, `postgres`,
-//!   `http`, `push`); they read and translate into observations, never
-//!   decide.
+//!   collected with its path: the walker (`walk`), `${VAR}` substitution
+//!   (`env`), one converter per source type (`sources/`), agent rules
+//!   (`agents`), alerting (`alerting/`), and the JSON Schema (`schema`).
+//! - [`core`]: the pure decisions, with `now` passed in and no I/O crate.
+//!   The [`core::Supervisor`] (`supervisor/`: sources' health, readings and
+//!   deadlines, dependency holds, re-reads, agents, persistence, the view)
+//!   owns every agent, check and source state; [`core::alert`] is the alert
+//!   data model; `timestamp` parses every heartbeat format.
+//! - [`sources`]: one folder or file per external system (`redis/`,
+//!   `postgres/`, `http`, `push`), what they share (`common`) and the loop
+//!   that drives a polled source (`run`); they read and translate into
+//!   observations, never decide.
 //! - [`driver`]: the single task that owns the supervisor, wakes it at its
 //!   next deadline and hands its output to the sinks.
-//! - [`sinks`]: `/metrics` rendering and the state store.
-//! - [`alerts`]: alert notifications: grouping, silences, the durable
-//!   outbox, rendering per receiver type, signed delivery.
+//! - [`sinks`]: the `/metrics` encoder and the state store.
+//! - [`alerts`]: alert notifications: the book (grouping, silences), the
+//!   engine task, the durable outbox, rendering per receiver type, signed
+//!   delivery, the alerts API.
 //! - [`http`]: the sidecar's HTTP server (metrics, probes, JSON API, push).
-//! - [`app`]: builds everything from a config and runs it until cancelled.
+//! - [`app`]: builds everything from a config (`App::build`) and runs it
+//!   until cancelled (`tasks`: supervised tasks; `state`: the state writer).
 //! - [`scan`]: the one-shot `scan` command.
-//! - [`clock`], [`liveness`], [`secret`], [`telemetry`], [`template`]: small
-//!   shared pieces.
+//! - [`telemetry`]: the metrics registry and logging set-up.
+//! - [`clock`], [`liveness`], [`secret`], [`template`]: small shared pieces
+//!   (`secret` and `template` import nothing of ours).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -40,3 +49,99 @@ pub mod sinks;
 pub mod sources;
 pub mod telemetry;
 pub mod template;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::{Path, PathBuf};
+
+    /// The top-level module a file belongs to (`src/config/sources/redis.rs`
+    /// → `config`).
+    fn module_of(src: &Path, file: &Path) -> Option<String> {
+        let rel = file.strip_prefix(src).ok()?;
+        let first = rel.components().next()?.as_os_str().to_str()?;
+        Some(first.trim_end_matches(".rs").to_string())
+    }
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    /// Which top-level modules each one names (`crate::x`), outside test
+    /// code.
+    fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for file in files {
+            let Some(from) = module_of(&src, &file) else {
+                continue;
+            };
+            if from == "lib" || from == "main" || file.ends_with("tests.rs") {
+                continue;
+            }
+            for path in crate::core::tests::paths_named(&file) {
+                if let Some(to) = path.strip_prefix("crate::") {
+                    let to = to.split("::").next().unwrap_or_default().to_string();
+                    if to != from && !to.is_empty() {
+                        graph.entry(from.clone()).or_default().insert(to);
+                    }
+                }
+            }
+        }
+        graph
+    }
+
+    #[test]
+    fn the_module_graph_has_no_cycle() {
+        let graph = module_graph();
+        // Depth-first search; a module met again on the current path closes
+        // a cycle.
+        fn visit<'a>(
+            m: &'a str,
+            graph: &'a BTreeMap<String, BTreeSet<String>>,
+            path: &mut Vec<&'a str>,
+            done: &mut BTreeSet<&'a str>,
+        ) {
+            if let Some(i) = path.iter().position(|p| *p == m) {
+                panic!("import cycle: {} -> {m}", path[i..].join(" -> "));
+            }
+            if !done.insert(m) {
+                return;
+            }
+            path.push(m);
+            for next in graph.get(m).into_iter().flatten() {
+                visit(next, graph, path, done);
+            }
+            path.pop();
+        }
+        let mut done = BTreeSet::new();
+        for m in graph.keys() {
+            visit(m, &graph, &mut Vec::new(), &mut done);
+        }
+        // The leaves stay leaves; the core and config stay below the rest.
+        let allowed: [(&str, &[&str]); 5] = [
+            ("secret", &[]),
+            ("template", &[]),
+            ("clock", &["core"]),
+            ("core", &[]),
+            ("config", &["core", "secret", "template"]),
+        ];
+        for (module, may) in allowed {
+            let names = graph.get(module).cloned().unwrap_or_default();
+            let extra: Vec<_> = names
+                .iter()
+                .filter(|n| !may.contains(&n.as_str()))
+                .collect();
+            assert!(extra.is_empty(), "{module} imports {extra:?}: {graph:?}");
+        }
+    }
+}

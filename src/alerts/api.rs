@@ -18,8 +18,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use super::engine::{AlertsHandle, COMMAND_TIMEOUT, Command, RemoveResult};
-use super::model::{AlertKind, Matcher, Silence, SilenceOrigin};
 use crate::clock::Clock;
+use crate::core::alert::{AlertKind, Matcher, Silence, SilenceOrigin};
 
 /// Longest silence the API accepts.
 const MAX_SILENCE: chrono::Duration = chrono::Duration::days(365);

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{Alert, AlertKind, AlertStatus, Matcher, Notification, Silence};
+use crate::core::alert::{Alert, AlertKind, AlertStatus, Matcher, Notification, Silence};
 use crate::core::snapshot::{AgentView, SourceStatus, SourceView};
 use crate::core::{Snapshot, State, Timestamp};
 

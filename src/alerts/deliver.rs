@@ -21,12 +21,12 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::model::AlertStatus;
 use super::render::{RenderCtx, Renderer};
 use super::sign::Signer;
 use super::store::Pending;
 use crate::clock::Clock;
 use crate::config::alerting::{DeliveryConfig, ReceiverConfig};
+use crate::core::alert::AlertStatus;
 use crate::telemetry::metrics::{Delivery, Metrics};
 
 /// A receiver's queue of notifications not yet taken by its worker.
@@ -381,7 +381,7 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::alerts::model::{Alert, AlertKind, Notification, fingerprint};
+    use crate::core::alert::{Alert, AlertKind, Notification, fingerprint};
 
     fn alert(agent: &str, status: AlertStatus) -> Alert {
         Alert {

@@ -22,10 +22,10 @@ use tracing::{debug, error, info, warn};
 
 use super::book::{ReceiverPolicy, Route, Routing, Timing};
 use super::deliver::{Outcome, Queue};
-use super::model::{Alert, AlertKind, Matcher, Silence};
 use super::store::{AlertState, AlertStore, Pending};
 use crate::clock::Clock;
 use crate::config::alerting::{AlertingConfig, ReceiverKind};
+use crate::core::alert::{Alert, AlertKind, Matcher, Silence};
 use crate::core::snapshot::SourceStatus;
 use crate::core::{Policy, Snapshot, Timestamp};
 use crate::liveness::Liveness;
@@ -389,19 +389,17 @@ impl Engine {
                 let _ = reply.send(());
             }
             Command::RemoveSilence(id, reply) => {
-                let result = if self
-                    .state
-                    .book
-                    .all_silences()
-                    .any(|s| s.id == id && s.origin == super::model::SilenceOrigin::Config)
-                {
-                    RemoveResult::FromConfig
-                } else if self.state.book.remove_silence(&id, &self.routing, now) {
-                    info!(silence = %id, "Silence removed.");
-                    RemoveResult::Removed
-                } else {
-                    RemoveResult::NotFound
-                };
+                let result =
+                    if self.state.book.all_silences().any(|s| {
+                        s.id == id && s.origin == crate::core::alert::SilenceOrigin::Config
+                    }) {
+                        RemoveResult::FromConfig
+                    } else if self.state.book.remove_silence(&id, &self.routing, now) {
+                        info!(silence = %id, "Silence removed.");
+                        RemoveResult::Removed
+                    } else {
+                        RemoveResult::NotFound
+                    };
                 let _ = reply.send(result);
             }
         }

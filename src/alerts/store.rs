@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::book::Book;
-use super::model::Notification;
 use crate::core::Timestamp;
+use crate::core::alert::Notification;
 use crate::sinks::state::{StateError, write_json};
 
 const BOOK_FILE: &str = "alerts.json";

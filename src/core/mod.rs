@@ -1,6 +1,9 @@
 //! The pure core: decisions about agents, with `now` passed in. No I/O crate
-//! is imported here; sources and sinks talk to it through [`model`] types.
+//! is imported here; sources and sinks talk to it through [`model`] types,
+//! the alert pipeline and config through [`alert`] types (alerts, matchers,
+//! silences, notifications).
 
+pub mod alert;
 pub mod model;
 pub mod policy;
 pub mod snapshot;
@@ -104,6 +107,15 @@ pub(crate) mod tests {
             // `tracing::info!` and friends: the macro's own path.
             self.visit_path(&m.path);
         }
+    }
+
+    /// Every path `file` names outside its `#[cfg(test)]` items.
+    pub(crate) fn paths_named(file: &Path) -> Vec<String> {
+        let text = std::fs::read_to_string(file).unwrap();
+        let parsed = syn::parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let mut paths = Paths::default();
+        syn::visit::Visit::visit_file(&mut paths, &parsed);
+        paths.0
     }
 
     /// Fails if any of these files names an I/O crate outside its

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 
 use super::{RenderCtx, alerts_link, rfc3339, truncate};
-use crate::alerts::model::{Alert, AlertStatus, Notification};
+use crate::core::alert::{Alert, AlertStatus, Notification};
 
 /// Slack: at most 50 blocks per message, a header's text at most 150
 /// characters, a section's text at most 3000.

@@ -32,9 +32,9 @@ use chrono::SecondsFormat;
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 
-use crate::alerts::model::{Alert, AlertStatus, Notification};
 use crate::config::alerting::{ReceiverConfig, ReceiverKind};
 use crate::core::Timestamp;
+use crate::core::alert::{Alert, AlertStatus, Notification};
 use crate::secret::SecretUrl;
 use crate::template::{Template, TemplateError};
 

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::chat::*;
 use super::*;
-use crate::alerts::model::{AlertKind, fingerprint};
+use crate::core::alert::{AlertKind, fingerprint};
 
 // ------------------------------------------------------------- fixtures
 

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::values::check_http_scheme;
 use super::walk::{self, Obj, Problems, index};
-use crate::alerts::model::{Matcher, Silence};
+use crate::core::alert::{Matcher, Silence};
 use crate::secret::SecretUrl;
 use crate::template::Template;
 

@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::{RouteConfig, RoutingConfig};
-use crate::alerts::model::{AlertKind, Matcher, Pattern};
 use crate::config::values::{labels, valid_label_name};
 use crate::config::walk::{self, Obj, Problems, index};
+use crate::core::alert::{AlertKind, Matcher, Pattern};
 
 /// Labels every alert carries besides its agent's own.
 const BUILTIN_LABELS: [&str; 4] = ["alertname", "kind", "agent", "source"];

@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::routing::matcher;
-use crate::alerts::model::{Silence, SilenceOrigin};
 use crate::config::walk::{Obj, Problems};
+use crate::core::alert::{Silence, SilenceOrigin};
 
 /// One `silences:` entry, the `i`-th.
 pub(super) fn silence(i: usize, item: &Value, path: &str, p: &mut Problems) -> Option<Silence> {

@@ -1,8 +1,8 @@
 //! `external_url`, `receivers`, `routing`, `silences` and `delivery`.
 
-use crate::alerts::model::{AlertKind, Pattern, SilenceOrigin};
 use crate::config::alerting::ReceiverKind;
 use crate::config::*;
+use crate::core::alert::{AlertKind, Pattern, SilenceOrigin};
 use secrecy::ExposeSecret;
 
 const SOURCES: &str = "sources: [{name: push, type: push}]\n";
