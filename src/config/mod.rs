@@ -31,9 +31,9 @@ use serde_json::Value;
 
 use crate::core::{AgentRule, Defaults, Policy};
 pub use sources::{
-    AgentUrl, HEALTHY_VALUES, HttpComponent, HttpConfig, HttpMethod, KeyPattern, PostgresConfig,
-    PostgresRead, PostgresTable, PushConfig, RedisConfig, RedisLayout, SourceConfig,
-    SourceKindConfig, json_pointer,
+    AgentUrl, HttpComponent, HttpConfig, HttpMethod, KeyPattern, PostgresConfig, PostgresRead,
+    PostgresTable, PushConfig, RedisConfig, RedisLayout, SourceConfig, SourceKindConfig,
+    json_pointer,
 };
 pub use walk::Problem;
 use walk::{Obj, Problems, index};

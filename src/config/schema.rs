@@ -339,8 +339,8 @@ fn http_method(_: &mut SchemaGenerator) -> Schema {
 struct HttpComponent {
     /// JSON Pointer (/a/b) or dotted path (a.b) to the status in the body.
     pointer: String,
-    /// Values that mean healthy, compared case-insensitively. Default
-    /// active, ok, up, true.
+    /// Values that mean healthy, compared case-insensitively. Default: ok,
+    /// healthy, active, up, running, true, pass (as for push).
     healthy: Option<OneOrMany>,
     /// Optional pointer to a heartbeat time in the body.
     last_seen: Option<String>,

@@ -471,7 +471,7 @@ sources:
         .find(|c| c.agent == "market_reactor")
         .unwrap();
     assert_eq!(mr.pointer, "/agents/market_reactor/status");
-    assert_eq!(mr.healthy, vec!["active", "ok", "up", "true"]);
+    assert_eq!(mr.healthy, crate::core::HEALTHY_WORDS);
     assert_eq!(
         mr.last_seen.as_deref(),
         Some("/agents/market_reactor/last_seen")

@@ -181,6 +181,18 @@ pub struct SourceFailure {
     pub message: String,
 }
 
+/// Status words that mean healthy (compared case-insensitively, surrounding
+/// blanks ignored); any other status is failing. The one list for every
+/// source that reads a status word: push, postgres, and http components
+/// unless they name their own `healthy` values.
+pub const HEALTHY_WORDS: [&str; 7] = ["ok", "healthy", "active", "up", "running", "true", "pass"];
+
+/// Whether a reported status word means healthy (see [`HEALTHY_WORDS`]).
+pub fn is_healthy_word(word: &str) -> bool {
+    let word = word.trim();
+    HEALTHY_WORDS.iter().any(|h| h.eq_ignore_ascii_case(word))
+}
+
 /// A reported status (from a push body or, later, a `/health` component).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Status {
@@ -304,4 +316,28 @@ pub enum Event {
         kind: ErrorKind,
         detail: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_list_of_healthy_words_for_every_source() {
+        for w in [
+            "ok",
+            "OK",
+            " healthy ",
+            "Active",
+            "up",
+            "running",
+            "true",
+            "pass",
+        ] {
+            assert!(is_healthy_word(w), "{w}");
+        }
+        for w in ["error", "down", "false", "", "degraded"] {
+            assert!(!is_healthy_word(w), "{w}");
+        }
+    }
 }

@@ -11,18 +11,6 @@ use tracing::warn;
 
 use crate::core::{ErrorKind, SourceId, Timestamp};
 
-/// Status words that mean healthy (compared case-insensitively, surrounding
-/// blanks ignored); any other status is failing. The one list for every
-/// source that reads a status word: push, postgres and the default of http
-/// components.
-pub const HEALTHY_WORDS: [&str; 7] = ["ok", "healthy", "active", "up", "running", "true", "pass"];
-
-/// Whether a reported status word means healthy (see [`HEALTHY_WORDS`]).
-pub fn is_healthy_word(word: &str) -> bool {
-    let word = word.trim();
-    HEALTHY_WORDS.iter().any(|h| h.eq_ignore_ascii_case(word))
-}
-
 /// At most `max` bytes of `s`, cut at a character boundary.
 pub fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -180,25 +168,6 @@ pub fn to_local(remote: Timestamp, offset: TimeDelta) -> Result<Timestamp, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_list_of_healthy_words_for_every_source() {
-        for w in [
-            "ok",
-            "OK",
-            " healthy ",
-            "Active",
-            "up",
-            "running",
-            "true",
-            "pass",
-        ] {
-            assert!(is_healthy_word(w), "{w}");
-        }
-        for w in ["error", "down", "false", "", "degraded"] {
-            assert!(!is_healthy_word(w), "{w}");
-        }
-    }
 
     #[test]
     fn truncation_keeps_whole_characters() {

@@ -46,12 +46,12 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::config::{AgentUrl, HEALTHY_VALUES, HttpComponent, HttpConfig, HttpMethod};
+use crate::config::{AgentUrl, HttpComponent, HttpConfig, HttpMethod};
 use crate::core::timestamp::parse_json_value;
 use crate::core::{AgentId, ErrorKind, Reading, SourceId, Status};
 use crate::telemetry::metrics::Metrics;
 
-use super::common::{is_healthy_word, truncate};
+use super::common::truncate;
 use super::{PollSource, ScanSink, SourceError};
 
 const SYSTEM: &str = "http";
@@ -536,13 +536,10 @@ fn component_reading(agent: &AgentId, c: &HttpComponent, body: &Value) -> Readin
     }
 }
 
-/// Whether a component's value means healthy: one of its `healthy` values,
-/// or, when the config gave it the default list, one of the
-/// [`HEALTHY_WORDS`](super::common::HEALTHY_WORDS) every source shares.
+/// Whether a component's value means healthy: one of its `healthy` values
+/// (by default the [`HEALTHY_WORDS`](crate::core::HEALTHY_WORDS) every
+/// source shares).
 fn component_healthy(c: &HttpComponent, word: &str) -> bool {
-    if c.healthy.iter().map(String::as_str).eq(HEALTHY_VALUES) {
-        return is_healthy_word(word);
-    }
     c.healthy
         .iter()
         .any(|h| h.eq_ignore_ascii_case(word.trim()))
@@ -603,7 +600,10 @@ mod tests {
         HttpComponent {
             agent: "a".into(),
             pointer: pointer.into(),
-            healthy: HEALTHY_VALUES.iter().map(|s| s.to_string()).collect(),
+            healthy: crate::core::HEALTHY_WORDS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             last_seen: last_seen.map(str::to_string),
         }
     }

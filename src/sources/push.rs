@@ -3,7 +3,7 @@
 //! Body (optional, JSON): `{"timestamp": <epoch or ISO 8601>, "status":
 //! "ok" | "error" | ..., "detail": "..."}`. Without a timestamp the time of
 //! arrival is the heartbeat. A status other than a healthy word
-//! ([`HEALTHY_WORDS`](super::common::HEALTHY_WORDS): `ok`, `healthy`,
+//! ([`HEALTHY_WORDS`](crate::core::HEALTHY_WORDS): `ok`, `healthy`,
 //! `active`, `up`, `running`, `true`, `pass`) makes the check `failing`.
 //!
 //! Overflow policy: the handler never waits for the core. When the core's
@@ -34,7 +34,7 @@ use crate::core::timestamp::parse_json_value;
 use crate::core::{AgentId, Observation, Reading, Snapshot, SourceId, Status};
 use crate::telemetry::metrics::{Metrics, Pushed};
 
-use super::common::is_healthy_word;
+use crate::core::is_healthy_word;
 
 /// Largest accepted body.
 pub const MAX_BODY: usize = 64 * 1024;

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::config::values::{check_http_scheme, headers, parse_size, required_url};
 use crate::config::walk::{self, Obj, Problems, index};
+use crate::core::HEALTHY_WORDS;
 use crate::secret::SecretUrl;
 
 /// `type: http`: a `/health` probe. The service itself is a check (agent
@@ -107,9 +108,6 @@ impl fmt::Debug for AgentUrl {
         write!(f, "{:?}", self.redacted)
     }
 }
-
-/// The default values that mean healthy.
-pub const HEALTHY_VALUES: [&str; 4] = ["active", "ok", "up", "true"];
 
 /// `/a/b` as is (RFC 6901); `a.b` as `/a/b`.
 pub fn json_pointer(s: &str) -> Result<String, String> {
@@ -294,7 +292,7 @@ fn component(agent: &str, v: &Value, path: &str, p: &mut Problems) -> Option<Htt
         .and_then(|s| json_pointer(&s).map_err(|e| p.add(o.at("pointer"), e)).ok());
     let healthy_path = o.at("healthy");
     let healthy = match o.get("healthy") {
-        None => HEALTHY_VALUES.iter().map(|s| s.to_string()).collect(),
+        None => HEALTHY_WORDS.iter().map(|s| s.to_string()).collect(),
         Some(Value::Array(items)) => {
             let values: Vec<String> = items
                 .iter()

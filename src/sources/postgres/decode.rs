@@ -6,9 +6,10 @@ use chrono::{DateTime, NaiveDateTime, TimeDelta, TimeZone, Utc};
 use sqlx::postgres::{PgRow, PgValueFormat};
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
+use crate::core::is_healthy_word;
 use crate::core::timestamp::{from_epoch, parse_text};
 use crate::core::{AgentId, Reading, Status, Timestamp};
-use crate::sources::common::{is_healthy_word, to_local, truncate};
+use crate::sources::common::{to_local, truncate};
 
 /// Longest status detail kept (a details column may hold a large JSON).
 const MAX_DETAIL: usize = 512;
