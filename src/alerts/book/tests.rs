@@ -3,7 +3,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::*;
-use crate::core::alert::{Pattern, SilenceOrigin};
+use crate::core::alert::{Matcher, Pattern, SilenceOrigin};
 use crate::core::snapshot::{AgentView, CheckView, SourceView};
 use crate::core::{AgentId, Labels, SourceId};
 

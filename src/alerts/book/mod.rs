@@ -27,94 +27,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::alert::{Alert, AlertKind, AlertStatus, Matcher, Notification, Silence};
+use crate::core::alert::{Alert, AlertKind, AlertStatus, Notification, Silence};
 use crate::core::snapshot::{AgentView, SourceStatus, SourceView};
 use crate::core::{Snapshot, State, Timestamp};
-
-/// Timing of one route.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Timing {
-    pub group_wait: Duration,
-    pub group_interval: Duration,
-    pub repeat_interval: Duration,
-}
-
-/// One route (the default route is the last, with an empty matcher).
-#[derive(Clone, Debug)]
-pub struct Route {
-    pub matcher: Matcher,
-    pub receivers: Vec<String>,
-    pub continue_matching: bool,
-    pub group_by: Vec<String>,
-    pub timing: Timing,
-    /// The default route: taken only when no other route matched.
-    pub fallback: bool,
-}
-
-/// What the book needs to know of a receiver.
-#[derive(Clone, Debug)]
-pub struct ReceiverPolicy {
-    pub send_resolved: bool,
-    /// Alertmanager's API: no `group_wait`/`group_interval` of ours (it
-    /// groups itself), and firing alerts re-sent every this often.
-    pub resend_interval: Option<Duration>,
-}
-
-/// Routes and receivers, from config.
-#[derive(Clone, Debug, Default)]
-pub struct Routing {
-    pub routes: Vec<Route>,
-    pub receivers: BTreeMap<String, ReceiverPolicy>,
-}
-
-impl Routing {
-    /// `(route index, receiver)` pairs an alert goes to.
-    fn destinations(&self, alert: &Alert) -> Vec<(usize, String)> {
-        let mut out: Vec<(usize, String)> = Vec::new();
-        let mut matched = false;
-        for (i, r) in self.routes.iter().enumerate() {
-            if r.fallback && matched {
-                break;
-            }
-            if r.matcher.matches(alert) {
-                matched = true;
-                for rcv in &r.receivers {
-                    if !out.iter().any(|(_, x)| x == rcv) {
-                        out.push((i, rcv.clone()));
-                    }
-                }
-                if !r.continue_matching {
-                    break;
-                }
-            }
-        }
-        out
-    }
-
-    fn timing(&self, route: usize, receiver: &str) -> Timing {
-        let base = self
-            .routes
-            .get(route)
-            .map(|r| r.timing.clone())
-            .unwrap_or(Timing {
-                group_wait: Duration::ZERO,
-                group_interval: Duration::ZERO,
-                repeat_interval: Duration::from_secs(4 * 3600),
-            });
-        match self.receivers.get(receiver).and_then(|p| p.resend_interval) {
-            Some(resend) => Timing {
-                group_wait: Duration::ZERO,
-                group_interval: Duration::ZERO,
-                repeat_interval: resend,
-            },
-            None => base,
-        }
-    }
-
-    fn send_resolved(&self, receiver: &str) -> bool {
-        self.receivers.get(receiver).is_none_or(|p| p.send_resolved)
-    }
-}
 
 /// An alert that fires, with what the book decided about it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -200,15 +115,6 @@ fn delta(d: Duration) -> chrono::Duration {
 }
 
 impl Book {
-    pub fn set_config_silences(&mut self, silences: Vec<Silence>) {
-        self.config_silences = silences;
-    }
-
-    /// Every silence, config first.
-    pub fn all_silences(&self) -> impl Iterator<Item = &Silence> {
-        self.config_silences.iter().chain(self.silences.iter())
-    }
-
     /// Bring the book in line with a snapshot. `gate_open` is false during
     /// start-up (sources not all read and `startup_grace` not over): then no
     /// agent alert fires or resolves.
@@ -405,66 +311,6 @@ impl Book {
         }
     }
 
-    /// Recompute which alerts each silence mutes; alerts that become
-    /// silenced leave their groups, alerts whose silence ended join them.
-    fn apply_silences(&mut self, routing: &Routing, now: Timestamp) {
-        self.silences.retain(|s| !s.is_expired(now));
-        // Nothing to silence and nothing silenced: nothing to do (the
-        // common case, checked at every reconcile of a large book).
-        if self.muted == 0 && self.all_silences().next().is_none() {
-            return;
-        }
-        let silences: Vec<Silence> = self
-            .all_silences()
-            .filter(|s| s.is_active(now))
-            .cloned()
-            .collect();
-        let mut to_place = Vec::new();
-        let mut to_leave = Vec::new();
-        let mut muted = 0;
-        for (fp, a) in self.active.iter_mut() {
-            let by: Vec<String> = silences
-                .iter()
-                .filter(|s| s.matchers.matches(&a.alert))
-                .map(|s| s.id.clone())
-                .collect();
-            let was = !a.silenced_by.is_empty();
-            let is = !by.is_empty();
-            muted += usize::from(is);
-            a.silenced_by = by;
-            if was && !is {
-                to_place.push(fp.clone());
-            } else if !was && is {
-                to_leave.push((std::mem::take(&mut a.groups), (*a.alert).clone()));
-            }
-        }
-        self.muted = muted;
-        for (keys, alert) in to_leave {
-            self.leave_groups(&keys, &alert, routing, false, now);
-        }
-        for fp in to_place {
-            self.place(&fp, routing, now);
-        }
-    }
-
-    /// Add a silence (from the API).
-    pub fn add_silence(&mut self, s: Silence, routing: &Routing, now: Timestamp) {
-        self.silences.retain(|x| x.id != s.id);
-        self.silences.push(s);
-        self.apply_silences(routing, now);
-    }
-
-    /// Remove an API silence; `false` if there is none with that id.
-    pub fn remove_silence(&mut self, id: &str, routing: &Routing, now: Timestamp) -> bool {
-        let before = self.silences.len();
-        self.silences.retain(|s| s.id != id);
-        let removed = self.silences.len() != before;
-        if removed {
-            self.apply_silences(routing, now);
-        }
-        removed
-    }
-
     /// Re-evaluate silences whose window opened or closed.
     pub fn tick(&mut self, routing: &Routing, now: Timestamp) {
         self.apply_silences(routing, now);
@@ -639,6 +485,11 @@ fn short_hash(s: &str) -> String {
     let d = Sha256::digest(s.as_bytes());
     d[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
+
+mod routing;
+mod silences;
+
+pub use routing::{ReceiverPolicy, Route, Routing, Timing};
 
 #[cfg(test)]
 mod tests;

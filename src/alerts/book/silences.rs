@@ -1,0 +1,76 @@
+//! Silences: from the config and the API; an alert they match leaves its
+//! groups quietly (silencing is not resolving) and joins them again when
+//! the silence ends.
+
+use super::*;
+
+impl Book {
+    pub fn set_config_silences(&mut self, silences: Vec<Silence>) {
+        self.config_silences = silences;
+    }
+
+    /// Every silence, config first.
+    pub fn all_silences(&self) -> impl Iterator<Item = &Silence> {
+        self.config_silences.iter().chain(self.silences.iter())
+    }
+
+    /// Recompute which alerts each silence mutes; alerts that become
+    /// silenced leave their groups, alerts whose silence ended join them.
+    pub(super) fn apply_silences(&mut self, routing: &Routing, now: Timestamp) {
+        self.silences.retain(|s| !s.is_expired(now));
+        // Nothing to silence and nothing silenced: nothing to do (the
+        // common case, checked at every reconcile of a large book).
+        if self.muted == 0 && self.all_silences().next().is_none() {
+            return;
+        }
+        let silences: Vec<Silence> = self
+            .all_silences()
+            .filter(|s| s.is_active(now))
+            .cloned()
+            .collect();
+        let mut to_place = Vec::new();
+        let mut to_leave = Vec::new();
+        let mut muted = 0;
+        for (fp, a) in self.active.iter_mut() {
+            let by: Vec<String> = silences
+                .iter()
+                .filter(|s| s.matchers.matches(&a.alert))
+                .map(|s| s.id.clone())
+                .collect();
+            let was = !a.silenced_by.is_empty();
+            let is = !by.is_empty();
+            muted += usize::from(is);
+            a.silenced_by = by;
+            if was && !is {
+                to_place.push(fp.clone());
+            } else if !was && is {
+                to_leave.push((std::mem::take(&mut a.groups), (*a.alert).clone()));
+            }
+        }
+        self.muted = muted;
+        for (keys, alert) in to_leave {
+            self.leave_groups(&keys, &alert, routing, false, now);
+        }
+        for fp in to_place {
+            self.place(&fp, routing, now);
+        }
+    }
+
+    /// Add a silence (from the API).
+    pub fn add_silence(&mut self, s: Silence, routing: &Routing, now: Timestamp) {
+        self.silences.retain(|x| x.id != s.id);
+        self.silences.push(s);
+        self.apply_silences(routing, now);
+    }
+
+    /// Remove an API silence; `false` if there is none with that id.
+    pub fn remove_silence(&mut self, id: &str, routing: &Routing, now: Timestamp) -> bool {
+        let before = self.silences.len();
+        self.silences.retain(|s| s.id != id);
+        let removed = self.silences.len() != before;
+        if removed {
+            self.apply_silences(routing, now);
+        }
+        removed
+    }
+}
