@@ -1,18 +1,21 @@
 use super::*;
 use secrecy::ExposeSecret;
 
-fn no_env(_: &str) -> Option<String> {
+// Shared with the alerting tests (`config/alerting/tests.rs`).
+
+pub(super) fn no_env(_: &str) -> Option<String> {
     None
 }
 
-fn parse_ok(text: &str) -> Config {
-    match parse(text, Path::new("t.yaml"), &no_env) {
-        Ok(c) => c,
-        Err(e) => panic!("{e}"),
-    }
+pub(super) fn parse_ok_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Config {
+    parse(text, Path::new("t.yaml"), env).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn problems(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
+fn parse_ok(text: &str) -> Config {
+    parse_ok_env(text, &no_env)
+}
+
+pub(super) fn problems(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
     match parse(text, Path::new("t.yaml"), env) {
         Err(ConfigError::Invalid { problems, .. }) => problems,
         other => panic!("expected problems, got {other:?}"),

@@ -1,6 +1,7 @@
 //! `external_url`, `receivers`, `routing`, `silences` and `delivery`.
 
 use crate::config::alerting::ReceiverKind;
+use crate::config::tests::{self, no_env};
 use crate::config::*;
 use crate::core::alert::{AlertKind, Pattern, SilenceOrigin};
 use secrecy::ExposeSecret;
@@ -12,18 +13,11 @@ fn parse_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
 }
 
 fn parse_ok(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Config {
-    parse_env(text, env).unwrap_or_else(|e| panic!("{e}"))
+    tests::parse_ok_env(&format!("{SOURCES}{text}"), env)
 }
 
 fn problems(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
-    match parse_env(text, env) {
-        Err(ConfigError::Invalid { problems, .. }) => problems,
-        other => panic!("expected problems, got {other:?}"),
-    }
-}
-
-fn no_env(_: &str) -> Option<String> {
-    None
+    tests::problems(&format!("{SOURCES}{text}"), env)
 }
 
 fn secrets(name: &str) -> Option<String> {
