@@ -379,10 +379,7 @@ fn agent_state_is_the_worst_of_its_checks() {
             reading: Reading::Heartbeat {
                 agent: "a".into(),
                 last_seen: at(0.0),
-                status: Some(Status {
-                    healthy: false,
-                    detail: "db pool exhausted".into(),
-                }),
+                status: Some(Status::reported(false, "db pool exhausted")),
             },
         },
         at(0.0),
@@ -611,10 +608,7 @@ fn with_a_push_source_expected_agents_get_the_whole_grace_period() {
 fn status(agent: &str, healthy: bool, detail: &str) -> Reading {
     Reading::Status {
         agent: agent.into(),
-        status: Status {
-            healthy,
-            detail: detail.into(),
-        },
+        status: Status::reported(healthy, detail),
     }
 }
 
