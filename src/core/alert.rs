@@ -127,6 +127,10 @@ pub struct Alert {
     pub starts_at: Timestamp,
     pub ends_at: Option<Timestamp>,
     pub summary: String,
+    /// Resolved because the agent is now in another alerting state (stale,
+    /// then failing): that alert's kind. It did not recover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<AlertKind>,
 }
 
 impl Alert {
@@ -202,6 +206,7 @@ impl Alert {
             starts_at: agent.since,
             ends_at: None,
             summary,
+            superseded_by: None,
         })
     }
 
@@ -231,6 +236,7 @@ impl Alert {
                 "Source {} cannot be read ({why}); its {} agent check(s) are unknown, not stale",
                 source.name, source.checks
             ),
+            superseded_by: None,
         })
     }
 
@@ -260,6 +266,13 @@ impl Alert {
         self
     }
 
+    /// Resolved because the agent is now in another alerting state, whose
+    /// alert is `next`.
+    pub fn superseded(mut self, at: Timestamp, next: AlertKind) -> Alert {
+        self.superseded_by = Some(next);
+        self.resolved(at)
+    }
+
     /// What a person reads about this alert, in every receiver: its summary
     /// while it fires; once resolved, that it recovered, when, and after how
     /// long (whatever summary an older version stored with it).
@@ -282,11 +295,19 @@ impl Alert {
         match self.ends_at {
             Some(end) => {
                 let lasted = (end - self.starts_at).num_milliseconds() as f64 / 1000.0;
-                format!(
-                    "{subject} recovered at {} after {} {condition}",
-                    clock_time(end),
-                    human_secs(lasted)
-                )
+                match self.superseded_by {
+                    Some(next) => format!(
+                        "{subject} is no longer {condition} at {} after {}: now {}",
+                        clock_time(end),
+                        human_secs(lasted),
+                        next.condition()
+                    ),
+                    None => format!(
+                        "{subject} recovered at {} after {} {condition}",
+                        clock_time(end),
+                        human_secs(lasted)
+                    ),
+                }
             }
             None => format!(
                 "{subject} recovered; {condition} since {}",
@@ -547,6 +568,7 @@ mod tests {
             starts_at: Timestamp::default(),
             ends_at: None,
             summary: String::new(),
+            superseded_by: None,
         }
     }
 

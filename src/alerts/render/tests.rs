@@ -34,6 +34,7 @@ fn alert(i: usize, kind: AlertKind) -> Alert {
         starts_at: ts(12, 0, i as u32 % 60),
         ends_at: None,
         summary: format!("Agent {agent} is stale: last heartbeat 2m 6s ago (threshold 60s) <&>"),
+        superseded_by: None,
     }
 }
 
@@ -51,6 +52,7 @@ fn source_down() -> Alert {
         starts_at: ts(12, 1, 0),
         ends_at: None,
         summary: "Source postgres cannot be read (timeout)".into(),
+        superseded_by: None,
     }
 }
 
