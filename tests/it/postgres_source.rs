@@ -295,6 +295,38 @@ async fn null_and_bad_times_are_invalid_and_the_other_rows_still_read() {
     }
 }
 
+/// 'infinity', '-infinity' and years past chrono's range panicked inside
+/// the driver's time decoding: they are unreadable values now, each on its
+/// own row, and the good rows around them still read.
+#[tokio::test]
+async fn infinite_and_far_off_timestamps_are_unreadable_not_a_panic() {
+    let url = database("pg_infinity").await;
+    exec(
+        &url,
+        "CREATE TABLE hb (id text, tz timestamptz, naive timestamp);
+         INSERT INTO hb VALUES
+           ('good', '2026-11-27T21:00:00Z', '2026-11-27T21:00:00'),
+           ('inf', 'infinity', 'infinity'),
+           ('neg', '-infinity', '-infinity'),
+           ('far', '294276-12-31T23:59:59Z', '294276-12-31T23:59:59');",
+    )
+    .await;
+    for column in ["tz", "naive"] {
+        for read in [
+            query(&format!("select id, {column} from hb")),
+            table("hb", "id", column, None),
+        ] {
+            let src = source(&config(&url, read.clone()));
+            let by = scan(&src).await.expect("scan").by_agent();
+            let want = DateTime::from_timestamp(1_795_813_200, 0).expect("t");
+            assert_heartbeat(by.get("good"), want, offset_of(&src), "good");
+            assert_invalid(by.get("inf"), "'infinity'", "inf");
+            assert_invalid(by.get("neg"), "'-infinity'", "neg");
+            assert_invalid(by.get("far"), "out of range", "far");
+        }
+    }
+}
+
 #[tokio::test]
 async fn table_form_quotes_names_reads_status_and_applies_where() {
     let url = database("pg_table").await;

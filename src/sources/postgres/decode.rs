@@ -2,7 +2,7 @@
 //! PostgreSQL may hold it in, the optional status and details, and the
 //! binary `numeric`, `uuid` and `json`/`jsonb` decoders they need.
 
-use chrono::{DateTime, NaiveDateTime, TimeDelta, TimeZone, Utc};
+use chrono::{TimeDelta, TimeZone, Utc};
 use sqlx::postgres::{PgRow, PgValueFormat};
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
@@ -112,11 +112,9 @@ fn timestamp(row: &PgRow, i: usize) -> Result<Timestamp, String> {
     let e = |e: sqlx::Error| e.to_string();
     let ty = type_name(row, i);
     match ty.as_str() {
-        "TIMESTAMPTZ" => row.try_get::<DateTime<Utc>, _>(i).map_err(e),
-        "TIMESTAMP" => row
-            .try_get::<NaiveDateTime, _>(i)
-            .map(|t| Utc.from_utc_datetime(&t))
-            .map_err(e),
+        // Decoded here rather than by sqlx's chrono support, whose
+        // unchecked arithmetic panics on 'infinity' and far-off years.
+        "TIMESTAMPTZ" | "TIMESTAMP" => pg_timestamp(raw_bytes(row, i)?),
         "INT2" => epoch_int(i64::from(row.try_get::<i16, _>(i).map_err(e)?)),
         "INT4" => epoch_int(i64::from(row.try_get::<i32, _>(i).map_err(e)?)),
         "INT8" => epoch_int(row.try_get::<i64, _>(i).map_err(e)?),
@@ -140,6 +138,25 @@ fn timestamp(row: &PgRow, i: usize) -> Result<Timestamp, String> {
             "a {other} is not a heartbeat time; use timestamptz, an epoch number or text"
         )),
     }
+}
+
+/// A binary `timestamp`/`timestamptz`: microseconds since 2000-01-01 UTC
+/// (a `timestamp` without time zone is taken as UTC). `infinity`,
+/// `-infinity` and times chrono cannot hold are unreadable, not a panic.
+fn pg_timestamp(b: &[u8]) -> Result<Timestamp, String> {
+    let micros = i64::from_be_bytes(
+        b.try_into()
+            .map_err(|_| format!("a timestamp of {} bytes, not 8", b.len()))?,
+    );
+    match micros {
+        i64::MAX => return Err("timestamp is 'infinity'".into()),
+        i64::MIN => return Err("timestamp is '-infinity'".into()),
+        _ => {}
+    }
+    let pg_epoch = Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single();
+    pg_epoch
+        .and_then(|e| e.checked_add_signed(TimeDelta::microseconds(micros)))
+        .ok_or_else(|| format!("timestamp {micros} µs from 2000-01-01 is out of range"))
 }
 
 /// Integer epochs, s/ms/µs by magnitude (exactly, not through a float).
@@ -231,6 +248,23 @@ fn numeric_f64(b: &[u8]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_timestamps_are_checked() {
+        let at = |micros: i64| pg_timestamp(&micros.to_be_bytes());
+        assert_eq!(
+            at(0).unwrap(),
+            Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            at(-1_000_000).unwrap(),
+            Utc.with_ymd_and_hms(1999, 12, 31, 23, 59, 59).unwrap()
+        );
+        assert!(at(i64::MAX).unwrap_err().contains("'infinity'"));
+        assert!(at(i64::MIN).unwrap_err().contains("'-infinity'"));
+        assert!(at(i64::MAX - 1).unwrap_err().contains("out of range"));
+        assert!(pg_timestamp(&[0; 4]).unwrap_err().contains("4 bytes"));
+    }
 
     #[test]
     fn numeric_binary_values_are_decoded() {
