@@ -134,6 +134,7 @@ impl Fixture {
             layout,
             batch: NonZeroUsize::new(BATCH).expect("non-zero"),
             json_field: "last_seen".into(),
+            status_field: "status".into(),
         };
         let src = RedisSource::new(SourceId::from("redis"), &cfg, Clock::System).expect("source");
         src.connect();

@@ -254,6 +254,10 @@ struct RedisSource {
     /// For JSON values: the field holding the time (dotted paths allowed).
     /// Default last_seen.
     json_field: Option<String>,
+    /// For JSON values: the field holding a status word or boolean; an
+    /// unhealthy one makes the agent failing (with `detail`, if present).
+    /// Default status.
+    status_field: Option<String>,
 }
 
 #[derive(JsonSchema)]

@@ -224,6 +224,24 @@ pub enum StatusOrigin {
 }
 
 impl Status {
+    /// A reported status word (`"ok"`, `"error"`: see [`HEALTHY_WORDS`]) or
+    /// boolean out of a JSON value, with an optional detail; `None` for
+    /// any other JSON.
+    pub fn of_json(v: &serde_json::Value, detail: Option<&str>) -> Option<Self> {
+        let (healthy, word) = match v {
+            serde_json::Value::Bool(b) => (*b, b.to_string()),
+            serde_json::Value::String(s) => (is_healthy_word(s), s.clone()),
+            _ => return None,
+        };
+        Some(Status::reported(
+            healthy,
+            match detail {
+                Some(d) if !d.is_empty() => format!("{word}: {d}"),
+                _ => word,
+            },
+        ))
+    }
+
     /// A status the service, a pushed body or a row reported.
     pub fn reported(healthy: bool, detail: impl Into<String>) -> Self {
         Self {

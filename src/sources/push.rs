@@ -34,8 +34,6 @@ use crate::core::timestamp::parse_json_value;
 use crate::core::{AgentId, Observation, Reading, Snapshot, SourceId, Status};
 use crate::telemetry::metrics::{Metrics, Pushed};
 
-use crate::core::is_healthy_word;
-
 /// Largest accepted body.
 pub const MAX_BODY: usize = 64 * 1024;
 /// Longest accepted agent id.
@@ -86,25 +84,6 @@ fn authorized(token: &Option<SecretString>, headers: &HeaderMap) -> bool {
 /// Whether an agent id is acceptable from the outside.
 pub fn valid_agent_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_AGENT_ID && !id.chars().any(char::is_control)
-}
-
-fn status_of(v: &serde_json::Value, detail: Option<String>) -> Option<Status> {
-    let healthy = match v {
-        serde_json::Value::Bool(b) => *b,
-        serde_json::Value::String(s) => is_healthy_word(s),
-        _ => return None,
-    };
-    let word = match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    Some(Status::reported(
-        healthy,
-        match detail {
-            Some(d) if !d.is_empty() => format!("{word}: {d}"),
-            _ => word,
-        },
-    ))
 }
 
 /// `POST /api/v1/heartbeats/{agent}`.
@@ -182,7 +161,7 @@ pub async fn receive(
     };
     let status = match &body.status {
         None | Some(serde_json::Value::Null) => None,
-        Some(v) => match status_of(v, body.detail.clone()) {
+        Some(v) => match Status::of_json(v, body.detail.as_deref()) {
             Some(s) => Some(s),
             None => {
                 state.metrics.heartbeat_pushed(Pushed::Invalid);
@@ -229,12 +208,12 @@ mod tests {
 
     #[test]
     fn healthy_words_and_booleans_map_to_status() {
-        assert!(status_of(&json!("OK"), None).unwrap().healthy);
-        assert!(status_of(&json!(true), None).unwrap().healthy);
-        let s = status_of(&json!("error"), Some("db down".into())).unwrap();
+        assert!(Status::of_json(&json!("OK"), None).unwrap().healthy);
+        assert!(Status::of_json(&json!(true), None).unwrap().healthy);
+        let s = Status::of_json(&json!("error"), Some("db down")).unwrap();
         assert!(!s.healthy);
         assert_eq!(s.detail, "error: db down");
-        assert!(status_of(&json!(3), None).is_none());
+        assert!(Status::of_json(&json!(3), None).is_none());
     }
 
     #[test]

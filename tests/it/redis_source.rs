@@ -38,6 +38,7 @@ fn config(url: &str, layout: RedisLayout, timeout: Duration) -> RedisConfig {
         layout,
         batch: NonZeroUsize::new(500).expect("non-zero"),
         json_field: "last_seen".into(),
+        status_field: "status".into(),
     }
 }
 
@@ -335,6 +336,50 @@ async fn json_values_are_read_from_the_configured_field() {
     let got = scanned.by_agent();
     assert_heartbeat(got.get("nested"), s, offset, "hb.at");
     assert_invalid(got.get("default_field_only"), "hb.at", "no hb.at field");
+    src.disconnect().await;
+    unlink(&w, keys).await;
+}
+
+/// A JSON value's `status` (and `detail`) is read like a pushed one: the
+/// README's `{"last_seen": ..., "status": "error"}` makes the agent failing.
+#[tokio::test]
+async fn json_values_carry_a_status_and_a_detail() {
+    let url = shared_redis_url();
+    let prefix = unique_prefix("src_json_status");
+    let w = writer(&url).await;
+    let s = whole_seconds(base_time()).timestamp();
+    let values = [
+        (
+            "broken",
+            format!(r#"{{"last_seen": {s}, "status": "error", "detail": "db pool exhausted"}}"#),
+        ),
+        ("fine", format!(r#"{{"last_seen": {s}, "status": "OK"}}"#)),
+        ("flag", format!(r#"{{"last_seen": {s}, "status": false}}"#)),
+        ("plain", format!(r#"{{"last_seen": {s}}}"#)),
+        ("odd", format!(r#"{{"last_seen": {s}, "status": 3}}"#)),
+    ];
+    let mut keys = Vec::new();
+    for (agent, value) in &values {
+        let key = format!("{prefix}{agent}:last_seen");
+        redis(&w, vec![v("SET"), v(key.as_str()), v(value.as_str())]).await;
+        keys.push(key);
+    }
+    let src = source(&config(&url, keys_layout(&prefix), Duration::from_secs(2)));
+    let got = scan(&src).await.expect("scan").by_agent();
+    let status = |agent: &str| match got.get(agent) {
+        Some(Reading::Heartbeat { status, .. }) => {
+            status.as_ref().map(|s| (s.healthy, s.detail.clone()))
+        }
+        other => panic!("{agent}: expected a heartbeat, got {other:?}"),
+    };
+    assert_eq!(
+        status("broken"),
+        Some((false, "error: db pool exhausted".into()))
+    );
+    assert_eq!(status("fine"), Some((true, "OK".into())));
+    assert_eq!(status("flag"), Some((false, "false".into())));
+    assert_eq!(status("plain"), None);
+    assert_invalid(got.get("odd"), "not a status word", "numeric status");
     src.disconnect().await;
     unlink(&w, keys).await;
 }

@@ -20,6 +20,10 @@ pub struct RedisConfig {
     pub batch: NonZeroUsize,
     /// Field read from JSON values (`{"last_seen": ...}`); dotted paths allowed.
     pub json_field: String,
+    /// Field of JSON values holding a status word or boolean
+    /// (`{"status": "error", "detail": "..."}`): an unhealthy one makes the
+    /// agent `failing`, as for push and PostgreSQL.
+    pub status_field: String,
 }
 
 /// How heartbeats are laid out in Redis.
@@ -104,6 +108,9 @@ pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<RedisConfig> {
     let json_field = o
         .string("json_field", p)
         .unwrap_or_else(|| "last_seen".to_string());
+    let status_field = o
+        .string("status_field", p)
+        .unwrap_or_else(|| "status".to_string());
     let layout_name = o.string("layout", p).unwrap_or_else(|| "keys".into());
     let layout = match layout_name.as_str() {
         "keys" => {
@@ -147,5 +154,6 @@ pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<RedisConfig> {
         layout: layout?,
         batch: NonZeroUsize::new(batch)?,
         json_field,
+        status_field,
     })
 }

@@ -79,6 +79,7 @@ pub struct RedisSource {
     layout: RedisLayout,
     batch: usize,
     json_field: String,
+    status_field: String,
     clock: Clock,
     builder: Builder,
     options: Options,
@@ -180,6 +181,7 @@ impl RedisSource {
             layout: cfg.layout.clone(),
             batch: cfg.batch.get(),
             json_field: cfg.json_field.clone(),
+            status_field: cfg.status_field.clone(),
             clock,
             builder,
             options: Options {

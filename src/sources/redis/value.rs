@@ -6,9 +6,9 @@ use std::borrow::Cow;
 use chrono::{TimeDelta, TimeZone, Utc};
 use fred::types::Value;
 
-use crate::core::timestamp::{from_epoch, parse_text};
-use crate::core::{AgentId, Reading, Timestamp};
-use crate::sources::common::to_local;
+use crate::core::timestamp::{from_epoch, parse_json_field, parse_text};
+use crate::core::{AgentId, Reading, Status, Timestamp};
+use crate::sources::common::{to_local, truncate};
 
 use super::RedisSource;
 
@@ -42,20 +42,50 @@ impl RedisSource {
         let parsed = match value_text(&value) {
             Err(reason) => Err(reason.to_string()),
             Ok(text) if score => match text.trim().parse::<f64>() {
-                Ok(f) => from_epoch(f).map_err(|e| e.to_string()),
+                Ok(f) => from_epoch(f).map(|t| (t, None)).map_err(|e| e.to_string()),
                 Err(_) => Err(format!("score is not a number: {text:?}")),
             },
-            Ok(text) => parse_text(&text, Some(&self.json_field)).map_err(|e| e.to_string()),
+            Ok(text) if text.trim_start().starts_with('{') => self.json_reading(&text),
+            Ok(text) => parse_text(&text, None)
+                .map(|t| (t, None))
+                .map_err(|e| e.to_string()),
         };
-        match parsed.and_then(|t| to_local(t, offset)) {
-            Ok(last_seen) => Reading::Heartbeat {
+        match parsed.and_then(|(t, status)| Ok((to_local(t, offset)?, status))) {
+            Ok((last_seen, status)) => Reading::Heartbeat {
                 agent,
                 last_seen,
-                status: None,
+                status,
             },
             Err(reason) => Reading::Invalid { agent, reason },
         }
     }
+
+    /// A JSON value: its time (`json_field`) and, when it has one, its
+    /// status (`status_field`, with `detail`).
+    fn json_reading(&self, text: &str) -> Result<(Timestamp, Option<Status>), String> {
+        let v: serde_json::Value =
+            serde_json::from_str(text.trim()).map_err(|e| format!("not valid JSON: {e}"))?;
+        let t = parse_json_field(&v, &self.json_field).map_err(|e| e.to_string())?;
+        let Some(word) = field(&v, &self.status_field) else {
+            return Ok((t, None));
+        };
+        let detail = v.get("detail").and_then(serde_json::Value::as_str);
+        match Status::of_json(word, detail.map(|d| truncate(d, MAX_DETAIL))) {
+            Some(status) => Ok((t, Some(status))),
+            None => Err(format!(
+                "{} is not a status word or boolean: {word}",
+                self.status_field
+            )),
+        }
+    }
+}
+
+/// Longest detail kept from a stored value.
+const MAX_DETAIL: usize = 200;
+
+/// `value[path]`, `path` dotted.
+fn field<'v>(value: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value> {
+    path.split('.').try_fold(value, |cur, part| cur.get(part))
 }
 
 /// A reply value as text; an error for bytes that are not UTF-8.
