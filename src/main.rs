@@ -44,7 +44,13 @@ enum Command {
     /// Run the sidecar (the default).
     Run,
     /// Check the config: exit 0, or 64 listing every problem.
-    CheckConfig,
+    CheckConfig {
+        /// Check all but the alerting sections (receivers, routing,
+        /// silences, delivery, external_url, api_token), whose ${VAR}s then
+        /// need not be set.
+        #[arg(long)]
+        sources_only: bool,
+    },
     /// Read every source once and print agents and states; exit 0 when all
     /// are healthy, 2 when one is stale/failing/missing, 3 when a source
     /// could not be read or an agent is unknown.
@@ -64,16 +70,25 @@ fn main() -> ExitCode {
         print!("{}", config::schema::json_schema());
         return ExitCode::SUCCESS;
     }
-    let config = match config::load(&cli.config) {
+    let command = cli.command.unwrap_or(Command::Run);
+    // `scan` sends nothing: it needs neither the alerting sections nor their
+    // variables.
+    let sections = match command {
+        Command::Scan { .. } | Command::CheckConfig { sources_only: true } => {
+            config::Sections::SourcesOnly
+        }
+        _ => config::Sections::All,
+    };
+    let config = match config::load_sections(&cli.config, sections) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("agent-supervisor: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    match command {
         Command::Run => block_on(run(config)),
-        Command::CheckConfig => {
+        Command::CheckConfig { .. } => {
             println!(
                 "{}: ok ({} sources, {} agent rules)",
                 cli.config.display(),
@@ -108,7 +123,13 @@ fn block_on(command: impl Future<Output = ExitCode>) -> ExitCode {
 async fn scan(config: config::Config, timeout: Duration) -> ExitCode {
     match scan::scan(&config, timeout).await {
         Ok(snap) => {
-            print!("{}", scan::render_table(&snap));
+            let push: Vec<_> = config
+                .sources
+                .iter()
+                .filter(|s| s.kind.interval().is_none())
+                .map(|s| s.name.clone())
+                .collect();
+            print!("{}", scan::render_table(&snap, &push));
             ExitCode::from(scan::exit_code(&snap) as u8)
         }
         Err(e) => {

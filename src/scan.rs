@@ -14,7 +14,9 @@ use crate::app::{Polled, source_kinds};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::snapshot::SourceStatus;
-use crate::core::{ErrorKind, Observation, Snapshot, SourceFailure, State, Supervisor};
+use crate::core::{
+    ErrorKind, Observation, Snapshot, SourceFailure, SourceId, SourceKind, State, Supervisor,
+};
 use crate::liveness::Liveness;
 use crate::sources::{PollSource, SourceCtx, scan_once};
 use crate::telemetry::metrics::Metrics;
@@ -24,11 +26,16 @@ pub const EXIT_CRITICAL: i32 = 2;
 pub const EXIT_UNKNOWN: i32 = 3;
 
 /// Read each polled source once (each bounded by `timeout`) and return the
-/// resulting snapshot.
+/// resulting snapshot. A push source cannot be read from here: it is left
+/// out, so an expected agent no polled source has is `missing`, not
+/// `unknown` waiting for pushes that will never come to this process.
 pub async fn scan(config: &Config, timeout: Duration) -> anyhow::Result<Snapshot> {
     let clock = Clock::System;
     let metrics = std::sync::Arc::new(Metrics::new(0)?);
-    let mut sup = Supervisor::new(config.policy(), source_kinds(config), clock.now());
+    let polled = source_kinds(config)
+        .into_iter()
+        .filter(|(_, kind, _)| *kind == SourceKind::Polled);
+    let mut sup = Supervisor::new(config.policy(), polled, clock.now());
     let (tx, mut rx) = mpsc::channel::<Observation>(64);
     let mut reads = Vec::new();
     for s in &config.sources {
@@ -97,8 +104,9 @@ fn agents(n: usize) -> String {
     }
 }
 
-/// The table printed by `scan`.
-pub fn render_table(snap: &Snapshot) -> String {
+/// The table printed by `scan`; `push` names the push sources, which it
+/// does not read.
+pub fn render_table(snap: &Snapshot, push: &[SourceId]) -> String {
     let mut out = String::new();
     let rows: Vec<[String; 6]> = snap
         .agents
@@ -157,14 +165,17 @@ pub fn render_table(snap: &Snapshot) -> String {
     let _ = writeln!(out);
     for s in &snap.sources {
         let status = match (s.status, &s.error) {
-            _ if s.kind == "push" => {
-                "push: agents push to the running sidecar; nothing to read here".into()
-            }
             (_, Some(e)) => e.message.clone(),
             (SourceStatus::Up, None) => format!("{}: ok, {}", s.kind, agents(s.checks)),
             (st, None) => format!("{}: {st:?}", s.kind),
         };
         let _ = writeln!(out, "source {}: {status}", s.name);
+    }
+    for name in push {
+        let _ = writeln!(
+            out,
+            "source {name}: push: agents push to the running sidecar; not read by scan"
+        );
     }
     out
 }
@@ -234,16 +245,16 @@ mod tests {
 
     #[test]
     fn table_names_a_down_source_with_its_error() {
-        let t = render_table(&snap(&[], true));
+        let t = render_table(&snap(&[], true), &[]);
         assert!(t.contains("(no agents found)"));
         assert!(t.contains("source redis: redis: connection refused"), "{t}");
     }
 
     #[test]
     fn source_lines_count_agents_in_the_singular_and_plural() {
-        let one = render_table(&snap_with_checks(&[State::Healthy], false, 1));
+        let one = render_table(&snap_with_checks(&[State::Healthy], false, 1), &[]);
         assert!(one.contains("source redis: redis: ok, 1 agent\n"), "{one}");
-        let two = render_table(&snap_with_checks(&[State::Healthy], false, 2));
+        let two = render_table(&snap_with_checks(&[State::Healthy], false, 2), &[]);
         assert!(two.contains("source redis: redis: ok, 2 agents\n"), "{two}");
     }
 }

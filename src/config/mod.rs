@@ -160,13 +160,40 @@ pub struct MetricsConfig {
     pub max_agent_series: usize,
 }
 
+/// Which parts of a config a command needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sections {
+    /// Everything (`run`, `check-config`).
+    All,
+    /// All but the alerting sections (`external_url`, `api_token`,
+    /// `receivers`, `routing`, `silences`, `delivery`), which are neither
+    /// checked nor need their `${VAR}`s set: `scan`, `check-config
+    /// --sources-only`.
+    SourcesOnly,
+}
+
+/// The top-level keys [`Sections::SourcesOnly`] leaves out.
+const ALERTING_KEYS: [&str; 6] = [
+    "external_url",
+    "api_token",
+    "receivers",
+    "routing",
+    "silences",
+    "delivery",
+];
+
 /// Read and check a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_sections(path, Sections::All)
+}
+
+/// Read and check the `sections` of a config file a command needs.
+pub fn load_sections(path: &Path, sections: Sections) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, path, &|name| std::env::var(name).ok())
+    parse_sections(&text, path, &|name| std::env::var(name).ok(), sections)
 }
 
 /// Parse config text; `lookup` resolves environment variables.
@@ -174,6 +201,16 @@ pub fn parse(
     text: &str,
     path: &Path,
     lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    parse_sections(text, path, lookup, Sections::All)
+}
+
+/// [`parse`], of the `sections` a command needs.
+pub fn parse_sections(
+    text: &str,
+    path: &Path,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    sections: Sections,
 ) -> Result<Config, ConfigError> {
     let mut tree: Value = if text.trim().is_empty() {
         Value::Object(Default::default())
@@ -183,6 +220,13 @@ pub fn parse(
             message: e.to_string(),
         })?
     };
+    if sections == Sections::SourcesOnly
+        && let Value::Object(root) = &mut tree
+    {
+        for key in ALERTING_KEYS {
+            root.remove(key);
+        }
+    }
     let mut p = Problems::default();
     env::substitute(&mut tree, "", lookup, &mut p);
     let config = convert(&tree, &mut p);

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{NextLine, OwnedChild, PipeLines, free_port};
+use crate::harness::{NextLine, OwnedChild, PipeLines, free_port, shared_redis_url, unique_prefix};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_agent-supervisor"));
@@ -151,6 +151,60 @@ fn scan_without_redis_prints_the_table_and_connection_refused() {
     assert!(out.contains("redis: connection refused"), "{out}");
     assert!(!out.contains("panicked"), "{out}");
     assert!(!out.to_lowercase().contains("backtrace"), "{out}");
+}
+
+/// `scan` cannot read a push source: an expected agent that nothing it
+/// reads has is `missing` (exit 2), not `unknown`; and it needs neither the
+/// receivers nor their variables, which `check-config --sources-only`
+/// skips too.
+#[test]
+fn scan_reports_an_absent_expected_agent_missing_and_needs_no_receiver_variables() {
+    let url = shared_redis_url();
+    let prefix = unique_prefix("cli_scan_missing");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+state: {{path: false}}
+sources:
+  - {{name: redis, type: redis, url: "{url}", layout: keys, pattern: "{prefix}{{agent}}:last_seen"}}
+  - {{name: push, type: push}}
+agents:
+  - {{match: market_analyst, expected: true}}
+receivers:
+  - {{name: oncall, type: webhook, url: "${{SCAN_TEST_UNSET_WEBHOOK}}"}}
+"#
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let o = bin()
+            .env_remove("SCAN_TEST_UNSET_WEBHOOK")
+            .args(args)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        (o.status.code(), text(&o))
+    };
+    let (code, out) = run(&["scan", "--timeout", "5s"]);
+    assert_eq!(code, Some(2), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("market_analyst"))
+        .unwrap_or_else(|| panic!("no row: {out}"));
+    assert!(row.contains("missing"), "{out}");
+    assert!(
+        out.contains("source push: push: agents push to the running sidecar; not read by scan"),
+        "{out}"
+    );
+    let (code, out) = run(&["check-config"]);
+    assert_eq!(code, Some(64), "{out}");
+    assert!(out.contains("receivers[0].url"), "{out}");
+    let (code, out) = run(&["check-config", "--sources-only"]);
+    assert_eq!(code, Some(0), "{out}");
 }
 
 /// SIGTERM drains and exits 0, saving state; JSON logs are JSON.
