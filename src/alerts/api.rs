@@ -135,7 +135,19 @@ async fn create(
     let ends_at = match (b.ends_at, b.duration.as_deref()) {
         (Some(t), None) => t,
         (None, Some(d)) => match humantime::parse_duration(d) {
-            Ok(d) => starts_at + chrono::Duration::from_std(d).unwrap_or(MAX_SILENCE),
+            Ok(d) => {
+                // Checked: a `starts_at` near the end of time plus any
+                // duration must be a bad request, not a panic.
+                let d = chrono::Duration::from_std(d)
+                    .unwrap_or(MAX_SILENCE)
+                    .min(MAX_SILENCE + chrono::Duration::seconds(1));
+                match starts_at.checked_add_signed(d) {
+                    Some(t) => t,
+                    None => {
+                        return error(StatusCode::BAD_REQUEST, "`starts_at` is too far ahead");
+                    }
+                }
+            }
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("duration: {e}")),
         },
         _ => {

@@ -651,3 +651,12 @@ sources:
     assert!(text[2].contains("`r` is a redis source"), "{text:?}");
     assert!(text[3].contains("never down"), "{text:?}");
 }
+
+#[test]
+fn durations_longer_than_a_hundred_years_are_rejected() {
+    problems_at(
+        "state: {flush_interval: 99999999999999s}\nsources: [{name: push, type: push, stale_after: 200y}]\n",
+        &no_env,
+        &["state.flush_interval", "sources[0].stale_after"],
+    );
+}

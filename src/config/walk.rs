@@ -78,6 +78,10 @@ impl Problems {
     }
 }
 
+/// The longest duration a config may give: past it, time arithmetic
+/// (deadlines, backoffs, holds) could overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 pub fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
@@ -308,6 +312,13 @@ pub fn as_duration(v: &Value, path: &str, p: &mut Problems) -> Option<Duration> 
         }
     };
     match humantime::parse_duration(&s) {
+        Ok(d) if d > MAX_DURATION => {
+            p.add(
+                path,
+                format!("`{s}` is longer than any duration here may be (100 years)"),
+            );
+            None
+        }
         Ok(d) => Some(d),
         Err(e) => {
             p.add(

@@ -380,6 +380,20 @@ async fn silences_from_the_api_mute_matching_alerts_which_stay_listed() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // Near the end of time: a bad request, not a panic in the server.
+    let far = app
+        .client
+        .post(app.url("/api/v1/silences"))
+        .json(&json!({
+            "matchers": {"agent": "quiet_*"},
+            "starts_at": "+262142-12-31T00:00:00Z",
+            "duration": "100000d",
+            "comment": "far away"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(far.status(), 400);
 
     push_all(&app, &["quiet_one".to_string(), "loud_one".to_string()]).await;
     let got = hook.wait_requests(1, Duration::from_secs(10)).await;
