@@ -46,6 +46,7 @@ fn storm(n: usize) -> Snapshot {
                 age_seconds: Some(90.0),
                 threshold_seconds: 30.0,
                 status: None,
+                depends_on: None,
             }],
         })
         .collect();

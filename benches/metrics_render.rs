@@ -43,6 +43,7 @@ fn fleet(n: usize) -> Snapshot {
                     age_seconds: Some(1.0),
                     threshold_seconds: 30.0,
                     status: None,
+                    depends_on: None,
                 }],
             }
         })

@@ -197,12 +197,19 @@ impl Engine {
         let mut last_view = Instant::now() - VIEW_EVERY;
         let mut view_due = true;
         self.snapshots.mark_changed();
+        // No notification before startup_grace has passed since start,
+        // whatever the sources answered: a service that boots slowly, or an
+        // alert that fires and clears within the grace, pages nobody.
+        let grace_end = self.started_at
+            + chrono::Duration::from_std(self.startup_grace).unwrap_or(chrono::Duration::MAX);
         loop {
             let now = self.clock.now();
+            let in_grace = now < grace_end;
             let wake = self
                 .state
                 .book
                 .next_wakeup(now)
+                .map(|t| if in_grace { t.max(grace_end) } else { t })
                 .map(|t| self.clock.instant_at(t))
                 .unwrap_or_else(|| Instant::now() + IDLE_TICK)
                 .min(Instant::now() + IDLE_TICK);
@@ -257,7 +264,7 @@ impl Engine {
                     &snap,
                     &self.routing,
                     gate_open,
-                    &|agent| policy.alert_for(agent),
+                    policy,
                     now,
                 );
                 if c.fired > 0 || c.resolved > 0 {
@@ -268,7 +275,11 @@ impl Engine {
             } else {
                 self.state.book.tick(&self.routing, now);
             }
-            let due = self.state.book.flush_with_news(&self.routing, now);
+            let due = if now < grace_end {
+                Vec::new()
+            } else {
+                self.state.book.flush_with_news(&self.routing, now)
+            };
             if !due.is_empty() {
                 let mut fresh = Vec::with_capacity(due.len());
                 for (n, first_told) in due {

@@ -1,8 +1,6 @@
 //! `agents:`: rules that give matching agents their threshold, labels,
 //! `expected` and `for`.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use super::values;
@@ -15,7 +13,7 @@ pub(super) fn rule(item: &Value, path: &str, p: &mut Problems) -> Option<AgentRu
     let pattern = o.required_string("match", p);
     let stale_after = o.positive_duration("stale_after", p);
     let expected = o.boolean("expected", p).unwrap_or(false);
-    let alert_for = o.duration("for", p).unwrap_or(Duration::ZERO);
+    let alert_for = o.duration("for", p);
     let mut labels = Labels::new();
     values::labels(&mut o, "values", p, |k, v, at, p| {
         if k == "agent" {

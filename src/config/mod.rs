@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::core::{AgentRule, Defaults, Policy};
+use crate::core::{AgentRule, CheckKey, Defaults, Policy};
 pub use sources::{
     AgentUrl, HttpComponent, HttpConfig, HttpMethod, KeyPattern, PostgresConfig, PostgresRead,
     PostgresTable, PushConfig, RedisConfig, RedisLayout, SourceConfig, SourceKindConfig,
@@ -81,6 +81,18 @@ pub struct Config {
     pub agents: Vec<AgentRule>,
     /// Receivers, routing, silences and delivery of alert notifications.
     pub alerting: alerting::AlertingConfig,
+    pub recheck: RecheckConfig,
+}
+
+/// `recheck:`: stale and missing checks of a polled source are re-read with
+/// point reads, so an agent that beats again is healthy within about
+/// `every` rather than at the next full scan.
+#[derive(Debug, Clone)]
+pub struct RecheckConfig {
+    /// Period of the re-reads; `0s` turns them off.
+    pub every: Duration,
+    /// At most this many re-reads a second, per source (round robin past it).
+    pub max_per_second: u32,
 }
 
 impl Config {
@@ -96,7 +108,37 @@ impl Config {
                 .iter()
                 .filter_map(|s| s.stale_after.map(|d| (s.name.clone(), d)))
                 .collect(),
-            ..Policy::default()
+            depends_on: self
+                .sources
+                .iter()
+                .filter_map(|s| {
+                    let target = s.depends_on.as_ref()?;
+                    let service = self.sources.iter().find(|t| &t.name == target)?;
+                    let SourceKindConfig::Http(h) = &service.kind else {
+                        return None;
+                    };
+                    let check = CheckKey {
+                        agent: h.service_agent(target),
+                        source: target.clone(),
+                    };
+                    Some((s.name.clone(), check))
+                })
+                .collect(),
+            recheck_every: self.recheck.every,
+            recheck_max_per_second: self.recheck.max_per_second,
+            service_for: self
+                .sources
+                .iter()
+                .filter_map(|s| match &s.kind {
+                    SourceKindConfig::Http(h) => Some((h.service_agent(&s.name), h.service_for())),
+                    _ => None,
+                })
+                .collect(),
+            source_down_after: self
+                .sources
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), s.down_after()?)))
+                .collect(),
         }
     }
 }
@@ -244,6 +286,18 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
         }
     }
     let alerting = alerting::parse(&mut root, p);
+    let recheck = {
+        let mut o = Obj::new(root.get("recheck"), "recheck", p);
+        let every = o.duration("every", p).unwrap_or(Duration::from_millis(500));
+        let max_per_second = o
+            .integer("max_per_second", 1..=1_000_000, p)
+            .unwrap_or(1000) as u32;
+        o.finish(p);
+        RecheckConfig {
+            every,
+            max_per_second,
+        }
+    };
     let sections = root.read_order().to_vec();
     root.finish(p);
     p.order(&sections);
@@ -259,6 +313,7 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
         sources,
         agents,
         alerting,
+        recheck,
     })
 }
 

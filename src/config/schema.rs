@@ -71,6 +71,7 @@ int_schema! {
     int_concurrency: 1, 1024;
     int_max_agents: 1, 10_000_000;
     int_max_pending: 1, 1_000_000;
+    int_max_per_second: 1, 1_000_000;
 }
 
 /// A list of HTTP status codes, at least one.
@@ -102,8 +103,9 @@ struct ConfigFile {
     /// Address of the HTTP server: /metrics, /healthz, /readyz, /api/v1/*
     /// and the push endpoint. Default 0.0.0.0:9464.
     listen: Option<String>,
-    /// No agent turns `missing` before every source has been read once, or
-    /// before this much time has passed since start. Default 30s.
+    /// No notification is sent before this much time has passed since
+    /// start; no agent turns `missing` before every source has been read
+    /// once, or before it has passed. Default 30s.
     startup_grace: Option<Duration>,
     /// An unanswered point read (the re-read before declaring an agent
     /// stale) is asked again after this long. Default 5s; > 0.
@@ -131,6 +133,20 @@ struct ConfigFile {
     /// Matching alerts are not notified while a silence is active.
     silences: Option<Vec<Silence>>,
     delivery: Option<Delivery>,
+    recheck: Option<Recheck>,
+}
+
+/// Stale and missing agents of a polled source are re-read with point
+/// reads, so one that beats again is healthy within about `every`.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Recheck {
+    /// Period of the re-reads. Default 500ms; 0s turns them off.
+    every: Option<Duration>,
+    /// At most this many re-reads a second, per source. Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_max_per_second")]
+    max_per_second: Option<u64>,
 }
 
 /// Thresholds where no agent rule or source sets its own.
@@ -178,6 +194,13 @@ struct SourceCommon {
     name: String,
     /// Threshold of this source's checks where no agent rule sets one.
     stale_after: Option<Duration>,
+    /// The http source whose service this source's agents live in: while
+    /// its /health check is not healthy, their checks are held `unknown`
+    /// and only the service pages.
+    depends_on: Option<String>,
+    /// A polled source's `source_down` fires only once it has been
+    /// unreadable this long. Default: twice `interval`. Not for push.
+    down_after: Option<Duration>,
 }
 
 /// One source, by `type`.
@@ -314,6 +337,10 @@ struct HttpSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "int_concurrency")]
     concurrency: Option<u64>,
+    /// The service check's alert fires only once it has failed this long.
+    /// Default: twice `interval`.
+    #[serde(rename = "for")]
+    alert_for: Option<Duration>,
 }
 
 /// `max_body`: a number of bytes or a size with a unit.

@@ -1,6 +1,8 @@
 use super::*;
 use secrecy::ExposeSecret;
 
+use crate::core::SourceId;
+
 // Shared with the alerting tests (`config/alerting/tests.rs`).
 
 pub(super) fn no_env(_: &str) -> Option<String> {
@@ -570,4 +572,82 @@ agents:
     let p = c.policy();
     assert_eq!(p.alert_for("risk_agent"), Duration::from_secs(120));
     assert_eq!(p.alert_for("other"), Duration::ZERO);
+}
+
+#[test]
+fn depends_on_names_an_http_source_and_gives_the_core_its_service_check() {
+    let c = parse_ok(
+        r#"
+sources:
+  - {name: svc, type: http, url: "http://127.0.0.1:8000/health", interval: 3s, id: python-ai-services}
+  - {name: redis, type: redis, url: "redis://127.0.0.1:6379", interval: 5s, pattern: "a:{agent}", depends_on: svc}
+  - {name: push, type: push, depends_on: svc}
+"#,
+    );
+    let p = c.policy();
+    let check = CheckKey {
+        agent: "python-ai-services".into(),
+        source: "svc".into(),
+    };
+    assert_eq!(p.depends_on.get(&SourceId::from("redis")), Some(&check));
+    assert_eq!(p.depends_on.get(&SourceId::from("push")), Some(&check));
+    // Defaults: the service check holds its alert twice its interval, a
+    // polled source its source_down twice its interval.
+    assert_eq!(p.alert_for("python-ai-services"), Duration::from_secs(6));
+    assert_eq!(p.down_after("redis"), Duration::from_secs(10));
+    assert_eq!(p.down_after("push"), Duration::ZERO);
+    assert_eq!(p.recheck_every, Duration::from_millis(500));
+}
+
+#[test]
+fn an_explicit_for_and_down_after_win_over_the_defaults() {
+    let c = parse_ok(
+        r#"
+recheck: {every: 250ms, max_per_second: 40}
+sources:
+  - {name: svc, type: http, url: "http://127.0.0.1:8000/health", for: 20s}
+  - {name: redis, type: redis, url: "redis://127.0.0.1:6379", pattern: "a:{agent}", down_after: 1m}
+agents:
+  - {match: svc, for: 1s}
+  - {match: "*", stale_after: 30s}
+"#,
+    );
+    let p = c.policy();
+    // An agent rule's `for:` beats the service's own.
+    assert_eq!(p.alert_for("svc"), Duration::from_secs(1));
+    assert_eq!(p.down_after("redis"), Duration::from_secs(60));
+    assert_eq!(p.recheck_max_per_second, 40);
+    let c = parse_ok(
+        r#"
+sources:
+  - {name: svc, type: http, url: "http://127.0.0.1:8000/health", for: 20s}
+"#,
+    );
+    assert_eq!(c.policy().alert_for("svc"), Duration::from_secs(20));
+}
+
+#[test]
+fn dependencies_on_unknown_or_non_http_sources_and_cycles_are_errors() {
+    let ps = problems_at(
+        r#"
+sources:
+  - {name: a, type: http, url: "http://127.0.0.1:1/health", depends_on: b}
+  - {name: b, type: http, url: "http://127.0.0.1:2/health", depends_on: a}
+  - {name: r, type: redis, url: "redis://127.0.0.1:6379", pattern: "a:{agent}", depends_on: nowhere}
+  - {name: s, type: redis, url: "redis://127.0.0.1:6379", pattern: "b:{agent}", depends_on: r}
+  - {name: push, type: push, down_after: 5s}
+"#,
+        &no_env,
+        &[
+            "sources[0].depends_on",
+            "sources[2].depends_on",
+            "sources[3].depends_on",
+            "sources[4].down_after",
+        ],
+    );
+    let text: Vec<String> = ps.iter().map(|p| p.message.clone()).collect();
+    assert_eq!(text[0], "dependency cycle: a -> b -> a", "{text:?}");
+    assert!(text[1].contains("no source named `nowhere`"), "{text:?}");
+    assert!(text[2].contains("`r` is a redis source"), "{text:?}");
+    assert!(text[3].contains("never down"), "{text:?}");
 }

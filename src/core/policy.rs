@@ -38,8 +38,9 @@ pub struct AgentRule {
     pub labels: Arc<Labels>,
     pub expected: bool,
     /// How long the agent must stay stale, failing or missing before its
-    /// alert fires (`for:`); zero fires at once.
-    pub alert_for: Duration,
+    /// alert fires (`for:`); `None` leaves it to the default (zero, or
+    /// twice the probe interval for a service check).
+    pub alert_for: Option<Duration>,
 }
 
 impl AgentRule {
@@ -57,12 +58,12 @@ impl AgentRule {
             stale_after,
             labels: Arc::new(labels),
             expected,
-            alert_for: Duration::ZERO,
+            alert_for: None,
         })
     }
 
     /// The same rule with a `for:` hold on its alerts.
-    pub fn with_alert_for(mut self, hold: Duration) -> Self {
+    pub fn with_alert_for(mut self, hold: Option<Duration>) -> Self {
         self.alert_for = hold;
         self
     }
@@ -108,6 +109,12 @@ pub struct Policy {
     pub recheck_every: Duration,
     /// At most this many of those re-reads a second, per source.
     pub recheck_max_per_second: u32,
+    /// How long a service check (an http source's own check, by agent id)
+    /// fails before its alert fires, unless an agent rule sets `for:`: a
+    /// restart shorter than this pages nobody.
+    pub service_for: BTreeMap<AgentId, Duration>,
+    /// How long a source is down before its `source_down` alert fires.
+    pub source_down_after: BTreeMap<SourceId, Duration>,
 }
 
 impl Default for Policy {
@@ -121,6 +128,8 @@ impl Default for Policy {
             depends_on: BTreeMap::new(),
             recheck_every: Duration::from_millis(500),
             recheck_max_per_second: 1000,
+            service_for: BTreeMap::new(),
+            source_down_after: BTreeMap::new(),
         }
     }
 }
@@ -154,11 +163,20 @@ impl Policy {
         }
     }
 
-    /// How long an agent stays in an alerting state before its alert fires
-    /// (the `for:` of its rule; zero without one).
+    /// How long an agent stays in an alerting state before its alert fires:
+    /// the `for:` of its rule, else a service check's default, else zero.
     pub fn alert_for(&self, agent: &str) -> Duration {
         self.rule_for(agent)
-            .map(|r| r.alert_for)
+            .and_then(|r| r.alert_for)
+            .or_else(|| self.service_for.get(&AgentId::new(agent)).copied())
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// How long `source` is down before its alert fires.
+    pub fn down_after(&self, source: &str) -> Duration {
+        self.source_down_after
+            .get(&SourceId::new(source))
+            .copied()
             .unwrap_or(Duration::ZERO)
     }
 

@@ -69,6 +69,11 @@ pub struct CheckView {
     pub age_seconds: Option<f64>,
     pub threshold_seconds: f64,
     pub status: Option<Status>,
+    /// The check this one depends on (its source's `depends_on`: the
+    /// service's own check), by agent id: while that is not healthy, this
+    /// one is held `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<AgentId>,
 }
 
 #[derive(Clone, Debug, Serialize)]

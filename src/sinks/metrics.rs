@@ -307,6 +307,7 @@ mod tests {
                 age_seconds: Some(0.0),
                 threshold_seconds: 30.0,
                 status: None,
+                depends_on: None,
             }],
         }
     }

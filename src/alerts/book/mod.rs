@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::alert::{Alert, AlertKind, AlertStatus, Notification, Silence};
 use crate::core::snapshot::{AgentView, SourceStatus, SourceView};
-use crate::core::{Snapshot, State, Timestamp};
+use crate::core::{Policy, Snapshot, State, Timestamp};
 
 /// An alert that fires, with what the book decided about it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -103,6 +103,36 @@ impl Default for Book {
     }
 }
 
+/// How long an alert's condition must last before it fires: the `for:` of
+/// an agent's rule (or a service check's default), a source's `down_after`.
+pub trait Holds {
+    fn agent(&self, agent: &str) -> Duration;
+    fn source(&self, source: &str) -> Duration;
+}
+
+impl Holds for Policy {
+    fn agent(&self, agent: &str) -> Duration {
+        self.alert_for(agent)
+    }
+
+    fn source(&self, source: &str) -> Duration {
+        self.down_after(source)
+    }
+}
+
+/// No holds: every alert fires as soon as its condition is seen.
+pub struct NoHolds;
+
+impl Holds for NoHolds {
+    fn agent(&self, _: &str) -> Duration {
+        Duration::ZERO
+    }
+
+    fn source(&self, _: &str) -> Duration {
+        Duration::ZERO
+    }
+}
+
 /// What a reconciliation changed, for logs and metrics.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Changes {
@@ -125,17 +155,18 @@ impl Book {
         gate_open: bool,
         now: Timestamp,
     ) -> Changes {
-        self.reconcile_with_holds(snap, routing, gate_open, &|_| Duration::ZERO, now)
+        self.reconcile_with_holds(snap, routing, gate_open, &NoHolds, now)
     }
 
-    /// [`Book::reconcile`], where an agent's alert fires only once it has
-    /// been in its state for `hold(agent)` (the `for:` of its rule).
+    /// [`Book::reconcile`], where an alert fires only once its condition has
+    /// lasted its hold: an agent in its state for `holds.agent(id)`, a
+    /// source down for `holds.source(name)`.
     pub fn reconcile_with_holds(
         &mut self,
         snap: &Snapshot,
         routing: &Routing,
         gate_open: bool,
-        hold: &dyn Fn(&str) -> Duration,
+        holds: &dyn Holds,
         now: Timestamp,
     ) -> Changes {
         let mut changes = Changes::default();
@@ -212,7 +243,7 @@ impl Book {
             if covered_agents.contains(id) {
                 continue;
             }
-            let due = agent.since + delta(hold(id));
+            let due = agent.since + delta(holds.agent(id));
             if due > now {
                 self.pending_until = Some(self.pending_until.map_or(due, |t| t.min(due)));
                 continue;
@@ -222,9 +253,15 @@ impl Book {
             }
         }
         for (id, source) in &sources {
-            if !covered_sources.contains(id)
-                && let Some(a) = Alert::for_source(source)
-            {
+            if covered_sources.contains(id) {
+                continue;
+            }
+            let due = source.since + delta(holds.source(id));
+            if due > now {
+                self.pending_until = Some(self.pending_until.map_or(due, |t| t.min(due)));
+                continue;
+            }
+            if let Some(a) = Alert::for_source(source) {
                 fresh.push(a);
             }
         }

@@ -38,6 +38,7 @@ fn agent(id: &str, state: State, since: Timestamp, labels: &[(&str, &str)]) -> A
             age_seconds: None,
             threshold_seconds: 30.0,
             status: None,
+            depends_on: None,
         }],
     }
 }
@@ -500,13 +501,20 @@ fn a_restored_silenced_alert_whose_silence_is_gone_is_told_again() {
 fn an_alert_with_a_for_hold_fires_only_once_the_state_has_lasted_that_long() {
     let r = routing(&["oncall"]);
     let mut book = Book::default();
-    let hold = |agent: &str| {
-        if agent.starts_with("a000") {
-            Duration::from_secs(120)
-        } else {
+    struct A000Waits;
+    impl Holds for A000Waits {
+        fn agent(&self, agent: &str) -> Duration {
+            if agent.starts_with("a000") {
+                Duration::from_secs(120)
+            } else {
+                Duration::ZERO
+            }
+        }
+        fn source(&self, _: &str) -> Duration {
             Duration::ZERO
         }
-    };
+    }
+    let hold = A000Waits;
     let c = book.reconcile_with_holds(&snap(stale_fleet(2, at(0)), true), &r, true, &hold, at(0));
     assert_eq!((c.fired, c.resolved), (1, 0), "a001 fires, a000 waits");
     assert_eq!(book.next_wakeup(at(0)), Some(at(10)));
@@ -524,4 +532,33 @@ fn an_alert_with_a_for_hold_fires_only_once_the_state_has_lasted_that_long() {
     assert!(book.active.is_empty());
     assert!(!book.hold_ended(at(200)));
     assert!(run(&mut book, &r, 0, 300).is_empty());
+}
+
+#[test]
+fn a_source_outage_shorter_than_down_after_never_fires() {
+    let r = routing(&["oncall"]);
+    let policy = Policy {
+        source_down_after: [(SourceId::from("redis"), Duration::from_secs(10))].into(),
+        ..Policy::default()
+    };
+    let mut book = Book::default();
+    // Down since t0 (the helper's `since`): held for 10 s.
+    let c = book.reconcile_with_holds(&snap(Vec::new(), false), &r, true, &policy, at(2));
+    assert_eq!((c.fired, c.resolved), (0, 0));
+    assert_eq!(book.next_wakeup(at(2)), Some(at(10)));
+    // Back up at 5 s: a blip, nothing ever fires.
+    book.reconcile_with_holds(&snap(Vec::new(), true), &r, true, &policy, at(5));
+    assert!(book.active.is_empty());
+    assert!(run(&mut book, &r, 5, 100).is_empty());
+    // Down for longer than that: it fires once the hold is over.
+    let mut book = Book::default();
+    book.reconcile_with_holds(&snap(Vec::new(), false), &r, true, &policy, at(9));
+    assert!(book.active.is_empty());
+    assert!(book.hold_ended(at(10)));
+    let c = book.reconcile_with_holds(&snap(Vec::new(), false), &r, true, &policy, at(10));
+    assert_eq!(c.fired, 1);
+    assert_eq!(
+        book.active.values().next().map(|a| a.alert.kind),
+        Some(AlertKind::SourceDown)
+    );
 }

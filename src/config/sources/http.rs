@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::config::values::{check_http_scheme, headers, parse_size, required_url};
 use crate::config::walk::{self, Obj, Problems, index};
 use crate::core::HEALTHY_WORDS;
+use crate::core::{AgentId, SourceId};
 use crate::secret::SecretUrl;
 
 /// `type: http`: a `/health` probe. The service itself is a check (agent
@@ -39,6 +40,24 @@ pub struct HttpConfig {
     pub agents: Vec<String>,
     /// Most probes of this source in flight at once.
     pub concurrency: usize,
+    /// How long the service check fails before its alert fires (`for:`);
+    /// `None`: twice `interval`, so a quick restart pages nobody.
+    pub alert_for: Option<Duration>,
+}
+
+impl HttpConfig {
+    /// The agent id of the service check of source `source`.
+    pub fn service_agent(&self, source: &SourceId) -> AgentId {
+        match &self.id {
+            Some(id) => AgentId::new(id.as_str()),
+            None => AgentId::new(source.as_str()),
+        }
+    }
+
+    /// How long the service check fails before its alert fires.
+    pub fn service_for(&self) -> Duration {
+        self.alert_for.unwrap_or(self.interval * 2)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +219,7 @@ pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<HttpConfig> {
         !s.trim().is_empty()
     });
     let concurrency = o.integer("concurrency", 1..=1024, p).unwrap_or(16) as usize;
+    let alert_for = o.duration("for", p);
 
     let mut components = Vec::new();
     let comp_path = o.at("components");
@@ -282,6 +302,7 @@ pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<HttpConfig> {
         agents_url,
         agents,
         concurrency,
+        alert_for,
     })
 }
 

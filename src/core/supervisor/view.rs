@@ -17,6 +17,11 @@ impl Supervisor {
                     .map(|t| (now - t).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6),
                 threshold_seconds: c.stale_after.num_milliseconds() as f64 / 1e3,
                 status: c.status.clone(),
+                depends_on: self
+                    .policy
+                    .depends_on
+                    .get(&k.source)
+                    .map(|d| d.agent.clone()),
             });
         }
         let mut agents: Vec<AgentView> = self
