@@ -169,6 +169,8 @@ impl Sidecar {
             "no start line within {SEE:?}; log:\n{}",
             tail_of_log(&log)
         );
+        // reqwest is built without a default rustls provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()
@@ -219,6 +221,16 @@ impl Sidecar {
         }
         let v: Value = r.json().await.expect("agent JSON");
         Some(v["agent"].clone())
+    }
+
+    /// `GET /api/v1/sources`: the source named `name`.
+    async fn source(&self, name: &str) -> Value {
+        let body = self.get("/api/v1/sources").await;
+        let v: Value = serde_json::from_str(&body).expect("sources JSON");
+        v["sources"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no source {name} in {v}"))
     }
 
     /// How many times any agent has turned `state` (`transitions_total`).
@@ -591,6 +603,16 @@ async fn a_crash_restart_in_two_seconds_pages_nobody() {
 
     let crashed = Instant::now();
     stack.service.kill();
+    // Started again once the sidecar has seen it fail (its probe runs every
+    // second), as a supervisor restarts it.
+    stack
+        .wait_agents(
+            "the sidecar sees the service failing",
+            &[SERVICE.to_string()],
+            Duration::from_secs(2),
+            |v| v["state"] == "failing",
+        )
+        .await;
     stack.service.restart();
     let restarted = crashed.elapsed();
     stack.service.wait_ready().await;
@@ -643,6 +665,7 @@ async fn a_paused_redis_makes_no_live_agent_stale_and_a_stopped_one_is_reported_
     );
     signal(redis_pid, libc::SIGCONT);
     let resumed = Instant::now();
+    let resumed_epoch = now_epoch();
 
     // The stopped agent is reported within stale_after + 1 s of the
     // recovery; no live agent goes stale meanwhile.
@@ -677,14 +700,24 @@ async fn a_paused_redis_makes_no_live_agent_stale_and_a_stopped_one_is_reported_
         stack.logs()
     );
     let stale = stale.into_inner().expect("reported");
+    // When the sidecar saw Redis up again: its `since`, once it is up.
+    let redis = stack.sidecar.source("redis").await;
+    let seen_up = redis["since"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_micros() as f64 / 1e6 - resumed_epoch);
     eprintln!(
-        "paused Redis: {stopped_agent} stale {:.2}s after SIGCONT: {}",
+        "paused Redis: the sidecar saw it up {} after SIGCONT; {stopped_agent} stale {:.2}s after \
+         SIGCONT: {}",
+        seen_up.map_or(format!("? ({redis})"), |s| format!("{s:.2}s")),
         after.as_secs_f64(),
         stale["reason"]
     );
     assert!(
         after < stack.opts.stale_after + Duration::from_secs(1),
-        "{stopped_agent} went stale {after:?} after the recovery: {stale}"
+        "{stopped_agent} went stale {after:?} after Redis came back (SIGCONT), past stale_after \
+         + 1 s; the sidecar saw Redis up {seen_up:?} s after it: {stale}\n{}",
+        stack.logs()
     );
     let reason = check(&stale, "redis")["reason"].as_str().expect("reason");
     assert!(
