@@ -397,6 +397,7 @@ mod tests {
             starts_at: Utc::now(),
             ends_at: None,
             summary: String::new(),
+            superseded_by: None,
         }
     }
 

@@ -21,7 +21,10 @@ use tracing::{error, info, warn};
 use crate::alerts::api::AlertsApi;
 use crate::clock::Clock;
 use crate::config::{Config, SourceKindConfig};
-use crate::core::{AgentId, Observation, Persisted, Snapshot, SourceId, SourceKind, Supervisor};
+use crate::core::{
+    AgentId, ErrorKind, Observation, Persisted, Snapshot, SourceFailure, SourceId, SourceKind,
+    Supervisor,
+};
 use crate::driver::{CONFIRM_CAPACITY, Driver, OBSERVATION_CAPACITY};
 use crate::http::{HttpState, router};
 use crate::liveness::Liveness;
@@ -33,7 +36,7 @@ use crate::telemetry::metrics::Metrics;
 use alerts::AlertParts;
 pub use polled::Polled;
 use state::write_state;
-use tasks::Tasks;
+use tasks::{Backoff, Tasks, restarting};
 
 /// Options that tests change.
 #[derive(Clone, Debug)]
@@ -214,10 +217,45 @@ impl App {
             };
             let allowance = src.interval() * 3 + Duration::from_secs(30);
             liveness.register(id.as_str(), allowance);
-            tasks.spawn(
-                format!("source:{id}"),
-                run_polled(Arc::new(src), ctx, confirms, sources_cancel.clone()),
-            );
+            let name = format!("source:{id}");
+            metrics.register_task(&name);
+            let cancel = sources_cancel.clone();
+            let src = Arc::new(src);
+            tasks.spawn(name.clone(), async move {
+                let mut confirms = confirms;
+                let metrics = ctx.metrics.clone();
+                let report = (ctx.id.clone(), ctx.tx.clone());
+                restarting(
+                    &name,
+                    &mut confirms,
+                    &cancel,
+                    Backoff::SOURCE,
+                    &metrics,
+                    |confirms| {
+                        Box::pin(run_polled(
+                            src.clone(),
+                            ctx.clone(),
+                            confirms,
+                            cancel.clone(),
+                        ))
+                    },
+                    // Its agents are `unknown` until it reads again.
+                    |what, wait| {
+                        let (source, tx) = report.clone();
+                        Box::pin(async move {
+                            let error = SourceFailure {
+                                kind: ErrorKind::Other,
+                                message: format!(
+                                    "source task {what}; restarting in {}",
+                                    humantime::format_duration(wait)
+                                ),
+                            };
+                            let _ = tx.send(Observation::SourceError { source, error }).await;
+                        })
+                    },
+                )
+                .await;
+            });
         }
         drop(obs_tx);
 

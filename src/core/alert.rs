@@ -1,6 +1,7 @@
 //! Alerts and notifications: what the alert pipeline decides and what the
 //! receivers' renderers turn into request bodies. Pure: no I/O.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -45,6 +46,17 @@ impl AlertKind {
             AlertKind::AgentFailing => "AgentFailing",
             AlertKind::AgentMissing => "AgentMissing",
             AlertKind::SourceDown => "SourceDown",
+        }
+    }
+
+    /// The condition the subject was in while the alert fired: `stale`,
+    /// `failing`, `missing`, `down`.
+    pub fn condition(self) -> &'static str {
+        match self {
+            AlertKind::AgentStale => "stale",
+            AlertKind::AgentFailing => "failing",
+            AlertKind::AgentMissing => "missing",
+            AlertKind::SourceDown => "down",
         }
     }
 
@@ -115,6 +127,10 @@ pub struct Alert {
     pub starts_at: Timestamp,
     pub ends_at: Option<Timestamp>,
     pub summary: String,
+    /// Resolved because the agent is now in another alerting state (stale,
+    /// then failing): that alert's kind. It did not recover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<AlertKind>,
 }
 
 impl Alert {
@@ -190,6 +206,7 @@ impl Alert {
             starts_at: agent.since,
             ends_at: None,
             summary,
+            superseded_by: None,
         })
     }
 
@@ -219,6 +236,7 @@ impl Alert {
                 "Source {} cannot be read ({why}); its {} agent check(s) are unknown, not stale",
                 source.name, source.checks
             ),
+            superseded_by: None,
         })
     }
 
@@ -240,12 +258,68 @@ impl Alert {
         a
     }
 
-    /// This alert, resolved at `at`.
+    /// This alert, resolved at `at`: its summary says it recovered.
     pub fn resolved(mut self, at: Timestamp) -> Alert {
         self.status = AlertStatus::Resolved;
         self.ends_at = Some(at);
+        self.summary = self.recovered_summary();
         self
     }
+
+    /// Resolved because the agent is now in another alerting state, whose
+    /// alert is `next`.
+    pub fn superseded(mut self, at: Timestamp, next: AlertKind) -> Alert {
+        self.superseded_by = Some(next);
+        self.resolved(at)
+    }
+
+    /// What a person reads about this alert, in every receiver: its summary
+    /// while it fires; once resolved, that it recovered, when, and after how
+    /// long (whatever summary an older version stored with it).
+    pub fn text(&self) -> Cow<'_, str> {
+        match self.status {
+            AlertStatus::Firing => Cow::Borrowed(&self.summary),
+            AlertStatus::Resolved => Cow::Owned(self.recovered_summary()),
+        }
+    }
+
+    /// `trading_coordinator recovered at 10:42:13Z after 3m 20s stale`,
+    /// `source redis recovered at 10:42:13Z after 45s down`.
+    fn recovered_summary(&self) -> String {
+        let subject = match (&self.agent, &self.source) {
+            (Some(agent), _) => agent.to_string(),
+            (None, Some(source)) => format!("source {source}"),
+            (None, None) => self.kind.alertname().to_string(),
+        };
+        let condition = self.kind.condition();
+        match self.ends_at {
+            Some(end) => {
+                let lasted = (end - self.starts_at).num_milliseconds() as f64 / 1000.0;
+                match self.superseded_by {
+                    Some(next) => format!(
+                        "{subject} is no longer {condition} at {} after {}: now {}",
+                        clock_time(end),
+                        human_secs(lasted),
+                        next.condition()
+                    ),
+                    None => format!(
+                        "{subject} recovered at {} after {} {condition}",
+                        clock_time(end),
+                        human_secs(lasted)
+                    ),
+                }
+            }
+            None => format!(
+                "{subject} recovered; {condition} since {}",
+                clock_time(self.starts_at)
+            ),
+        }
+    }
+}
+
+/// `10:42:13Z`: the time of day, UTC.
+fn clock_time(t: Timestamp) -> String {
+    t.format("%H:%M:%SZ").to_string()
 }
 
 fn stale_summary(agent: &AgentId, age: f64, threshold: f64, source: Option<&SourceId>) -> String {
@@ -494,6 +568,7 @@ mod tests {
             starts_at: Timestamp::default(),
             ends_at: None,
             summary: String::new(),
+            superseded_by: None,
         }
     }
 
@@ -544,6 +619,55 @@ mod tests {
         a.labels.insert("agent".into(), "spoof".into());
         assert_eq!(a.all_labels()["agent"], "x");
         assert_eq!(a.label("agent").as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_resolved_agent_alert_says_it_recovered_when_and_after_how_long() {
+        let mut a = alert(AlertKind::AgentStale, "trading_coordinator");
+        a.starts_at = "2024-03-01T10:38:53Z".parse().unwrap();
+        a.summary = "Agent trading_coordinator is stale: last heartbeat 10s ago".into();
+        assert_eq!(a.text(), a.summary.as_str(), "firing text unchanged");
+        let r = a.resolved("2024-03-01T10:42:13Z".parse().unwrap());
+        assert_eq!(
+            r.summary,
+            "trading_coordinator recovered at 10:42:13Z after 3m 20s stale"
+        );
+        assert_eq!(r.text(), r.summary.as_str());
+        for (kind, word) in [
+            (AlertKind::AgentFailing, "failing"),
+            (AlertKind::AgentMissing, "missing"),
+        ] {
+            let mut a = alert(kind, "x");
+            a.starts_at = "2024-03-01T10:42:00Z".parse().unwrap();
+            let r = a.resolved("2024-03-01T10:42:13Z".parse().unwrap());
+            assert_eq!(
+                r.summary,
+                format!("x recovered at 10:42:13Z after 13s {word}")
+            );
+        }
+    }
+
+    #[test]
+    fn a_resolved_source_alert_says_the_source_recovered() {
+        let mut a = alert(AlertKind::SourceDown, "unused");
+        a.agent = None;
+        a.starts_at = "2024-03-01T10:41:28Z".parse().unwrap();
+        let r = a.resolved("2024-03-01T10:42:13Z".parse().unwrap());
+        assert_eq!(
+            r.text(),
+            "source redis recovered at 10:42:13Z after 45s down"
+        );
+    }
+
+    #[test]
+    fn a_resolved_alert_stored_with_its_firing_summary_still_reads_recovered() {
+        // Written by an older version: resolved, with the text it fired with.
+        let mut a = alert(AlertKind::AgentStale, "a");
+        a.status = AlertStatus::Resolved;
+        a.starts_at = "2024-03-01T10:00:00Z".parse().unwrap();
+        a.ends_at = Some("2024-03-01T12:03:00Z".parse().unwrap());
+        a.summary = "Agent a is stale: last heartbeat 10s ago".into();
+        assert_eq!(a.text(), "a recovered at 12:03:00Z after 2h 3m stale");
     }
 
     #[test]

@@ -193,11 +193,68 @@ pub fn is_healthy_word(word: &str) -> bool {
     HEALTHY_WORDS.iter().any(|h| h.eq_ignore_ascii_case(word))
 }
 
-/// A reported status (from a push body or, later, a `/health` component).
+/// A check's status: what a push body, a row or a `/health` answer
+/// reported, or what a probe found when no usable answer came.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Status {
     pub healthy: bool,
+    /// For a reported status, what was reported (`error: db pool
+    /// exhausted`, `HTTP 500`); otherwise the whole story in a few words
+    /// (`not reachable: connection refused`, `no answer within 2s`).
     pub detail: String,
+    /// Whether something answered. Not part of the API (the check's reason
+    /// says it); absent from older data, where it means reported.
+    #[serde(default, skip_serializing)]
+    pub origin: StatusOrigin,
+}
+
+/// Where a status comes from: something that answered, or a probe that had
+/// no usable answer.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusOrigin {
+    /// The service, a pushed body or a row said so.
+    #[default]
+    Reported,
+    /// Nothing answered: connection refused, DNS, TLS, no answer in time.
+    NoAnswer,
+    /// An answer came that could not be used: too large, not JSON, the
+    /// wrong content type, too slow, not a status value.
+    BadAnswer,
+}
+
+impl Status {
+    /// A status the service, a pushed body or a row reported.
+    pub fn reported(healthy: bool, detail: impl Into<String>) -> Self {
+        Self {
+            healthy,
+            detail: detail.into(),
+            origin: StatusOrigin::Reported,
+        }
+    }
+
+    /// A failing status from a probe that had no usable answer; `detail`
+    /// says it all (`not reachable: connection refused`).
+    pub fn unanswered(origin: StatusOrigin, detail: impl Into<String>) -> Self {
+        Self {
+            healthy: false,
+            detail: detail.into(),
+            origin,
+        }
+    }
+
+    /// The reason of a check failing with this status: `reported unhealthy:
+    /// HTTP 500` only when something reported it, the probe's own words
+    /// (`not reachable: connection refused`) when nothing did.
+    pub fn failing_reason(&self) -> String {
+        match (self.origin, self.detail.is_empty()) {
+            (StatusOrigin::Reported, true) => "reported unhealthy".to_string(),
+            (StatusOrigin::Reported, false) => format!("reported unhealthy: {}", self.detail),
+            (StatusOrigin::NoAnswer, true) => "no answer".to_string(),
+            (StatusOrigin::BadAnswer, true) => "unusable answer".to_string(),
+            (StatusOrigin::NoAnswer | StatusOrigin::BadAnswer, false) => self.detail.clone(),
+        }
+    }
 }
 
 /// What a source found about one agent.
@@ -339,5 +396,36 @@ mod tests {
         for w in ["error", "down", "false", "", "degraded"] {
             assert!(!is_healthy_word(w), "{w}");
         }
+    }
+
+    #[test]
+    fn reported_unhealthy_only_when_something_reported() {
+        let r = Status::reported(false, "error: db pool exhausted");
+        assert_eq!(
+            r.failing_reason(),
+            "reported unhealthy: error: db pool exhausted"
+        );
+        assert_eq!(
+            Status::reported(false, "").failing_reason(),
+            "reported unhealthy"
+        );
+        let refused =
+            Status::unanswered(StatusOrigin::NoAnswer, "not reachable: connection refused");
+        assert_eq!(
+            refused.failing_reason(),
+            "not reachable: connection refused"
+        );
+        let hung = Status::unanswered(StatusOrigin::NoAnswer, "no answer within 2s");
+        assert_eq!(hung.failing_reason(), "no answer within 2s");
+        let big = Status::unanswered(StatusOrigin::BadAnswer, "body too large");
+        assert_eq!(big.failing_reason(), "body too large");
+    }
+
+    #[test]
+    fn status_origin_is_read_when_absent_and_kept_out_of_the_api() {
+        let s: Status = serde_json::from_str(r#"{"healthy": false, "detail": "x"}"#).unwrap();
+        assert_eq!(s.origin, StatusOrigin::Reported);
+        let v = serde_json::to_value(Status::unanswered(StatusOrigin::NoAnswer, "y")).unwrap();
+        assert_eq!(v, serde_json::json!({"healthy": false, "detail": "y"}));
     }
 }

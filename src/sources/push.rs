@@ -98,13 +98,13 @@ fn status_of(v: &serde_json::Value, detail: Option<String>) -> Option<Status> {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    Some(Status {
+    Some(Status::reported(
         healthy,
-        detail: match detail {
+        match detail {
             Some(d) if !d.is_empty() => format!("{word}: {d}"),
             _ => word,
         },
-    })
+    ))
 }
 
 /// `POST /api/v1/heartbeats/{agent}`.

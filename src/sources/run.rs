@@ -110,7 +110,7 @@ pub async fn confirm_once<S: PollSource>(
 pub async fn run_polled<S: PollSource>(
     src: Arc<S>,
     ctx: SourceCtx,
-    mut confirms: mpsc::Receiver<Vec<AgentId>>,
+    confirms: &mut mpsc::Receiver<Vec<AgentId>>,
     cancel: CancellationToken,
 ) {
     let health = std::sync::Mutex::new(HealthLog::default());

@@ -98,6 +98,7 @@ pub struct Metrics {
     outbox_pending: IntGaugeVec,
     notification_latency: HistogramVec,
     alerts: IntGaugeVec,
+    task_restarts: IntCounterVec,
     max_agent_series: usize,
 }
 
@@ -202,6 +203,13 @@ impl Metrics {
             ),
             &["kind", "silenced"],
         )?;
+        let task_restarts = IntCounterVec::new(
+            opts(
+                "task_restarts_total",
+                "Runs of a long-lived task (a source) that panicked or ended and were started again.",
+            ),
+            &["task"],
+        )?;
         let build_info = IntGaugeVec::new(
             opts("build_info", "Always 1; the version is a label."),
             &["version"],
@@ -223,6 +231,7 @@ impl Metrics {
             Box::new(outbox_pending.clone()),
             Box::new(notification_latency.clone()),
             Box::new(alerts.clone()),
+            Box::new(task_restarts.clone()),
             Box::new(build_info),
         ] {
             registry.register(c)?;
@@ -248,6 +257,7 @@ impl Metrics {
             outbox_pending,
             notification_latency,
             alerts,
+            task_restarts,
             max_agent_series,
         })
     }
@@ -356,6 +366,16 @@ impl Metrics {
         self.point_reads_dropped
             .with_label_values(&[source.as_str()])
             .inc_by(agents as u64);
+    }
+
+    /// Create a restartable task's series up front (zero restarts).
+    pub fn register_task(&self, task: &str) {
+        self.task_restarts.with_label_values(&[task]);
+    }
+
+    /// A run of `task` failed and it is started again.
+    pub fn task_restarted(&self, task: &str) {
+        self.task_restarts.with_label_values(&[task]).inc();
     }
 
     pub fn heartbeat_pushed(&self, result: Pushed) {

@@ -134,6 +134,34 @@ routing: {{group_wait: 2s, group_interval: 1s, repeat_interval: 1h, receivers: [
     assert_eq!(all[1].json()["status"], "resolved");
     let all_am = am.wait_requests(2, Duration::from_secs(20)).await;
     assert_eq!(all_am[1].json()["status"], "resolved");
+    // Each resolved alert says it recovered, when (its `ends_at`), and how
+    // long it was stale; nothing of the firing text.
+    let resolved = all[1].json();
+    let am_resolved = all_am[1].json();
+    for (a, am_a) in resolved["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(am_resolved["alerts"].as_array().unwrap())
+    {
+        let summary = a["summary"].as_str().unwrap();
+        let clock = &a["ends_at"].as_str().unwrap()[11..19];
+        let agent = a["agent"].as_str().unwrap();
+        assert!(
+            summary.starts_with(&format!("{agent} recovered at {clock}Z after "))
+                && summary.ends_with(" stale"),
+            "{summary}"
+        );
+        assert!(
+            am_a["annotations"]["summary"]
+                .as_str()
+                .unwrap()
+                .contains(" recovered at "),
+            "{am_a}"
+        );
+    }
+    assert!(!resolved.to_string().contains("is stale"));
+    assert!(!am_resolved.to_string().contains("is stale"));
     wait_metric(
         &app,
         r#"agent_supervisor_notifications_total{receiver="hook",result="success"}"#,

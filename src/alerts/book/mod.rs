@@ -232,7 +232,19 @@ impl Book {
         for fp in gone {
             if let Some(a) = self.active.remove(&fp) {
                 changes.resolved += 1;
-                let resolved = (*a.alert).clone().resolved(now);
+                // Stale, then failing: the stale alert ends, the agent did
+                // not recover.
+                let next = a
+                    .alert
+                    .agent
+                    .as_ref()
+                    .and_then(|id| agents.get(id.as_str()))
+                    .map(|(kind, _)| *kind)
+                    .filter(|kind| *kind != a.alert.kind);
+                let resolved = match next {
+                    Some(kind) => (*a.alert).clone().superseded(now, kind),
+                    None => (*a.alert).clone().resolved(now),
+                };
                 self.leave_groups(&a.groups, &resolved, routing, true, now);
             }
         }

@@ -562,3 +562,23 @@ fn a_source_outage_shorter_than_down_after_never_fires() {
         Some(AlertKind::SourceDown)
     );
 }
+
+#[test]
+fn a_stale_agent_that_turns_failing_is_not_told_as_recovered() {
+    let r = routing(&["oncall"]);
+    let mut book = Book::default();
+    let stale = vec![agent("a", State::Stale, at(0), &[])];
+    book.reconcile(&snap(stale, true), &r, true, at(0));
+    assert_eq!(run(&mut book, &r, 0, 30).len(), 1);
+    let failing = vec![agent("a", State::Failing, at(100), &[])];
+    book.reconcile(&snap(failing, true), &r, true, at(100));
+    let sent = run(&mut book, &r, 100, 200);
+    let resolved: Vec<String> = sent
+        .iter()
+        .flat_map(|(_, n)| n.resolved().map(|a| a.text().into_owned()))
+        .collect();
+    assert_eq!(
+        resolved,
+        vec!["a is no longer stale at 12:01:40Z after 1m 40s: now failing".to_string()]
+    );
+}

@@ -115,7 +115,7 @@ fn slack_section(a: &Alert) -> Value {
         a.kind.alertname(),
         slack_escape(&subject(a)),
         when(a),
-        slack_escape(&a.summary),
+        slack_escape(&a.text()),
     );
     let labels = labels_line(a);
     if !labels.is_empty() {
@@ -212,7 +212,7 @@ fn discord_embed(a: &Alert, budget: usize) -> Option<(Value, usize)> {
     if size > budget {
         return None;
     }
-    let description = truncate(&a.summary, DISCORD_DESCRIPTION_MAX.min(budget - size));
+    let description = truncate(&a.text(), DISCORD_DESCRIPTION_MAX.min(budget - size));
     size += description.chars().count();
     let timestamp = match (a.status, a.ends_at) {
         (AlertStatus::Resolved, Some(t)) => t,
@@ -292,7 +292,7 @@ fn teams_alert(a: &Alert) -> Vec<Value> {
         }),
         json!({
             "type": "TextBlock",
-            "text": truncate(&a.summary, TEAMS_SUMMARY_MAX),
+            "text": truncate(&a.text(), TEAMS_SUMMARY_MAX),
             "wrap": true,
         }),
         json!({
@@ -376,7 +376,8 @@ fn pagerduty_severity(a: &Alert, default: &str) -> &'static str {
 }
 
 /// One Events API v2 event: `trigger` for a firing alert, `resolve` (only
-/// `routing_key`, `event_action`, `dedup_key`) for a resolved one.
+/// `routing_key`, `event_action`, `dedup_key`: no text that could read like
+/// a firing one) for a resolved one.
 pub(super) fn pagerduty(
     a: &Alert,
     n: &Notification,
@@ -392,10 +393,11 @@ pub(super) fn pagerduty(
             "dedup_key": a.fingerprint,
         });
     }
-    let summary = if a.summary.trim().is_empty() {
+    let text = a.text();
+    let summary = if text.trim().is_empty() {
         format!("{}: {}", a.kind.alertname(), subject(a))
     } else {
-        a.summary.clone()
+        text.into_owned()
     };
     let source = a
         .agent

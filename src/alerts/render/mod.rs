@@ -8,6 +8,10 @@
 //! their order, nothing reads the clock), which is what lets the outbox
 //! retry a request and a receiver de-duplicate it.
 //!
+//! Every format says the same thing about an alert: [`Alert::text`], the
+//! summary it fired with, or for a resolved alert that it recovered, when,
+//! and after how long.
+//!
 //! Formats (`type:` of the receiver):
 //!
 //! - `webhook`: the generic JSON of DESIGN §5 ([`generic_json`]), or the
@@ -231,7 +235,7 @@ pub fn generic_json(n: &Notification) -> Value {
                 "threshold_seconds": opt_num(a.threshold_seconds),
                 "starts_at": rfc3339(a.starts_at),
                 "ends_at": opt_time(a.ends_at),
-                "summary": a.summary,
+                "summary": a.text(),
             })
         })
         .collect();
@@ -251,11 +255,12 @@ fn num_str(x: f64) -> String {
     format!("{x}")
 }
 
-/// An alert's Alertmanager annotations: `summary`, plus `age_seconds`,
-/// `threshold_seconds` and `last_seen` when known.
+/// An alert's Alertmanager annotations: `summary` (for a resolved alert,
+/// that it recovered), plus `age_seconds`, `threshold_seconds` and
+/// `last_seen` when known.
 fn annotations(a: &Alert) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
-    m.insert("summary".to_string(), a.summary.clone());
+    m.insert("summary".to_string(), a.text().into_owned());
     if let Some(x) = a.age_seconds.filter(|x| x.is_finite()) {
         m.insert("age_seconds".into(), num_str(x));
     }

@@ -34,6 +34,7 @@ fn alert(i: usize, kind: AlertKind) -> Alert {
         starts_at: ts(12, 0, i as u32 % 60),
         ends_at: None,
         summary: format!("Agent {agent} is stale: last heartbeat 2m 6s ago (threshold 60s) <&>"),
+        superseded_by: None,
     }
 }
 
@@ -51,6 +52,7 @@ fn source_down() -> Alert {
         starts_at: ts(12, 1, 0),
         ends_at: None,
         summary: "Source postgres cannot be read (timeout)".into(),
+        superseded_by: None,
     }
 }
 
@@ -857,6 +859,140 @@ fn pagerduty_limits_with_1000_alerts() {
         }
     }
     assert_eq!(b[999]["event_action"], "resolve");
+}
+
+// ------------------------------------------------------------- resolved
+
+/// What each alert of [`recovered`] must read, in order.
+const RECOVERED: [&str; 3] = [
+    "trading_agent_1 recovered at 12:03:21Z after 3m 20s stale",
+    "source postgres recovered at 12:01:45Z after 45s down",
+    "trading_agent_2 recovered at 12:10:02Z after 10m 0s failing",
+];
+
+/// A resolved notification: a stale agent and a source down, both
+/// recovered, and a failing agent resolved by an older version (stored with
+/// the summary it fired with).
+fn recovered() -> Notification {
+    let mut old = alert(2, AlertKind::AgentFailing);
+    old.status = AlertStatus::Resolved;
+    old.ends_at = Some(ts(12, 10, 2));
+    let mut n = notification_of(vec![
+        alert(1, AlertKind::AgentStale).resolved(ts(12, 3, 21)),
+        source_down().resolved(ts(12, 1, 45)),
+        old,
+    ]);
+    n.status = AlertStatus::Resolved;
+    n
+}
+
+/// No firing words (the fixtures' firing summaries say "is stale: last
+/// heartbeat" and "cannot be read") anywhere in `body`.
+fn assert_no_firing_text(body: &Value) {
+    let text = body.to_string();
+    for firing in ["is stale", "last heartbeat", "cannot be read"] {
+        assert!(
+            !text.contains(firing),
+            "{firing:?} in a resolved body: {text}"
+        );
+    }
+}
+
+fn webhook_r(template: Option<Template>) -> Renderer {
+    renderer(ReceiverKind::Webhook {
+        url: url("https://hook.example.com/x"),
+        template,
+    })
+}
+
+/// The strings at `pointer` in each element of the list `list`.
+fn strings<'a>(list: &'a Value, pointer: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x.pointer(pointer)?.as_str())
+        .collect()
+}
+
+#[test]
+fn resolved_generic_json_says_recovered_when_and_how_long() {
+    let b = body(&webhook_r(None), &recovered(), &CTX);
+    assert_eq!(b["status"], "resolved");
+    assert_eq!(strings(&b["alerts"], "/summary"), RECOVERED);
+    assert_eq!(b["alerts"][0]["ends_at"], "2024-03-01T12:03:21Z");
+    assert_no_firing_text(&b);
+    // A template sees the same text.
+    let t = Template::compile(r#"{"s": {{ alerts[0].summary|tojson }}, "t": {{ title|tojson }}}"#)
+        .unwrap();
+    let b = body(&webhook_r(Some(t)), &recovered(), &CTX);
+    assert_eq!(b["s"], RECOVERED[0]);
+    assert_eq!(b["t"], "[RESOLVED:3] AgentSupervisor (team=trading)");
+}
+
+#[test]
+fn resolved_alertmanager_annotations_say_recovered() {
+    let api = renderer(ReceiverKind::AlertmanagerApi {
+        url: url("http://alertmanager:9093/"),
+        resend_interval: std::time::Duration::from_secs(60),
+    });
+    let v4 = body(&alertmanager_r(), &recovered(), &CTX);
+    let pushed = body(&api, &recovered(), &CTX);
+    assert_eq!(strings(&v4["alerts"], "/annotations/summary"), RECOVERED);
+    assert_eq!(strings(&pushed, "/annotations/summary"), RECOVERED);
+    assert_eq!(v4["alerts"][0]["endsAt"], "2024-03-01T12:03:21Z");
+    assert_no_firing_text(&v4);
+    assert_no_firing_text(&pushed);
+}
+
+#[test]
+fn resolved_slack_message_says_recovered() {
+    let b = body(&slack_r(), &recovered(), &CTX);
+    let texts = strings(&b["blocks"], "/text/text");
+    for want in RECOVERED {
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.starts_with("✅") && t.contains(want)),
+            "{want} not in {texts:?}"
+        );
+    }
+    assert_no_firing_text(&b);
+}
+
+#[test]
+fn resolved_discord_message_says_recovered() {
+    let b = body(&discord_r(), &recovered(), &CTX);
+    assert_eq!(strings(&b["embeds"], "/description"), RECOVERED);
+    assert_no_firing_text(&b);
+}
+
+#[test]
+fn resolved_teams_message_says_recovered() {
+    let b = body(&teams_r(), &recovered(), &CTX);
+    let texts = strings(&b["attachments"][0]["content"]["body"], "/text");
+    for want in RECOVERED {
+        assert!(texts.contains(&want), "{want} not in {texts:?}");
+    }
+    assert_no_firing_text(&b);
+}
+
+#[test]
+fn resolved_pagerduty_events_carry_no_firing_text() {
+    let n = recovered();
+    let events = bodies(&pagerduty_r(), &n, &CTX);
+    assert_eq!(events.len(), 3);
+    for (e, a) in events.iter().zip(&n.alerts) {
+        // Events v2 resolve: no payload, nothing that reads like a page.
+        assert_eq!(
+            *e,
+            serde_json::json!({
+                "routing_key": "R0UT1NGKEY",
+                "event_action": "resolve",
+                "dedup_key": a.fingerprint,
+            })
+        );
+        assert_no_firing_text(e);
+    }
 }
 
 // -------------------------------------------------------------- helpers

@@ -143,11 +143,7 @@ impl Supervisor {
         if let Some(status) = &c.status
             && !status.healthy
         {
-            let reason = if status.detail.is_empty() {
-                "reported unhealthy".to_string()
-            } else {
-                format!("reported unhealthy: {}", status.detail)
-            };
+            let reason = status.failing_reason();
             self.set_check_state(key, State::Failing, reason, now);
             return;
         }

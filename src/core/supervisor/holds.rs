@@ -5,11 +5,12 @@
 //! - A source with `depends_on` (its agents live in a service) has its
 //!   checks held `unknown`, deadlines frozen, while the service's check is
 //!   anything but healthy: one alert fires, the service's.
-//! - When the service is healthy again, or a source comes back from an
-//!   outage, a heartbeat older than that moment gets `stale_after` from it
-//!   to be renewed: the agents restarted with the service, or their writes
-//!   were blocked by the outage. One that stays silent is reported then,
-//!   with its true age and what it was given.
+//! - When the service is healthy again after failing, or a source comes
+//!   back from an outage, a heartbeat older than that moment gets
+//!   `stale_after` from it to be renewed: the agents restarted with the
+//!   service, or their writes were blocked by the outage. One that stays
+//!   silent is reported then, with its true age and what it was given. A
+//!   service found healthy at its first probe gives no such time.
 //! - Checks already stale, missing or failing keep their state through a
 //!   hold or an outage: no new transition, no new notification.
 
@@ -35,17 +36,28 @@ impl Supervisor {
             if state == State::Healthy {
                 self.release(&source, &key.agent, now);
             } else {
-                self.hold(&source, held_reason(&key.agent, state), now);
+                self.hold(&source, &key.agent, state, now);
             }
         }
     }
 
-    /// Hold every check of `source` that is not already alerting.
-    pub(super) fn hold(&mut self, source: &SourceId, reason: String, now: Timestamp) {
+    /// Hold every check of `source` that is not already alerting, its
+    /// dependency being in `state`.
+    pub(super) fn hold(
+        &mut self,
+        source: &SourceId,
+        dependency: &AgentId,
+        state: State,
+        now: Timestamp,
+    ) {
         let Some(src) = self.source_mut(source) else {
             return;
         };
+        let reason = held_reason(dependency, state);
         src.held = Some(reason.clone());
+        // Not probed yet (start-up) is not a failure: the first healthy
+        // probe then gives no extra time, and a stale agent is stale at once.
+        src.held_after_failure |= state != State::Unknown;
         for key in self.keys_of(source) {
             let Some(c) = self.checks.get_mut(&key) else {
                 continue;
@@ -59,7 +71,7 @@ impl Supervisor {
     }
 
     /// The dependency of `source` is healthy again: re-evaluate its checks,
-    /// each given `stale_after` from now.
+    /// each given `stale_after` from now if the dependency had failed.
     fn release(&mut self, source: &SourceId, dependency: &AgentId, now: Timestamp) {
         let Some(src) = self.source_mut(source) else {
             return;
@@ -67,7 +79,9 @@ impl Supervisor {
         if src.held.take().is_none() {
             return;
         }
-        src.resumed = Some((now, format!("{dependency} recovered")));
+        if std::mem::take(&mut src.held_after_failure) {
+            src.resumed = Some((now, format!("{dependency} recovered")));
+        }
         for key in self.keys_of(source) {
             self.evaluate(&key, now, now);
         }

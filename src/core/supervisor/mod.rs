@@ -82,6 +82,10 @@ struct SourceEntry {
     /// While the check this source's agents depend on is not healthy: why
     /// its checks are held `unknown` (their deadlines frozen).
     held: Option<String>,
+    /// Whether the dependency was seen unhealthy during the current hold
+    /// (not merely not probed yet): only then does its recovery give the
+    /// agents time to beat again.
+    held_after_failure: bool,
     /// When its data became trustworthy again (back from an outage, or its
     /// dependency healthy again) and what happened: a heartbeat older than
     /// that gets `stale_after` from then before it counts as stale.
@@ -210,6 +214,7 @@ impl Supervisor {
                         scan_gen: 0,
                         evaluable: push,
                         held: None,
+                        held_after_failure: false,
                         resumed: None,
                         rechecking: BTreeSet::new(),
                         recheck_from: None,
@@ -243,11 +248,7 @@ impl Supervisor {
                 .or_default()
                 .push(source.clone());
             // Nothing is known of the dependency yet.
-            sup.hold(
-                &source,
-                holds::held_reason(&dependency.agent, State::Unknown),
-                now,
-            );
+            sup.hold(&source, &dependency.agent, State::Unknown, now);
         }
         sup
     }

@@ -379,10 +379,7 @@ fn agent_state_is_the_worst_of_its_checks() {
             reading: Reading::Heartbeat {
                 agent: "a".into(),
                 last_seen: at(0.0),
-                status: Some(Status {
-                    healthy: false,
-                    detail: "db pool exhausted".into(),
-                }),
+                status: Some(Status::reported(false, "db pool exhausted")),
             },
         },
         at(0.0),
@@ -611,10 +608,7 @@ fn with_a_push_source_expected_agents_get_the_whole_grace_period() {
 fn status(agent: &str, healthy: bool, detail: &str) -> Reading {
     Reading::Status {
         agent: agent.into(),
-        status: Status {
-            healthy,
-            detail: detail.into(),
-        },
+        status: Status::reported(healthy, detail),
     }
 }
 
@@ -904,14 +898,10 @@ fn a_stopped_service_is_one_incident_and_its_agents_get_stale_after_from_its_rec
 #[test]
 fn an_agent_stale_before_its_service_failed_keeps_its_state_and_alert() {
     let mut s = sup_with_service();
-    // The service's first healthy probe also gives its agents stale_after
-    // (they may have started with it): `gone` is stale only then.
+    // Found healthy at the first probe: no time is given, `gone` is stale.
     probe(&mut s, at(0.0), true);
     scan(&mut s, at(0.0), at(0.0), vec![hb("gone", at(-30.0))]);
-    assert_eq!(state(&s, "gone", at(0.0)), State::Unknown);
-    s.tick(at(10.1));
-    confirm(&mut s, at(10.1), vec![hb("gone", at(-30.0))]);
-    assert_eq!(state(&s, "gone", at(10.1)), State::Stale);
+    assert_eq!(state(&s, "gone", at(0.0)), State::Stale);
     s.take_events();
     probe(&mut s, at(11.0), false);
     assert_eq!(state(&s, "gone", at(11.0)), State::Stale);
@@ -973,4 +963,60 @@ fn re_reads_are_bounded_per_second_and_go_round_robin() {
         );
     }
     assert_eq!(rounds, vec![vec!["a", "b"], vec!["c", "d"], vec!["e", "a"]]);
+}
+
+#[test]
+fn pushed_checks_are_held_and_released_like_polled_ones() {
+    let mut p = policy();
+    p.depends_on = [(
+        push(),
+        CheckKey {
+            agent: "svc".into(),
+            source: svc(),
+        },
+    )]
+    .into();
+    let mut s = Supervisor::new(
+        p,
+        [
+            (push(), SourceKind::Push, "push".to_string()),
+            (svc(), SourceKind::Polled, "http".to_string()),
+        ],
+        t0(),
+    );
+    probe(&mut s, at(0.0), true);
+    let pushed = |s: &mut Supervisor, t: f64| {
+        s.observe(
+            Observation::Pushed {
+                source: push(),
+                reading: hb("p", at(t)),
+            },
+            at(t),
+        )
+    };
+    pushed(&mut s, 0.0);
+    assert_eq!(state(&s, "p", at(0.0)), State::Healthy);
+    probe(&mut s, at(1.0), false);
+    assert_eq!(state(&s, "p", at(1.0)), State::Unknown);
+    // Its deadline (10 s) passes while held: nothing fires.
+    s.tick(at(30.0));
+    assert_eq!(state(&s, "p", at(30.0)), State::Unknown);
+    probe(&mut s, at(40.0), true);
+    assert_eq!(state(&s, "p", at(40.0)), State::Unknown);
+    pushed(&mut s, 41.0);
+    assert_eq!(state(&s, "p", at(41.0)), State::Healthy);
+}
+
+#[test]
+fn a_service_that_boots_slowly_gives_its_agents_stale_after_once_it_answers() {
+    let mut s = sup_with_service();
+    // Old heartbeats from before the deploy; the service is not up yet.
+    scan(&mut s, at(0.0), at(0.0), vec![hb("a", at(-300.0))]);
+    probe(&mut s, at(0.5), false);
+    assert_eq!(state(&s, "a", at(0.5)), State::Unknown);
+    probe(&mut s, at(5.0), true);
+    // It restarted with the service: 10 s from 5 s to beat.
+    assert_eq!(state(&s, "a", at(5.0)), State::Unknown);
+    scan(&mut s, at(6.0), at(6.0), vec![hb("a", at(5.9))]);
+    assert_eq!(state(&s, "a", at(6.0)), State::Healthy);
 }

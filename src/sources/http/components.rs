@@ -5,7 +5,7 @@ use serde_json::Value;
 use super::MAX_DETAIL;
 use crate::config::HttpComponent;
 use crate::core::timestamp::parse_json_value;
-use crate::core::{AgentId, Reading, Status};
+use crate::core::{AgentId, Reading, Status, StatusOrigin};
 use crate::sources::common::truncate;
 
 /// One component's reading out of the body.
@@ -32,19 +32,16 @@ pub(super) fn component_reading(agent: &AgentId, c: &HttpComponent, body: &Value
             };
             return Reading::Status {
                 agent,
-                status: Status {
-                    healthy: false,
-                    detail: format!("{} holds {what}, not a status value", c.pointer),
-                },
+                status: Status::unanswered(
+                    StatusOrigin::BadAnswer,
+                    format!("{} holds {what}, not a status value", c.pointer),
+                ),
             };
         }
         Value::Null => String::new(),
     };
     let healthy = component_healthy(c, &word);
-    let status = Status {
-        healthy,
-        detail: truncate(&word, MAX_DETAIL).to_string(),
-    };
+    let status = Status::reported(healthy, truncate(&word, MAX_DETAIL));
     let Some(ptr) = &c.last_seen else {
         return Reading::Status { agent, status };
     };

@@ -8,11 +8,9 @@ use super::*;
 impl HttpSource {
     /// One request, bounded in time and size, within the concurrency bound.
     pub(super) async fn fetch(&self, url: &str) -> Result<Answer, Failure> {
-        let _permit = self
-            .limit
-            .acquire()
-            .await
-            .map_err(|_| Failure::new(ErrorKind::Other, "probe limiter closed"))?;
+        let _permit = self.limit.acquire().await.map_err(|_| {
+            Failure::no_answer(ErrorKind::Other, "not probed: probe limiter closed")
+        })?;
         let started = Instant::now();
         let request = async {
             let mut resp = self
@@ -33,7 +31,7 @@ impl HttpSource {
                 .content_length()
                 .is_some_and(|n| n > self.max_body as u64)
             {
-                return Err(Failure::new(
+                return Err(Failure::bad_answer(
                     ErrorKind::Protocol,
                     format!("body too large (over {} bytes)", self.max_body),
                 ));
@@ -41,7 +39,7 @@ impl HttpSource {
             let mut body = Vec::new();
             while let Some(chunk) = resp.chunk().await.map_err(|e| self.failure(&e))? {
                 if body.len() + chunk.len() > self.max_body {
-                    return Err(Failure::new(
+                    return Err(Failure::bad_answer(
                         ErrorKind::Protocol,
                         format!("body too large (over {} bytes)", self.max_body),
                     ));
@@ -64,19 +62,25 @@ impl HttpSource {
     }
 
     fn timed_out(&self) -> Failure {
-        Failure::new(
+        Failure::no_answer(
             ErrorKind::Timeout,
-            format!("timeout after {}", fmt_duration(self.timeout)),
+            format!("no answer within {}", fmt_duration(self.timeout)),
         )
     }
 
     /// A client error as a kind and a message without the URL.
     fn failure(&self, e: &reqwest::Error) -> Failure {
+        let refused = || {
+            Failure::no_answer(
+                ErrorKind::ConnectionRefused,
+                "not reachable: connection refused",
+            )
+        };
         if e.is_timeout() {
             return self.timed_out();
         }
         if e.is_redirect() {
-            return Failure::new(
+            return Failure::bad_answer(
                 ErrorKind::Protocol,
                 format!("too many redirects (more than {MAX_REDIRECTS})"),
             );
@@ -88,33 +92,33 @@ impl HttpSource {
             if let Some(io) = s.downcast_ref::<std::io::Error>() {
                 match io.kind() {
                     std::io::ErrorKind::ConnectionRefused => {
-                        return Failure::new(ErrorKind::ConnectionRefused, "connection refused");
+                        return refused();
                     }
                     std::io::ErrorKind::TimedOut => return self.timed_out(),
                     _ => {}
                 }
             }
             if s.downcast_ref::<rustls::Error>().is_some() {
-                return Failure::new(ErrorKind::Tls, format!("TLS: {}", s));
+                return Failure::no_answer(ErrorKind::Tls, format!("not reachable: TLS: {s}"));
             }
             src = s.source();
         }
         if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
-            return Failure::new(ErrorKind::Tls, format!("TLS: {text}"));
+            return Failure::no_answer(ErrorKind::Tls, format!("not reachable: TLS: {text}"));
         }
         if lower.contains("dns") || lower.contains("lookup") || lower.contains("resolve") {
-            return Failure::new(ErrorKind::Dns, format!("DNS: {text}"));
+            return Failure::no_answer(ErrorKind::Dns, format!("not reachable: DNS: {text}"));
         }
         if lower.contains("connection refused") {
-            return Failure::new(ErrorKind::ConnectionRefused, "connection refused");
+            return refused();
         }
         if e.is_body() || e.is_decode() {
-            return Failure::new(ErrorKind::Protocol, format!("bad body: {text}"));
+            return Failure::bad_answer(ErrorKind::Protocol, format!("bad body: {text}"));
         }
         if e.is_connect() {
-            return Failure::new(ErrorKind::Other, format!("cannot connect: {text}"));
+            return Failure::no_answer(ErrorKind::Other, format!("not reachable: {text}"));
         }
-        Failure::new(ErrorKind::Other, text)
+        Failure::no_answer(ErrorKind::Other, format!("no answer: {text}"))
     }
 
     pub(super) fn expected(&self, code: u16) -> bool {

@@ -6,9 +6,13 @@
 //! A probe's outcome is data, not a failure of the source: whatever the
 //! service answers (or does not), the scan succeeds and reports it as the
 //! status of the **service check** (agent id `id`, by default the source's
-//! name): `HTTP 500`, `connection refused`, `timeout after 2s`, `slow: 2.31s
-//! > 1s`, `body too large`, `not JSON`... A source error would make the
-//! service check `unknown`, when the truth is that it is failing.
+//! name). A source error would make the service check `unknown`, when the
+//! truth is that it is failing. The status says whether the service
+//! answered ([`StatusOrigin`]), so the check's reason does not claim a
+//! report nobody made: `reported unhealthy: HTTP 500` when it answered so;
+//! `not reachable: connection refused` (or DNS, TLS) and `no answer within
+//! 2s` when nothing answered; `slow: 2.31s > 1s`, `body too large`, `not
+//! JSON`... when the answer could not be used.
 //!
 //! # Components and dependency suppression
 //!
@@ -47,7 +51,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use crate::config::{AgentUrl, HttpComponent, HttpConfig, HttpMethod};
-use crate::core::{AgentId, ErrorKind, Reading, SourceId, Status};
+use crate::core::{AgentId, ErrorKind, Reading, SourceId, Status, StatusOrigin};
 use crate::telemetry::metrics::Metrics;
 
 use super::common::truncate;
@@ -76,17 +80,31 @@ struct Answer {
     elapsed: Duration,
 }
 
-/// Why a request brought nothing usable back.
+/// Why a request brought nothing usable back: no answer at all, or one
+/// that cannot be used.
 #[derive(Debug, Clone)]
 struct Failure {
     kind: ErrorKind,
+    origin: StatusOrigin,
     detail: String,
 }
 
 impl Failure {
-    fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+    /// Nothing answered (`not reachable: connection refused`, `no answer
+    /// within 2s`).
+    fn no_answer(kind: ErrorKind, detail: impl Into<String>) -> Self {
         Self {
             kind,
+            origin: StatusOrigin::NoAnswer,
+            detail: detail.into(),
+        }
+    }
+
+    /// An answer came that cannot be used (`body too large`).
+    fn bad_answer(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            origin: StatusOrigin::BadAnswer,
             detail: detail.into(),
         }
     }
@@ -197,18 +215,15 @@ impl HttpSource {
 
     /// Judge an answer; `json` when the body must be a JSON document.
     fn judge(&self, outcome: Result<Answer, Failure>, json: bool) -> Verdict {
-        let failed = |kind: ErrorKind, detail: String| Verdict {
-            status: Status {
-                healthy: false,
-                detail,
-            },
+        let failed = |kind: ErrorKind, status: Status| Verdict {
+            status,
             kind: Some(kind),
             usable: false,
             json: None,
         };
         let answer = match outcome {
             Ok(a) => a,
-            Err(f) => return failed(f.kind, f.detail),
+            Err(f) => return failed(f.kind, Status::unanswered(f.origin, f.detail)),
         };
         if !self.expected(answer.code) {
             let mut detail = format!("HTTP {}", answer.code);
@@ -219,7 +234,7 @@ impl HttpSource {
                 detail.push_str(": ");
                 detail.push_str(truncate(d, MAX_DETAIL));
             }
-            return failed(ErrorKind::Other, detail);
+            return failed(ErrorKind::Other, Status::reported(false, detail));
         }
         let mut parsed = None;
         if json {
@@ -228,39 +243,44 @@ impl HttpSource {
                 let shown = if ct.is_empty() { "none" } else { ct };
                 return failed(
                     ErrorKind::Protocol,
-                    format!(
-                        "wrong content type: {} (expected application/json)",
-                        truncate(shown, 80)
+                    Status::unanswered(
+                        StatusOrigin::BadAnswer,
+                        format!(
+                            "wrong content type: {} (expected application/json)",
+                            truncate(shown, 80)
+                        ),
                     ),
                 );
             }
             match serde_json::from_slice::<Value>(&answer.body) {
                 Ok(v) => parsed = Some(v),
-                Err(e) => return failed(ErrorKind::Protocol, format!("not JSON: {e}")),
+                Err(e) => {
+                    return failed(
+                        ErrorKind::Protocol,
+                        Status::unanswered(StatusOrigin::BadAnswer, format!("not JSON: {e}")),
+                    );
+                }
             }
         }
         if let Some(max) = self.max_response_time
             && answer.elapsed > max
         {
             return Verdict {
-                status: Status {
-                    healthy: false,
-                    detail: format!(
+                status: Status::unanswered(
+                    StatusOrigin::BadAnswer,
+                    format!(
                         "slow: {:.2}s > {}",
                         answer.elapsed.as_secs_f64(),
                         fmt_duration(max)
                     ),
-                },
+                ),
                 kind: Some(ErrorKind::Timeout),
                 usable: true,
                 json: parsed,
             };
         }
         Verdict {
-            status: Status {
-                healthy: true,
-                detail: format!("HTTP {}", answer.code),
-            },
+            status: Status::reported(true, format!("HTTP {}", answer.code)),
             kind: None,
             usable: true,
             json: parsed,

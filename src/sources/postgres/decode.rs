@@ -185,7 +185,7 @@ fn status(row: &PgRow) -> Result<Option<Status>, String> {
         Some(d) => format!("{word}: {}", truncate(&d, MAX_DETAIL)),
         None => word,
     };
-    Ok(Some(Status { healthy, detail }))
+    Ok(Some(Status::reported(healthy, detail)))
 }
 
 /// A binary `json` (text) or `jsonb` (version byte 1, then text) value.
