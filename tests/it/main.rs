@@ -10,6 +10,7 @@ mod harness_smoke;
 mod http_source;
 mod postgres_e2e;
 mod postgres_source;
+mod quiet;
 mod receiver;
 mod redis_e2e;
 mod redis_source;

@@ -42,6 +42,7 @@ mod alertmanager;
 mod postgres;
 mod process;
 mod redis;
+mod service;
 mod wait;
 
 use std::sync::Once;
@@ -52,6 +53,7 @@ pub use process::{
     NextLine, OwnedChild, PipeLines, free_port, spawn_child, stop_child, tail_of_log,
 };
 pub use redis::{RedisServer, redis_ping, shared_redis_url, unique_prefix};
+pub use service::{PythonService, ServiceSetup};
 pub use wait::{holds_for, poll_until, wait_until, wait_until_sync};
 
 /// Reads an environment variable holding a URL; unset and empty are the same.
