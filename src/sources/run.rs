@@ -104,9 +104,12 @@ pub async fn confirm_once<S: PollSource>(
     result.map(|_| ())
 }
 
-/// Drive a polled source until cancelled: connect, a scan every interval and
-/// point reads as the core asks for them (concurrently with a running scan),
-/// then disconnect.
+/// How soon a source that could not be read is scanned again.
+pub const DOWN_RETRY: Duration = Duration::from_millis(500);
+
+/// Drive a polled source until cancelled: connect, a scan every interval
+/// (every [`DOWN_RETRY`] while it cannot be read) and point reads as the
+/// core asks for them (concurrently with a running scan), then disconnect.
 pub async fn run_polled<S: PollSource>(
     src: Arc<S>,
     ctx: SourceCtx,
@@ -135,6 +138,12 @@ pub async fn run_polled<S: PollSource>(
                 _ = cancel.cancelled() => break,
                 r = scan_once(&*src, &ctx) => r,
             };
+            if r.is_err() {
+                // Down: try again soon rather than a whole interval on, so a
+                // recovery is seen (and its agents given their time) within
+                // about DOWN_RETRY of it.
+                ticker.reset_after(src.interval().min(DOWN_RETRY));
+            }
             note(&r);
         }
     };
