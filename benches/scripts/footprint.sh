@@ -19,16 +19,9 @@ warmup=${WARMUP:-15}
 
 cargo build --release --quiet
 bin=target/release/agent-supervisor
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/scripts/common.sh
+. benches/scripts/common.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 
 case "$mode" in

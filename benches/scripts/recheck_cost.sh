@@ -21,17 +21,10 @@ stale=${2:-100}
 window=${WINDOW:-20}
 
 cargo build --quiet
-work=$(mktemp -d)
+# shellcheck source=benches/scripts/common.sh
+. benches/scripts/common.sh
 cp target/debug/agent-supervisor "$work/agent-supervisor"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rport=$(free_port)
 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
   --dir "$work" --logfile "$work/redis.log" &
