@@ -64,6 +64,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A file grown past RLIMIT_FSIZE must be a write error the state store
+    // reports (and the sidecar survives), not SIGXFSZ killing the process.
+    // SAFETY: called before any thread is started; SIG_IGN has no handler.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     if let Some(Command::Schema) = cli.command {

@@ -29,6 +29,7 @@ use crate::core::alert::{Alert, AlertKind, Matcher, Silence};
 use crate::core::snapshot::SourceStatus;
 use crate::core::{Policy, Snapshot, Timestamp};
 use crate::liveness::Liveness;
+use crate::sinks::state::StateFile;
 use crate::telemetry::metrics::{Delivery, LabelValue, Metrics};
 
 /// How long an API call waits for the engine to take its command.
@@ -423,7 +424,7 @@ impl Engine {
         let pending = self.state.outbox.clone();
         let next = self.state.next_seq;
         let saved = tokio::task::spawn_blocking(move || store.save_outbox(&pending, next)).await;
-        report_save(saved, "outbox");
+        report_save(saved, StateFile::Outbox, &self.metrics);
     }
 
     async fn save_book(&self) {
@@ -432,7 +433,7 @@ impl Engine {
         };
         let book = self.state.book.clone();
         let saved = tokio::task::spawn_blocking(move || store.save_book(&book)).await;
-        report_save(saved, "alert book");
+        report_save(saved, StateFile::Alerts, &self.metrics);
     }
 
     fn publish(&self, now: Timestamp) {
@@ -474,12 +475,20 @@ impl Engine {
 
 fn report_save(
     saved: Result<Result<(), crate::sinks::state::StateError>, tokio::task::JoinError>,
-    what: &str,
+    file: StateFile,
+    metrics: &Metrics,
 ) {
+    let what = file.label();
     match saved {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => error!(error = %e, file = what,
-            "Cannot save alert state; notifications may be lost or repeated after a restart."),
-        Err(e) => error!(error = %e, file = what, "Alert state save task failed."),
+        Ok(Err(e)) => {
+            metrics.state_save_failed(file);
+            error!(error = %e, file = what,
+                "Cannot save alert state; notifications may be lost or repeated after a restart.");
+        }
+        Err(e) => {
+            metrics.state_save_failed(file);
+            error!(error = %e, file = what, "Alert state save task failed.");
+        }
     }
 }

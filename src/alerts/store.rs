@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::book::Book;
 use crate::core::Timestamp;
 use crate::core::alert::Notification;
-use crate::sinks::state::{StateError, write_json};
+use crate::sinks::state::{StateError, read_json, write_json};
 
 const BOOK_FILE: &str = "alerts.json";
 const OUTBOX_FILE: &str = "outbox.json";
@@ -45,12 +45,6 @@ pub struct AlertState {
     pub book: Book,
     pub outbox: Vec<Pending>,
     pub next_seq: u64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct OnDisk<T> {
-    version: u32,
-    data: T,
 }
 
 #[derive(Serialize)]
@@ -87,15 +81,18 @@ impl AlertStore {
         self.dir.join(OUTBOX_FILE)
     }
 
-    /// The saved state; empty when there is none yet.
-    pub fn load(&self) -> Result<AlertState, StateError> {
-        let book: Book = read(&self.book_path())?.unwrap_or_default();
-        let outbox: Outbox = read(&self.outbox_path())?.unwrap_or_default();
-        Ok(AlertState {
-            book,
-            outbox: outbox.pending,
-            next_seq: outbox.next_seq,
-        })
+    /// The saved book; empty when there is none yet. An unreadable file
+    /// is set aside ([`StateError::Corrupt`]) without touching the outbox.
+    pub fn load_book(&self) -> Result<Book, StateError> {
+        Ok(read_json(&self.book_path(), VERSION, Some("data"))?.unwrap_or_default())
+    }
+
+    /// The saved outbox (pending notifications and the next sequence
+    /// number), on its own like the book.
+    pub fn load_outbox(&self) -> Result<(Vec<Pending>, u64), StateError> {
+        let outbox: Outbox =
+            read_json(&self.outbox_path(), VERSION, Some("data"))?.unwrap_or_default();
+        Ok((outbox.pending, outbox.next_seq))
     }
 
     /// Write the outbox. Blocking: call from `spawn_blocking`.
@@ -133,46 +130,29 @@ impl AlertStore {
     }
 }
 
-fn read<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(StateError::Io {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    let disk: OnDisk<T> = serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    if disk.version != VERSION {
-        return Err(StateError::Corrupt {
-            path: path.to_path_buf(),
-            message: format!("version {} (this build reads {VERSION})", disk.version),
-        });
-    }
-    Ok(Some(disk.data))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn save_then_load_round_trips_and_a_torn_file_is_an_error() {
+    fn each_file_loads_on_its_own_and_a_torn_one_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         let store = AlertStore::new(dir.path());
-        assert_eq!(store.load().unwrap(), AlertState::default());
+        assert_eq!(store.load_book().unwrap(), Book::default());
+        assert_eq!(store.load_outbox().unwrap(), (Vec::new(), 0));
         let state = AlertState {
             next_seq: 7,
             ..AlertState::default()
         };
         store.save(&state).unwrap();
-        assert_eq!(store.load().unwrap(), state);
+        assert_eq!(store.load_outbox().unwrap(), (Vec::new(), 7));
+        // A torn outbox: set aside; the book still loads.
         std::fs::write(store.outbox_path(), b"{\"version\":1,\"data\":{").unwrap();
-        assert!(matches!(store.load(), Err(StateError::Corrupt { .. })));
+        assert!(matches!(
+            store.load_outbox(),
+            Err(StateError::Corrupt { aside: Some(_), .. })
+        ));
+        assert_eq!(store.load_book().unwrap(), state.book);
+        assert_eq!(store.load_outbox().unwrap(), (Vec::new(), 0));
     }
 }

@@ -16,8 +16,8 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::Snapshot;
 use crate::liveness::Liveness;
-use crate::sinks::state::FileStore;
-use crate::telemetry::metrics::Metrics;
+use crate::sinks::state::{FileStore, StateError, StateFile};
+use crate::telemetry::metrics::{LabelValue, Metrics};
 
 /// The alert engine, its receivers' workers and the API's handle.
 pub(super) struct AlertParts {
@@ -39,19 +39,21 @@ impl AlertParts {
         let now = clock.now();
         let store = store.map(|s| AlertStore::new(s.dir()));
         let mut state = match &store {
-            Some(st) => match st.load() {
-                Ok(saved) => {
-                    if !saved.book.active.is_empty() || !saved.outbox.is_empty() {
-                        info!(firing = saved.book.active.len(), pending = saved.outbox.len(),
-                            path = %st.book_path().display(), "Restored alert state.");
-                    }
-                    saved
+            Some(st) => {
+                // Each file on its own: a lost book does not lose the outbox.
+                let book = loaded(st.load_book(), StateFile::Alerts, metrics).unwrap_or_default();
+                let (outbox, next_seq) =
+                    loaded(st.load_outbox(), StateFile::Outbox, metrics).unwrap_or_default();
+                if !book.active.is_empty() || !outbox.is_empty() {
+                    info!(firing = book.active.len(), pending = outbox.len(),
+                        path = %st.book_path().display(), "Restored alert state.");
                 }
-                Err(e) => {
-                    error!(error = %e, "Could not restore alert state; firing alerts will be notified again.");
-                    AlertState::default()
+                AlertState {
+                    book,
+                    outbox,
+                    next_seq,
                 }
-            },
+            }
             None => AlertState::default(),
         };
         state.book.set_config_silences(cfg.silences.clone());
@@ -100,5 +102,25 @@ impl AlertParts {
                 commands: commands_tx,
             },
         })
+    }
+}
+
+/// A state file's content, or `None` (logged at error and counted) when it
+/// could not be read: the sidecar starts without it.
+pub(super) fn loaded<T>(
+    result: Result<T, StateError>,
+    file: StateFile,
+    metrics: &Metrics,
+) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            if matches!(e, StateError::Corrupt { .. }) {
+                metrics.state_file_set_aside(file);
+            }
+            error!(error = %e, file = file.label(),
+                "Could not restore a state file; starting without it.");
+            None
+        }
     }
 }

@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::alerts::api::AlertsApi;
 use crate::clock::Clock;
@@ -28,7 +28,7 @@ use crate::core::{
 use crate::driver::{CONFIRM_CAPACITY, Driver, OBSERVATION_CAPACITY};
 use crate::http::{HttpState, router};
 use crate::liveness::Liveness;
-use crate::sinks::state::FileStore;
+use crate::sinks::state::{FileStore, StateFile};
 use crate::sources::push::PushState;
 use crate::sources::{PollSource, SourceCtx, run_polled};
 use crate::telemetry::metrics::Metrics;
@@ -97,15 +97,15 @@ impl App {
         let (store, persist_tx) = match &config.state.path {
             Some(dir) => {
                 let store = FileStore::open(dir).context("opening the state store")?;
-                match store.load() {
-                    Ok(saved) => {
-                        let n = saved.checks.len();
-                        sup.restore(saved.clone(), now);
-                        if n > 0 {
-                            info!(checks = n, path = %store.path().display(), "Restored state.");
-                        }
+                for file in [StateFile::State, StateFile::Alerts, StateFile::Outbox] {
+                    metrics.register_state_file(file);
+                }
+                if let Some(saved) = alerts::loaded(store.load(), StateFile::State, &metrics) {
+                    let n = saved.checks.len();
+                    sup.restore(saved, now);
+                    if n > 0 {
+                        info!(checks = n, path = %store.path().display(), "Restored state.");
                     }
-                    Err(e) => warn!(error = %e, "Could not restore state."),
                 }
                 let (tx, rx) = watch::channel(Arc::new(sup.persist()));
                 (Some((store, rx)), Some(tx))
@@ -267,7 +267,7 @@ impl App {
         if let Some((store, rx)) = store {
             tasks.spawn(
                 "state".into(),
-                write_state(store, rx, config.state.flush_interval),
+                write_state(store, rx, config.state.flush_interval, metrics.clone()),
             );
         }
         let http_state = HttpState {

@@ -7,7 +7,8 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 use crate::core::Persisted;
-use crate::sinks::state::FileStore;
+use crate::sinks::state::{FileStore, StateFile};
+use crate::telemetry::metrics::Metrics;
 
 /// Write the latest state at most once per `every`, and the last one as
 /// soon as the core stops (closes `rx`), without waiting out `every`.
@@ -15,6 +16,7 @@ pub(super) async fn write_state(
     store: FileStore,
     mut rx: watch::Receiver<Arc<Persisted>>,
     every: Duration,
+    metrics: Arc<Metrics>,
 ) {
     let mut saved: Option<Arc<Persisted>> = None;
     let mut failing = false;
@@ -33,12 +35,16 @@ pub(super) async fn write_state(
                     saved = Some(latest);
                 }
                 Ok(Err(e)) => {
+                    metrics.state_save_failed(StateFile::State);
                     if !failing {
-                        error!(error = %e, "Could not save state; alert state may be lost on restart.");
+                        error!(error = %e, "Could not save state; the previous file is kept and the sidecar keeps running. Retrying at every change.");
                     }
                     failing = true;
                 }
-                Err(e) => error!(error = %e, "State writer panicked."),
+                Err(e) => {
+                    metrics.state_save_failed(StateFile::State);
+                    error!(error = %e, "State writer panicked.");
+                }
             }
         }
         if closed {
@@ -68,7 +74,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
         let (tx, rx) = watch::channel(Arc::new(Persisted::default()));
-        let writer = tokio::spawn(write_state(store.clone(), rx, Duration::from_secs(3600)));
+        let writer = tokio::spawn(write_state(
+            store.clone(),
+            rx,
+            Duration::from_secs(3600),
+            Arc::new(Metrics::new(0).unwrap()),
+        ));
         tx.send(Arc::new(Persisted::default())).unwrap();
         drop(tx);
         tokio::time::timeout(Duration::from_secs(5), writer)

@@ -99,6 +99,8 @@ pub struct Metrics {
     notification_latency: HistogramVec,
     alerts: IntGaugeVec,
     task_restarts: IntCounterVec,
+    state_set_aside: IntCounterVec,
+    state_save_errors: IntCounterVec,
     max_agent_series: usize,
 }
 
@@ -210,6 +212,20 @@ impl Metrics {
             ),
             &["task"],
         )?;
+        let state_set_aside = IntCounterVec::new(
+            opts(
+                "state_files_set_aside_total",
+                "State files that could not be read at start and were renamed aside (<name>.corrupt-<time>).",
+            ),
+            &["file"],
+        )?;
+        let state_save_errors = IntCounterVec::new(
+            opts(
+                "state_save_errors_total",
+                "Failed writes of a state file (full disk, permissions); the previous file is kept.",
+            ),
+            &["file"],
+        )?;
         let build_info = IntGaugeVec::new(
             opts("build_info", "Always 1; the version is a label."),
             &["version"],
@@ -232,6 +248,8 @@ impl Metrics {
             Box::new(notification_latency.clone()),
             Box::new(alerts.clone()),
             Box::new(task_restarts.clone()),
+            Box::new(state_set_aside.clone()),
+            Box::new(state_save_errors.clone()),
             Box::new(build_info),
         ] {
             registry.register(c)?;
@@ -258,6 +276,8 @@ impl Metrics {
             notification_latency,
             alerts,
             task_restarts,
+            state_set_aside,
+            state_save_errors,
             max_agent_series,
         })
     }
@@ -366,6 +386,26 @@ impl Metrics {
         self.point_reads_dropped
             .with_label_values(&[source.as_str()])
             .inc_by(agents as u64);
+    }
+
+    /// Create a state file's series up front (zeros).
+    pub fn register_state_file(&self, file: impl LabelValue) {
+        self.state_set_aside.with_label_values(&[file.label()]);
+        self.state_save_errors.with_label_values(&[file.label()]);
+    }
+
+    /// A state file could not be read at start and was set aside.
+    pub fn state_file_set_aside(&self, file: impl LabelValue) {
+        self.state_set_aside
+            .with_label_values(&[file.label()])
+            .inc();
+    }
+
+    /// A write of a state file failed.
+    pub fn state_save_failed(&self, file: impl LabelValue) {
+        self.state_save_errors
+            .with_label_values(&[file.label()])
+            .inc();
     }
 
     /// Create a restartable task's series up front (zero restarts).

@@ -293,6 +293,57 @@ async fn restart_keeps_states_and_since_without_fresh_transitions() {
     app.shutdown().await;
 }
 
+/// A corrupt state file does not stop the sidecar and is not overwritten:
+/// it is renamed aside, counted, and the other files still load.
+#[tokio::test]
+async fn a_corrupt_state_file_is_set_aside_and_the_others_still_load() {
+    let app = spawn_app(PUSH_ONLY).await;
+    app.push("fast_1", None, None).await;
+    app.wait_for_state("fast_1", "stale", Duration::from_secs(5))
+        .await;
+    let state_file = app.state_dir_path().join("state.json");
+    wait_until("state to be saved", Duration::from_secs(5), || async {
+        std::fs::read_to_string(&state_file)
+            .map(|s| s.contains("stale"))
+            .unwrap_or(false)
+    })
+    .await;
+    let dir = app.shutdown().await;
+    let torn = br#"{"version":1,"data":{"active":{"#;
+    std::fs::write(dir.path().join("alerts.json"), torn).unwrap();
+
+    let app = spawn_app_in(PUSH_ONLY, dir).await;
+    // state.json still loaded: the agent is restored as it was.
+    let after = app.agent("fast_1").await.expect("restored");
+    assert_eq!(after["state"], "stale");
+    let aside: Vec<std::path::PathBuf> = std::fs::read_dir(app.state_dir_path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("alerts.json.corrupt-"))
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), torn);
+    let m = app.scrape().await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"agent_supervisor_state_files_set_aside_total{file="alerts.json"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"agent_supervisor_state_files_set_aside_total{file="state.json"}"#
+        ),
+        Some(0.0)
+    );
+    app.shutdown().await;
+}
+
 fn which(bin: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)

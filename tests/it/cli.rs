@@ -213,25 +213,52 @@ receivers:
 /// thread, so that waiting for a line is bounded and the child never blocks
 /// on a full pipe.
 fn start_idle_sidecar(dir: &Path) -> (OwnedChild, PipeLines) {
+    let (child, lines, _) = start_sidecar(dir, "", None);
+    (child, lines)
+}
+
+/// [`start_idle_sidecar`] with `extra` config lines and, optionally, a
+/// limit on the size of the files it may write (RLIMIT_FSIZE: a disk that
+/// fills up); also the address it listens on.
+fn start_sidecar(
+    dir: &Path,
+    extra: &str,
+    file_size_limit: Option<u64>,
+) -> (OwnedChild, PipeLines, String) {
     let cfg = dir.join("c.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:0\nstate: {{path: \"{}\"}}\nsources: [{{name: push, type: push}}]\n",
+            "listen: 127.0.0.1:0\nstate: {{path: \"{}\"}}\nsources: [{{name: push, type: push}}]\n{extra}",
             dir.join("state").display()
         ),
     )
     .unwrap();
-    let mut child = OwnedChild::new(
-        bin()
-            .args(["--log-format", "json", "--config"])
-            .arg(&cfg)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-        "agent-supervisor",
-    );
+    let mut command = bin();
+    command
+        .args(["--log-format", "json", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null());
+    if let Some(limit) = file_size_limit {
+        use std::os::unix::process::CommandExt;
+        let rlimit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: limit,
+        };
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let mut child = OwnedChild::new(command.spawn().unwrap(), "agent-supervisor");
     // Kept with the child: dropping it would close the pipe the sidecar
     // logs to.
     let lines = PipeLines::read(child.child().stderr.take().unwrap());
@@ -247,7 +274,8 @@ fn start_idle_sidecar(dir: &Path) -> (OwnedChild, PipeLines) {
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         seen.push(line);
         if v["message"] == "agent-supervisor started." {
-            return (child, lines);
+            let listen = v["listen"].as_str().unwrap_or_default().to_string();
+            return (child, lines, listen);
         }
     }
 }
@@ -278,4 +306,76 @@ fn idle_sidecar_stops_within_a_second_of_sigterm() {
     let (status, took) = terminate(&mut child, Duration::from_secs(1));
     assert_eq!(status.code(), Some(0), "stopped in {took:?}");
     assert!(dir.path().join("state/state.json").is_file());
+}
+
+/// A disk that fills up (here: a file-size limit the state file outgrows)
+/// is an error the sidecar reports, counts and survives, not a crash: it
+/// keeps serving and keeps its previous state file.
+#[test]
+fn a_state_file_that_cannot_be_written_is_reported_and_the_sidecar_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, lines, listen) =
+        start_sidecar(dir.path(), "startup_grace: 0s\n", Some(8 * 1024));
+    let base = format!("http://{listen}");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    rt.block_on(async {
+        // 200 agents with long ids: the state file outgrows 8 KiB.
+        for i in 0..200 {
+            let url =
+                format!("{base}/api/v1/heartbeats/agent_with_a_rather_long_identifier_{i:04}");
+            let r = client.post(url).send().await.unwrap();
+            assert_eq!(r.status(), 202);
+        }
+    });
+    let errors = || {
+        rt.block_on(async {
+            let m = client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            crate::support::sample(
+                &m,
+                r#"agent_supervisor_state_save_errors_total{file="state.json"}"#,
+            )
+            .unwrap_or(0.0)
+        })
+    };
+    crate::harness::wait_until_sync("a failed state save", Duration::from_secs(20), || {
+        errors() >= 1.0
+    });
+    assert!(
+        child.child().try_wait().unwrap().is_none(),
+        "the sidecar died"
+    );
+    let healthy = rt.block_on(async {
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(healthy, 200);
+    // It said so, once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match lines.next_by(deadline) {
+            NextLine::Line(l) if l.contains("Could not save state") => break,
+            NextLine::Line(_) => {}
+            other => panic!("no log line about the failed save: {other:?}"),
+        }
+    }
+    // No temp file left behind to fill the disk further.
+    let left: Vec<String> = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
