@@ -109,4 +109,27 @@ mod tests {
                 .is_empty()
         );
     }
+
+    proptest::proptest! {
+        /// Whatever the password (plain or needing percent-encoding), the
+        /// redacted, displayed and debug forms never hold it, and a driver
+        /// message echoing the URL is scrubbed of it.
+        #[test]
+        fn a_password_is_never_shown(pw in "[ -~]{4,24}") {
+            let encoded =
+                percent_encoding::utf8_percent_encode(&pw, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            let raw = format!("redis://user:{encoded}@cache.internal:6379/0");
+            let shown = "redis://user:***@cache.internal:6379/0 failed to connect to : bad password";
+            proptest::prop_assume!(!shown.contains(pw.as_str()));
+            let u = SecretUrl::parse(&raw).unwrap();
+            for text in [u.redacted().to_string(), u.to_string(), format!("{u:?}")] {
+                proptest::prop_assert!(!text.contains(pw.as_str()), "{}", text);
+                proptest::prop_assert!(!text.contains(encoded.as_str()), "{}", text);
+            }
+            let msg = format!("failed to connect to {raw}: bad password {pw}");
+            let scrubbed = scrub_secrets(&u.password_forms(), msg);
+            proptest::prop_assert!(!scrubbed.contains(pw.as_str()), "{}", scrubbed);
+        }
+    }
 }

@@ -235,4 +235,26 @@ mod tests {
         let err = parse_text(&long, None).unwrap_err().to_string();
         assert!(err.len() < 100, "{err}");
     }
+
+    proptest::proptest! {
+        /// A time written as RFC 3339, as Python's naive `isoformat()`, as
+        /// integer epoch microseconds or milliseconds reads back as the
+        /// same instant (1973 to 2100, where each magnitude is told apart).
+        #[test]
+        fn a_time_written_then_read_is_the_same_instant(
+            micros in 100_000_000_000_000i64..4_102_444_800_000_000,
+        ) {
+            let t = Utc.timestamp_micros(micros).unwrap();
+            let rfc = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            proptest::prop_assert_eq!(parse_text(&rfc, None).unwrap(), t);
+            let iso = t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f").to_string();
+            proptest::prop_assert_eq!(parse_text(&iso, None).unwrap(), t);
+            proptest::prop_assert_eq!(parse_text(&micros.to_string(), None).unwrap(), t);
+            let ms = t.timestamp_millis();
+            proptest::prop_assert_eq!(
+                parse_text(&ms.to_string(), None).unwrap(),
+                Utc.timestamp_millis_opt(ms).unwrap()
+            );
+        }
+    }
 }

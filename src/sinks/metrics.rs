@@ -420,4 +420,35 @@ mod tests {
         assert!(out.contains(r#"agent_supervisor_agents{state="healthy"} 2"#));
         assert!(out.contains(r#"team="x\"y""#));
     }
+
+    /// A label value as the text format reads it back; `None` for an
+    /// escape it does not know or a bare quote.
+    fn unescape(v: &str) -> Option<String> {
+        let mut out = String::new();
+        let mut chars = v.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next()? {
+                    '\\' => out.push('\\'),
+                    '"' => out.push('"'),
+                    'n' => out.push('\n'),
+                    _ => return None,
+                },
+                '"' | '\n' => return None,
+                c => out.push(c),
+            }
+        }
+        Some(out)
+    }
+
+    proptest::proptest! {
+        /// Any agent id, escaped as a label value, reads back as itself
+        /// and never ends the line or the value early.
+        #[test]
+        fn any_label_value_escapes_and_reads_back(v in "(?s).{0,40}") {
+            let mut out = String::new();
+            escape(&v, &mut out);
+            proptest::prop_assert_eq!(unescape(&out), Some(v));
+        }
+    }
 }
