@@ -153,10 +153,20 @@ async fn run(config: config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The handlers are installed here, before the app runs and says it has
+    // started: a SIGTERM right after start drains like any other, instead
+    // of meeting the default action (death) because a task had not run yet.
+    let signals = match ShutdownSignals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            error!("Cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cancel = CancellationToken::new();
     let c = cancel.clone();
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.received().await;
         info!("Signal received.");
         c.cancel();
     });
@@ -169,17 +179,25 @@ async fn run(config: config::Config) -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGTERM and SIGINT, listened to from the moment they are installed.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn received(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }
