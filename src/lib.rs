@@ -30,6 +30,8 @@
 //!   until cancelled (`tasks`: supervised tasks; `state`: the state writer).
 //! - [`scan`]: the one-shot `scan` command.
 //! - [`telemetry`]: the metrics registry and logging set-up.
+//! - `fuzzing`: the entry points of the fuzz targets (`fuzz/`), replayed
+//!   by `cargo test`.
 //! - [`clock`], [`liveness`], [`secret`], [`template`]: small shared pieces
 //!   (`secret` and `template` import nothing of ours).
 
@@ -41,6 +43,8 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod driver;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod liveness;
 pub mod scan;

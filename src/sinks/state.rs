@@ -142,24 +142,7 @@ pub fn read_json<T: DeserializeOwned>(
             });
         }
     };
-    let parsed = serde_json::from_slice::<serde_json::Value>(&text)
-        .map_err(|e| e.to_string())
-        .and_then(|mut v| {
-            match v.get("version").and_then(serde_json::Value::as_u64) {
-                Some(n) if n == u64::from(version) => {}
-                Some(n) => return Err(format!("version {n} (this build reads {version})")),
-                None => return Err("no version".to_string()),
-            }
-            let inner = match field {
-                Some(f) => v
-                    .get_mut(f)
-                    .map(serde_json::Value::take)
-                    .ok_or_else(|| format!("no `{f}`"))?,
-                None => v,
-            };
-            serde_json::from_value::<T>(inner).map_err(|e| e.to_string())
-        });
-    match parsed {
+    match decode_json(&text, version, field) {
         Ok(value) => Ok(Some(value)),
         Err(message) => Err(StateError::Corrupt {
             path: path.to_path_buf(),
@@ -167,6 +150,28 @@ pub fn read_json<T: DeserializeOwned>(
             message,
         }),
     }
+}
+
+/// The bytes of a state file as `T` (see [`read_json`]), or why not.
+pub fn decode_json<T: DeserializeOwned>(
+    bytes: &[u8],
+    version: u32,
+    field: Option<&str>,
+) -> Result<T, String> {
+    let mut v = serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string())?;
+    match v.get("version").and_then(serde_json::Value::as_u64) {
+        Some(n) if n == u64::from(version) => {}
+        Some(n) => return Err(format!("version {n} (this build reads {version})")),
+        None => return Err("no version".to_string()),
+    }
+    let inner = match field {
+        Some(f) => v
+            .get_mut(f)
+            .map(serde_json::Value::take)
+            .ok_or_else(|| format!("no `{f}`"))?,
+        None => v,
+    };
+    serde_json::from_value::<T>(inner).map_err(|e| e.to_string())
 }
 
 /// Rename `path` to `<name>.corrupt-<UTC time>` beside it; `None` when the
