@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::harness::wait_until;
-use crate::support::{sample, spawn_app, spawn_app_in};
+use crate::support::{TestApp, sample, spawn_app, spawn_app_in};
 
 const PUSH_ONLY: &str = r#"
 startup_grace: 1s
@@ -262,13 +262,11 @@ async fn scrape_passes_promtool_check_metrics() {
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn restart_keeps_states_and_since_without_fresh_transitions() {
-    let app = spawn_app(PUSH_ONLY).await;
-    app.push("fast_1", None, None).await;
-    app.push("slow_1", None, None).await;
-    let before = app
-        .wait_for_state("fast_1", "stale", Duration::from_secs(5))
+/// Wait until `agent` (a `fast_*` one) is stale and that is in `state.json`;
+/// its view.
+async fn stale_and_saved(app: &TestApp, agent: &str) -> serde_json::Value {
+    let view = app
+        .wait_for_state(agent, "stale", Duration::from_secs(5))
         .await;
     let state_file = app.state_dir_path().join("state.json");
     wait_until("state to be saved", Duration::from_secs(5), || async {
@@ -277,6 +275,15 @@ async fn restart_keeps_states_and_since_without_fresh_transitions() {
             .unwrap_or(false)
     })
     .await;
+    view
+}
+
+#[tokio::test]
+async fn restart_keeps_states_and_since_without_fresh_transitions() {
+    let app = spawn_app(PUSH_ONLY).await;
+    app.push("fast_1", None, None).await;
+    app.push("slow_1", None, None).await;
+    let before = stale_and_saved(&app, "fast_1").await;
     let dir = app.shutdown().await;
 
     let app = spawn_app_in(PUSH_ONLY, dir).await;
@@ -299,15 +306,7 @@ async fn restart_keeps_states_and_since_without_fresh_transitions() {
 async fn a_corrupt_state_file_is_set_aside_and_the_others_still_load() {
     let app = spawn_app(PUSH_ONLY).await;
     app.push("fast_1", None, None).await;
-    app.wait_for_state("fast_1", "stale", Duration::from_secs(5))
-        .await;
-    let state_file = app.state_dir_path().join("state.json");
-    wait_until("state to be saved", Duration::from_secs(5), || async {
-        std::fs::read_to_string(&state_file)
-            .map(|s| s.contains("stale"))
-            .unwrap_or(false)
-    })
-    .await;
+    stale_and_saved(&app, "fast_1").await;
     let dir = app.shutdown().await;
     let torn = br#"{"version":1,"data":{"active":{"#;
     std::fs::write(dir.path().join("alerts.json"), torn).unwrap();
