@@ -57,15 +57,13 @@ impl Supervisor {
             let from = agent.state;
             agent.state = state;
             agent.since = now;
-            self.events.push(Event::AgentChanged {
+            self.transition(Event::AgentChanged {
                 agent: id.clone(),
                 from: Some(from),
                 to: state,
                 at: now,
                 reason,
             });
-            self.transitions = true;
-            self.data = true;
         }
     }
 
@@ -154,11 +152,10 @@ impl Supervisor {
             };
             if empty {
                 self.agents.remove(&key.agent);
-                self.events.push(Event::AgentForgotten {
+                self.transition(Event::AgentForgotten {
                     agent: key.agent.clone(),
                     at: now,
                 });
-                self.transitions = true;
             } else {
                 self.refresh_agent(&key.agent, now);
             }

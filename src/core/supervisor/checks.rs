@@ -283,6 +283,15 @@ impl Supervisor {
 
     // ---- state ---------------------------------------------------------
 
+    /// Record a change of state (an agent's or a check's, or an agent
+    /// forgotten): an event for the caller, and dirty for the snapshot and
+    /// the state store.
+    pub(super) fn transition(&mut self, event: Event) {
+        self.events.push(event);
+        self.transitions = true;
+        self.data = true;
+    }
+
     pub(super) fn set_check_state(
         &mut self,
         key: &CheckKey,
@@ -305,15 +314,13 @@ impl Supervisor {
         c.state = state;
         c.since = now;
         c.reason = reason.clone();
-        self.events.push(Event::CheckChanged {
+        self.transition(Event::CheckChanged {
             key: key.clone(),
             from: Some(from),
             to: state,
             at: now,
             reason,
         });
-        self.transitions = true;
-        self.data = true;
         self.refresh_agent(&key.agent, now);
         self.track_recheck(key, state, now);
         self.dependency_changed(key, state, now);
