@@ -33,6 +33,40 @@ pub fn config(data: &[u8]) {
     }
 }
 
+/// A push request body (`POST /api/v1/heartbeats/{agent}`).
+pub fn push_body(data: &[u8]) {
+    let _ = crate::sources::push::read_body(data, chrono::Utc::now());
+}
+
+/// A `/health` body: component statuses and heartbeat times read out of it
+/// by JSON Pointer (the body is JSON here; the probe checks that first).
+pub fn health_body(data: &[u8]) {
+    use crate::config::HttpComponent;
+    use crate::core::{AgentId, HEALTHY_WORDS};
+    let Ok(body) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let component = |pointer: &str, last_seen: Option<&str>| HttpComponent {
+        agent: "a".into(),
+        pointer: pointer.into(),
+        healthy: HEALTHY_WORDS.iter().map(|s| s.to_string()).collect(),
+        last_seen: last_seen.map(str::to_string),
+    };
+    for c in [
+        component("/status", None),
+        component("/agents/a/status", Some("/agents/a/last_seen")),
+        component("/0", Some("/1")),
+        component("", Some("")),
+    ] {
+        let _ = crate::sources::http::components::component_reading(&AgentId::new("a"), &c, &body);
+    }
+}
+
+/// A `POST /api/v1/silences` body (matchers compiled as globs).
+pub fn silence(data: &[u8]) {
+    let _ = serde_json::from_slice::<crate::alerts::api::NewSilence>(data);
+}
+
 /// The state files: `state.json`, and `alerts.json`'s book.
 pub fn state_files(data: &[u8]) {
     let _ = crate::sinks::state::decode_json::<Persisted>(data, 1, None);
@@ -48,10 +82,13 @@ mod tests {
     fn committed_fuzz_corpora_replay_without_a_panic() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 3] = [
+        let targets: [(&str, Target); 6] = [
             ("timestamp", super::timestamp),
             ("config", super::config),
             ("state_files", super::state_files),
+            ("push_body", super::push_body),
+            ("health_body", super::health_body),
+            ("silence", super::silence),
         ];
         for (name, target) in targets {
             let dir = root.join(name);

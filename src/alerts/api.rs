@@ -80,7 +80,7 @@ async fn silences(State(api): State<AlertsApi>) -> Response {
 /// Body of `POST /api/v1/silences`: `ends_at` or `duration` (`2h`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewSilence {
+pub(crate) struct NewSilence {
     matchers: Matcher,
     starts_at: Option<DateTime<Utc>>,
     ends_at: Option<DateTime<Utc>>,

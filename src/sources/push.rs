@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::clock::Clock;
 use crate::core::timestamp::parse_json_value;
-use crate::core::{AgentId, Observation, Reading, Snapshot, SourceId, Status};
+use crate::core::{AgentId, Observation, Reading, Snapshot, SourceId, Status, Timestamp};
 use crate::telemetry::metrics::{Metrics, Pushed};
 
 /// Largest accepted body.
@@ -57,6 +57,34 @@ struct Body {
     timestamp: Option<serde_json::Value>,
     status: Option<serde_json::Value>,
     detail: Option<String>,
+}
+
+/// A push body: empty (a heartbeat now) or `{"timestamp", "status",
+/// "detail"}`, as the heartbeat's time and status, or why it is refused.
+pub fn read_body(body: &[u8], now: Timestamp) -> Result<(Timestamp, Option<Status>), String> {
+    let body: Body = if body.iter().all(u8::is_ascii_whitespace) {
+        Body {
+            timestamp: None,
+            status: None,
+            detail: None,
+        }
+    } else {
+        serde_json::from_slice(body).map_err(|e| {
+            format!("body must be JSON like {{\"timestamp\": ..., \"status\": \"ok\"}}: {e}")
+        })?
+    };
+    let last_seen = match &body.timestamp {
+        None | Some(serde_json::Value::Null) => now,
+        Some(v) => parse_json_value(v).map_err(|e| format!("timestamp: {e}"))?,
+    };
+    let status = match &body.status {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            Status::of_json(v, body.detail.as_deref())
+                .ok_or("status must be a string or a boolean")?,
+        ),
+    };
+    Ok((last_seen, status))
 }
 
 fn problem(code: StatusCode, message: impl Into<String>) -> Response {
@@ -128,49 +156,12 @@ pub async fn receive(
             return r;
         }
     }
-    let now = state.clock.now();
-    let body: Body = if body.iter().all(u8::is_ascii_whitespace) {
-        Body {
-            timestamp: None,
-            status: None,
-            detail: None,
+    let (last_seen, status) = match read_body(&body, state.clock.now()) {
+        Ok(r) => r,
+        Err(message) => {
+            state.metrics.heartbeat_pushed(Pushed::Invalid);
+            return problem(StatusCode::BAD_REQUEST, message);
         }
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(b) => b,
-            Err(e) => {
-                state.metrics.heartbeat_pushed(Pushed::Invalid);
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "body must be JSON like {{\"timestamp\": ..., \"status\": \"ok\"}}: {e}"
-                    ),
-                );
-            }
-        }
-    };
-    let last_seen = match &body.timestamp {
-        None | Some(serde_json::Value::Null) => now,
-        Some(v) => match parse_json_value(v) {
-            Ok(t) => t,
-            Err(e) => {
-                state.metrics.heartbeat_pushed(Pushed::Invalid);
-                return problem(StatusCode::BAD_REQUEST, format!("timestamp: {e}"));
-            }
-        },
-    };
-    let status = match &body.status {
-        None | Some(serde_json::Value::Null) => None,
-        Some(v) => match Status::of_json(v, body.detail.as_deref()) {
-            Some(s) => Some(s),
-            None => {
-                state.metrics.heartbeat_pushed(Pushed::Invalid);
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "status must be a string or a boolean",
-                );
-            }
-        },
     };
     let obs = Observation::Pushed {
         source: state.source.clone(),

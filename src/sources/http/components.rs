@@ -9,7 +9,7 @@ use crate::core::{AgentId, Reading, Status, StatusOrigin};
 use crate::sources::common::truncate;
 
 /// One component's reading out of the body.
-pub(super) fn component_reading(agent: &AgentId, c: &HttpComponent, body: &Value) -> Reading {
+pub(crate) fn component_reading(agent: &AgentId, c: &HttpComponent, body: &Value) -> Reading {
     let agent = agent.clone();
     let value = match body.pointer(&c.pointer) {
         None | Some(Value::Null) => {

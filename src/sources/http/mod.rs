@@ -57,7 +57,7 @@ use crate::telemetry::metrics::Metrics;
 use super::common::truncate;
 use super::{PollSource, ScanSink, SourceError};
 
-mod components;
+pub(crate) mod components;
 mod fetch;
 
 use components::component_reading;
