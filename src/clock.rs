@@ -4,10 +4,13 @@
 //! [`Clock::tokio`], a wall clock that advances with tokio's (paused) clock,
 //! so deadlines, timers and `now` stay consistent under `time::advance`.
 
-use chrono::{TimeDelta, Utc};
+use std::time::Duration;
+
+use chrono::Utc;
 use tokio::time::Instant;
 
 use crate::core::Timestamp;
+use crate::core::time::{delta, plus};
 
 #[derive(Clone, Debug)]
 pub enum Clock {
@@ -27,15 +30,30 @@ impl Clock {
     pub fn now(&self) -> Timestamp {
         match self {
             Clock::System => Utc::now(),
-            Clock::Tokio { wall, at } => {
-                *wall + TimeDelta::from_std(at.elapsed()).unwrap_or(TimeDelta::MAX)
-            }
+            Clock::Tokio { wall, at } => plus(*wall, delta(at.elapsed())),
         }
     }
 
     /// The tokio instant at which the wall clock reads `t` (now, if past).
     pub fn instant_at(&self, t: Timestamp) -> Instant {
         let wait = (t - self.now()).to_std().unwrap_or_default();
-        Instant::now() + wait
+        instant_after(Instant::now(), wait)
     }
+}
+
+/// "Never" for a timer: about 30 years on.
+const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `now + d` on the monotonic clock, or [`FAR`] on when `d` reaches past
+/// what it can hold.
+pub fn instant_after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
+/// `now - d` on the monotonic clock, or `now` itself when the clock does
+/// not reach that far back (for "long ago").
+pub fn instant_before(now: Instant, d: Duration) -> Instant {
+    now.checked_sub(d).unwrap_or(now)
 }

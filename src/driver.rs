@@ -22,7 +22,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, instant_after, instant_before};
 use crate::core::{AgentId, Event, Observation, Persisted, Snapshot, SourceId, State, Supervisor};
 use crate::liveness::Liveness;
 use crate::telemetry::metrics::Metrics;
@@ -63,7 +63,7 @@ impl Driver {
         let mut snapshot_due: Option<Instant> = None;
         let mut last_snapshot = Instant::now();
         let mut persist_due: Option<Instant> = None;
-        let mut last_persist = Instant::now() - self.persist_every;
+        let mut last_persist = instant_before(Instant::now(), self.persist_every);
         self.publish(&mut last_snapshot);
         loop {
             let wake = self.clock.instant_at(self.sup.next_wakeup());
@@ -120,7 +120,7 @@ impl Driver {
                 None
             };
             if let Some(wait) = wait {
-                let at = last_persist + wait;
+                let at = instant_after(last_persist, wait);
                 persist_due = Some(persist_due.map_or(at, |d| d.min(at)));
             }
             if persist_due.is_some_and(|d| d <= Instant::now()) {

@@ -27,6 +27,7 @@ use super::store::Pending;
 use crate::clock::Clock;
 use crate::config::alerting::{DeliveryConfig, ReceiverConfig};
 use crate::core::alert::AlertStatus;
+use crate::core::time::after;
 use crate::telemetry::metrics::{Delivery, Metrics};
 
 /// A receiver's queue of notifications not yet taken by its worker.
@@ -248,9 +249,7 @@ impl Worker {
                 return Some(Outcome::Dropped { seq: p.seq });
             }
         };
-        let give_up_at = p.queued_at
-            + chrono::Duration::from_std(self.delivery.give_up_after)
-                .unwrap_or(chrono::Duration::MAX);
+        let give_up_at = after(p.queued_at, self.delivery.give_up_after);
         for (i, part) in parts.iter().enumerate().skip(p.parts_done) {
             let id = match &part.id_suffix {
                 Some(s) => format!("{}-{s}", p.notification.id),
@@ -282,7 +281,7 @@ impl Worker {
                         self.metrics.notification(&self.name, Delivery::Failure);
                         let now = self.clock.now();
                         let delay = backoff.next().unwrap_or(self.delivery.max_backoff);
-                        let next_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                        let next_at = after(now, delay);
                         if next_at > give_up_at {
                             self.metrics.notification(&self.name, Delivery::Dropped);
                             error!(receiver = %self.name, webhook_id = %id, attempts = attempt,

@@ -27,6 +27,7 @@ use crate::clock::Clock;
 use crate::config::alerting::{AlertingConfig, ReceiverKind};
 use crate::core::alert::{Alert, AlertKind, Matcher, Silence};
 use crate::core::snapshot::SourceStatus;
+use crate::core::time::after;
 use crate::core::{Policy, Snapshot, Timestamp};
 use crate::liveness::Liveness;
 use crate::sinks::state::StateFile;
@@ -201,8 +202,7 @@ impl Engine {
         // No notification before startup_grace has passed since start,
         // whatever the sources answered: a service that boots slowly, or an
         // alert that fires and clears within the grace, pages nobody.
-        let grace_end = self.started_at
-            + chrono::Duration::from_std(self.startup_grace).unwrap_or(chrono::Duration::MAX);
+        let grace_end = after(self.started_at, self.startup_grace);
         loop {
             let now = self.clock.now();
             let in_grace = now < grace_end;
@@ -250,9 +250,7 @@ impl Engine {
                     .sources
                     .iter()
                     .all(|s| s.status != SourceStatus::Pending)
-                    || now
-                        >= self.started_at
-                            + chrono::Duration::from_std(self.startup_grace).unwrap_or_default();
+                    || now >= grace_end;
                 if gate_open {
                     reconcile = true;
                     debug!("Every source read once (or startup_grace over): agent alerts enabled.");

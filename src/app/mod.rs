@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use crate::alerts::api::AlertsApi;
-use crate::clock::Clock;
+use crate::clock::{Clock, instant_after};
 use crate::config::{Config, SourceKindConfig};
 use crate::core::{
     AgentId, ErrorKind, Observation, Persisted, Snapshot, SourceFailure, SourceId, SourceKind,
@@ -304,7 +304,7 @@ impl App {
 
         cancel.cancelled().await;
         info!("Shutting down.");
-        let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+        let deadline = instant_after(tokio::time::Instant::now(), config.shutdown_timeout);
         sources_cancel.cancel();
         // Let sources finish first, then stop the core, which saves state.
         tasks

@@ -8,6 +8,7 @@ pub mod model;
 pub mod policy;
 pub mod snapshot;
 pub mod supervisor;
+pub mod time;
 pub mod timestamp;
 
 pub use model::*;

@@ -146,7 +146,7 @@ impl ClockOffset {
     /// The offset of `remote`, read between `before` and `after` on the
     /// local clock, measured at the round trip's midpoint; remembered.
     pub fn measure(&self, before: Timestamp, remote: Timestamp, after: Timestamp) -> TimeDelta {
-        let local = before + (after - before) / 2;
+        let local = crate::core::time::plus(before, (after - before) / 2);
         let offset = remote - local;
         *lock(&self.seconds) = Some(offset.as_seconds_f64());
         offset

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::alert::{Alert, AlertKind, AlertStatus, Notification, Silence};
 use crate::core::snapshot::{AgentView, SourceStatus, SourceView};
+use crate::core::time::after;
 use crate::core::{Policy, Snapshot, State, Timestamp};
 
 /// An alert that fires, with what the book decided about it.
@@ -138,10 +139,6 @@ impl Holds for NoHolds {
 pub struct Changes {
     pub fired: usize,
     pub resolved: usize,
-}
-
-fn delta(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 impl Book {
@@ -255,7 +252,7 @@ impl Book {
             if covered_agents.contains(id) {
                 continue;
             }
-            let due = agent.since + delta(holds.agent(id));
+            let due = after(agent.since, holds.agent(id));
             if due > now {
                 self.pending_until = Some(self.pending_until.map_or(due, |t| t.min(due)));
                 continue;
@@ -268,7 +265,7 @@ impl Book {
             if covered_sources.contains(id) {
                 continue;
             }
-            let due = source.since + delta(holds.source(id));
+            let due = after(source.since, holds.source(id));
             if due > now {
                 self.pending_until = Some(self.pending_until.map_or(due, |t| t.min(due)));
                 continue;
@@ -409,7 +406,7 @@ impl Book {
             let timing = routing.timing(g.route, &g.receiver);
             let repeat_due = g
                 .last_flush
-                .is_some_and(|t| now >= t + delta(timing.repeat_interval));
+                .is_some_and(|t| now >= after(t, timing.repeat_interval));
             if g.changed() || (repeat_due && !g.firing.is_empty()) {
                 let mut alerts: Vec<Alert> = g
                     .firing
@@ -446,7 +443,7 @@ impl Book {
             g.next_flush = if g.firing.is_empty() {
                 None
             } else {
-                g.last_flush.map(|t| t + delta(timing.repeat_interval))
+                g.last_flush.map(|t| after(t, timing.repeat_interval))
             };
             if g.firing.is_empty() && g.resolved.is_empty() {
                 empty.push(key.clone());
@@ -515,8 +512,8 @@ impl Book {
 /// `group_interval` after its last message (never later than already set).
 fn schedule(g: &mut Group, timing: &Timing, now: Timestamp) {
     let at = match g.last_flush {
-        None => now + delta(timing.group_wait),
-        Some(last) => (last + delta(timing.group_interval)).max(now),
+        None => after(now, timing.group_wait),
+        Some(last) => after(last, timing.group_interval).max(now),
     };
     g.next_flush = Some(g.next_flush.map_or(at, |t| t.min(at)));
 }

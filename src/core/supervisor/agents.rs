@@ -113,7 +113,7 @@ impl Supervisor {
         if self.grace_over {
             return;
         }
-        if now >= self.started_at + delta(self.policy.startup_grace) || self.all_sources_read() {
+        if now >= after(self.started_at, self.policy.startup_grace) || self.all_sources_read() {
             self.grace_over = true;
             self.refresh_expected(now);
         }
@@ -134,7 +134,10 @@ impl Supervisor {
             .iter()
             .filter(|(k, c)| {
                 up.contains(&k.source)
-                    && c.last_seen.unwrap_or(c.observed_at).max(c.observed_at) + forget < now
+                    && plus(
+                        c.last_seen.unwrap_or(c.observed_at).max(c.observed_at),
+                        forget,
+                    ) < now
             })
             .map(|(k, _)| k.clone())
             .collect();

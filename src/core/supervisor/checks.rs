@@ -48,7 +48,7 @@ impl Supervisor {
                 c.invalid = None;
                 c.held = None;
                 c.status = status;
-                let effective = if last_seen > now + skew {
+                let effective = if last_seen > plus(now, skew) {
                     if c.raw_last_seen == Some(last_seen) {
                         // Same future value again: keep the time we first saw it.
                         c.last_seen.unwrap_or(now)
@@ -153,7 +153,7 @@ impl Supervisor {
             }
             return;
         };
-        let deadline = last_seen + c.stale_after;
+        let deadline = plus(last_seen, c.stale_after);
         let threshold = c.stale_after;
         let absent = c.absent;
         let passed = |d: Timestamp| as_of > d || (push && now > d);
@@ -223,12 +223,12 @@ impl Supervisor {
             .entry(key.source.clone())
             .or_default()
             .push(key.agent.clone());
-        self.queue(key, now + timeout);
+        self.queue(key, plus(now, timeout));
     }
 
     pub(super) fn queue(&mut self, key: &CheckKey, at: Timestamp) {
         // One microsecond past the deadline: stale means strictly older.
-        let at = at + TimeDelta::microseconds(1);
+        let at = plus(at, TimeDelta::microseconds(1));
         if let Some(c) = self.checks.get_mut(key) {
             if c.queued.is_some_and(|q| q <= at) {
                 // An earlier wake-up is queued; it re-queues when it fires.
@@ -256,18 +256,18 @@ impl Supervisor {
             return; // frozen: the next read (or the release) re-arms it
         }
         if let Some(asked) = c.confirming {
-            if now >= asked + timeout {
+            if now >= plus(asked, timeout) {
                 // The point read never came back: ask again.
                 self.request_confirm(&key, now);
             } else {
-                self.queue(&key, asked + timeout);
+                self.queue(&key, plus(asked, timeout));
             }
             return;
         }
         let Some(last_seen) = c.last_seen else {
             return;
         };
-        let deadline = last_seen + c.stale_after;
+        let deadline = plus(last_seen, c.stale_after);
         if now <= deadline {
             self.queue(&key, deadline);
             return;

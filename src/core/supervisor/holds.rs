@@ -103,7 +103,12 @@ impl Supervisor {
         stale_after: TimeDelta,
     ) -> Option<(Timestamp, String)> {
         let (at, why) = self.source(source)?.resumed.as_ref()?;
-        (last_seen < *at).then(|| (*at + stale_after, format!("{why} at {}", clock_time(*at))))
+        (last_seen < *at).then(|| {
+            (
+                plus(*at, stale_after),
+                format!("{why} at {}", clock_time(*at)),
+            )
+        })
     }
 
     pub(super) fn keys_of(&self, source: &SourceId) -> Vec<CheckKey> {

@@ -61,9 +61,7 @@ impl SourceKind {
 /// How often checks are swept for `forget_after`.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-fn delta(d: Duration) -> TimeDelta {
-    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
-}
+use super::time::{after, delta, plus};
 
 #[derive(Debug)]
 struct SourceEntry {
@@ -225,7 +223,7 @@ impl Supervisor {
         let mut sup = Self {
             started_at: now,
             grace_over: false,
-            next_sweep: now + delta(SWEEP_EVERY),
+            next_sweep: after(now, SWEEP_EVERY),
             sources,
             checks: HashMap::new(),
             agents: HashMap::new(),
@@ -302,22 +300,29 @@ impl Supervisor {
         self.check_grace(now);
     }
 
-    /// Handle every wake-up due at `now`.
+    /// Handle every wake-up due at `now`. Those due are taken first: one a
+    /// wake-up queues again at or before `now` (a deadline saturated at the
+    /// end of time, with the clock there too) waits for the next tick
+    /// instead of looping here.
     pub fn tick(&mut self, now: Timestamp) {
+        let mut due = Vec::new();
         while let Some(Reverse((at, _))) = self.wakeups.peek() {
             if *at > now {
                 break;
             }
-            let Some(Reverse((at, key))) = self.wakeups.pop() else {
+            let Some(Reverse(entry)) = self.wakeups.pop() else {
                 break;
             };
+            due.push(entry);
+        }
+        for (at, key) in due {
             self.wake(key, at, now);
         }
         self.recheck(now);
         self.check_grace(now);
         if now >= self.next_sweep {
             self.sweep(now);
-            self.next_sweep = now + delta(SWEEP_EVERY);
+            self.next_sweep = after(now, SWEEP_EVERY);
         }
     }
 
@@ -328,7 +333,7 @@ impl Supervisor {
             next = next.min(*at);
         }
         if !self.grace_over {
-            next = next.min(self.started_at + delta(self.policy.startup_grace));
+            next = next.min(after(self.started_at, self.policy.startup_grace));
         }
         if self.sources.iter().any(|(_, s)| s.wants_recheck()) {
             next = next.min(self.next_recheck);

@@ -36,7 +36,7 @@ impl Supervisor {
                 .source(&pc.source)
                 .is_some_and(|s| s.kind == SourceKind::Push);
             if push && let Some(t) = pc.last_seen {
-                self.queue(&key_of(&pc.agent, &pc.source), t + stale_after);
+                self.queue(&key_of(&pc.agent, &pc.source), plus(t, stale_after));
             }
         }
         for pa in persisted.agents {

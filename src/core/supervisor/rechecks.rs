@@ -31,7 +31,7 @@ impl Supervisor {
         if matches!(state, State::Stale | State::Missing) {
             if src.rechecking.is_empty() {
                 // The check was just read: the first re-read comes a period on.
-                self.next_recheck = self.next_recheck.max(now + every);
+                self.next_recheck = self.next_recheck.max(plus(now, every));
             }
             if let Some(src) = self.source_mut(&key.source) {
                 src.rechecking.insert(key.agent.clone());
@@ -47,7 +47,7 @@ impl Supervisor {
         if every.is_zero() || now < self.next_recheck {
             return;
         }
-        self.next_recheck = now + delta(every);
+        self.next_recheck = after(now, every);
         let budget =
             ((f64::from(self.policy.recheck_max_per_second) * every.as_secs_f64()) as usize).max(1);
         for (id, src) in &mut self.sources {

@@ -102,8 +102,8 @@ impl Supervisor {
                 continue;
             };
             match c.last_seen {
-                Some(t) if c.state != State::Unknown && now <= t + c.stale_after => {
-                    let deadline = t + c.stale_after;
+                Some(t) if c.state != State::Unknown && now <= plus(t, c.stale_after) => {
+                    let deadline = plus(t, c.stale_after);
                     self.queue(&key, deadline);
                 }
                 _ if c.state.is_alerting() => {} // nothing new to learn

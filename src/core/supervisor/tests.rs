@@ -1020,3 +1020,82 @@ fn a_service_that_boots_slowly_gives_its_agents_stale_after_once_it_answers() {
     scan(&mut s, at(6.0), at(6.0), vec![hb("a", at(5.9))]);
     assert_eq!(state(&s, "a", at(6.0)), State::Healthy);
 }
+
+/// The config's bound on a duration: 100 years.
+const HUNDRED_YEARS: u64 = 100 * 366 * 24 * 3600;
+
+/// An instant from any i64 of microseconds, clamped to what chrono holds.
+fn clamped(micros: i64) -> Timestamp {
+    DateTime::from_timestamp_micros(micros).unwrap_or(if micros < 0 {
+        DateTime::<Utc>::MIN_UTC
+    } else {
+        DateTime::<Utc>::MAX_UTC
+    })
+}
+
+proptest::proptest! {
+    /// Heartbeats at any instant chrono can hold, clocks at either end of
+    /// time, every duration of the policy up to the config's bound, outages
+    /// and point reads: the core's time arithmetic never panics, and it
+    /// always has a next wake-up.
+    #[test]
+    fn any_times_and_durations_never_panic(
+        durations in proptest::collection::vec(0..=HUNDRED_YEARS, 6),
+        start in proptest::num::i64::ANY,
+        steps in proptest::collection::vec(
+            (proptest::num::i64::ANY, proptest::collection::vec(proptest::num::i64::ANY, 0..4), 0u8..4),
+            1..8,
+        ),
+    ) {
+        let d = |i: usize| Duration::from_secs(durations[i]);
+        let policy = Policy {
+            defaults: Defaults {
+                stale_after: d(0),
+                forget_after: d(1),
+                max_clock_skew: d(2),
+            },
+            startup_grace: d(3),
+            confirm_timeout: d(4),
+            recheck_every: d(5),
+            rules: vec![AgentRule::new("slow_*", Some(d(5)), Labels::new(), true).unwrap()],
+            ..Policy::default()
+        };
+        let mut now = clamped(start);
+        let mut s = Supervisor::new(
+            policy,
+            [
+                (redis(), SourceKind::Polled, "redis".to_string()),
+                (push(), SourceKind::Push, "push".to_string()),
+            ],
+            now,
+        );
+        for (step, (jump, seen, what)) in steps.into_iter().enumerate() {
+            // Mostly forward, sometimes anywhere (a clock set back).
+            now = if step % 3 == 2 { clamped(jump) } else { clamped(jump / 1_000_000).max(now) };
+            let readings: Vec<Reading> = seen
+                .iter()
+                .enumerate()
+                .map(|(i, m)| hb(&format!("slow_{i}"), clamped(*m)))
+                .collect();
+            match what {
+                0 => scan(&mut s, now, now, readings),
+                1 => confirm(&mut s, now, readings),
+                2 => s.observe(down(ErrorKind::Timeout), now),
+                _ => s.observe(
+                    Observation::Pushed {
+                        source: push(),
+                        reading: hb("pushed", clamped(seen.first().copied().unwrap_or(0))),
+                    },
+                    now,
+                ),
+            }
+            s.tick(now);
+            s.tick(s.next_wakeup());
+            let _ = s.snapshot(now);
+        }
+        let saved = s.persist();
+        let mut again = sup();
+        again.restore(saved, now);
+        let _ = again.snapshot(now);
+    }
+}

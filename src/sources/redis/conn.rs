@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use crate::clock::instant_after;
 use crate::core::ErrorKind;
 use crate::sources::SourceError;
 use crate::sources::common::{classify_io, is_tls_failure, lock, no_connection};
@@ -155,7 +156,7 @@ impl RedisSource {
     /// a while after the connection broke (until the first reconnection
     /// attempt), so the link must say `Up` too.
     pub(super) async fn ready(&self, h: &Handle) -> Result<u64, SourceError> {
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let deadline = instant_after(tokio::time::Instant::now(), self.timeout);
         let mut rx = h.link.clone();
         loop {
             let s = rx.borrow_and_update().clone();
@@ -186,7 +187,7 @@ impl RedisSource {
             Stop::Failed(e) => return e,
             Stop::Lost(e) => e,
         };
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        let deadline = instant_after(tokio::time::Instant::now(), self.timeout);
         let mut rx = h.link.clone();
         loop {
             let s = rx.borrow_and_update().clone();
