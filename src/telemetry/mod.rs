@@ -18,6 +18,11 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log that cannot be written (stderr redirected to a full disk)
+        // loses lines; by default the failure is reported with eprintln!,
+        // which panics on that same stderr, and the panic's own log line
+        // then aborts the process. The sidecar keeps watching instead.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Text => builder.try_init(),
