@@ -66,6 +66,7 @@ impl Driver {
         let mut last_persist = instant_before(Instant::now(), self.persist_every);
         self.publish(&mut last_snapshot);
         loop {
+            fail::fail_point!("core-loop");
             let wake = self.clock.instant_at(self.sup.next_wakeup());
             let idle = Instant::now() + IDLE_TICK;
             let far = Instant::now() + Duration::from_secs(3600);

@@ -72,6 +72,21 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
+    // A panic is one error line in the log (JSON when the log is), with its
+    // place and thread, not bare text on stderr; the task supervisor then
+    // restarts the task or stops the process.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            panic = %info,
+            "A task panicked."
+        );
+    }));
+    // Test builds only: `FAILPOINTS=name=actions` injects faults (the
+    // `fail` crate; tests/it/failpoints.rs). Other builds compile the
+    // failpoints out and never read the variable.
+    let _failpoints = fail::has_failpoints().then(fail::FailScenario::setup);
     if let Some(Command::Schema) = cli.command {
         print!("{}", config::schema::json_schema());
         return ExitCode::SUCCESS;

@@ -214,6 +214,7 @@ impl Worker {
     }
 
     pub async fn run(self, cancel: CancellationToken) {
+        fail::fail_point!("notify-worker");
         while let Some(p) = self.queue.next(&cancel).await {
             let seq = p.seq;
             let outcome = self.deliver(p, &cancel).await;

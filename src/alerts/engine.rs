@@ -204,6 +204,7 @@ impl Engine {
         // alert that fires and clears within the grace, pages nobody.
         let grace_end = after(self.started_at, self.startup_grace);
         loop {
+            fail::fail_point!("alerts-loop");
             let now = self.clock.now();
             let in_grace = now < grace_end;
             let wake = self

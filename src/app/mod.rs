@@ -293,6 +293,7 @@ impl App {
         let app = router(http_state, push).merge(crate::alerts::api::router(alerts_api));
         let hc = cancel.clone();
         tasks.spawn("http".into(), async move {
+            fail::fail_point!("http-serve", |_| ());
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { hc.cancelled().await })
                 .await;

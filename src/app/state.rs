@@ -21,6 +21,7 @@ pub(super) async fn write_state(
     let mut saved: Option<Arc<Persisted>> = None;
     let mut failing = false;
     loop {
+        fail::fail_point!("state-writer");
         let closed = rx.changed().await.is_err();
         let latest = rx.borrow_and_update().clone();
         if saved.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &latest)) {

@@ -134,6 +134,7 @@ pub async fn run_polled<S: PollSource>(
                 _ = ticker.tick() => {}
             }
             ctx.liveness.tick(ctx.id.as_str());
+            fail::fail_point!("source-scan");
             let r = tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = scan_once(&*src, &ctx) => r,

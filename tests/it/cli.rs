@@ -241,22 +241,7 @@ fn start_sidecar(
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
     if let Some(limit) = file_size_limit {
-        use std::os::unix::process::CommandExt;
-        let rlimit = libc::rlimit {
-            rlim_cur: limit,
-            rlim_max: limit,
-        };
-        // SAFETY: setrlimit is async-signal-safe; nothing else runs between
-        // fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        crate::sidecar::limit_file_size(&mut command, limit);
     }
     let mut child = OwnedChild::new(command.spawn().unwrap(), "agent-supervisor");
     // Kept with the child: dropping it would close the pipe the sidecar

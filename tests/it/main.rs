@@ -2,6 +2,7 @@ mod alerts;
 mod api;
 mod cli;
 mod deploy;
+mod failpoints;
 // The harness waits on child processes from sync code: its bounded polls
 // sleep between attempts, and it hands spawn requests to one thread.
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -15,4 +16,5 @@ mod receiver;
 mod redis_e2e;
 mod redis_source;
 mod scenarios;
+mod sidecar;
 mod support;

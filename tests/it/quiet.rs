@@ -7,18 +7,16 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use tempfile::TempDir;
 
 use crate::harness::{
-    OwnedChild, PythonService, RedisServer, ServiceSetup, free_port, holds_for, poll_until,
-    spawn_child, tail_of_log, unique_prefix,
+    PythonService, RedisServer, ServiceSetup, free_port, holds_for, poll_until, tail_of_log,
+    unique_prefix,
 };
 use crate::receiver::Receiver;
+use crate::sidecar::Sidecar;
 
 /// The service check's agent id: the http source's name.
 const SERVICE: &str = "python-ai-services";
@@ -114,152 +112,6 @@ routing: {{group_wait: 1s, group_interval: 2s, repeat_interval: 1h, send_resolve
         down_after = DOWN_AFTER.as_millis(),
         stale = o.stale_after.as_millis(),
     )
-}
-
-// ---------------------------------------------------------------------------
-// The sidecar binary
-// ---------------------------------------------------------------------------
-
-/// The real binary, its JSON log in a file of its own, its API on the port
-/// its start line names.
-struct Sidecar {
-    base: String,
-    client: reqwest::Client,
-    /// When its start line was seen (its start-up grace runs from a moment
-    /// before).
-    started: Instant,
-    log: PathBuf,
-    _child: OwnedChild,
-    _dir: TempDir,
-}
-
-impl Sidecar {
-    async fn start(config: &str) -> Sidecar {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = dir.path().join("config.yaml");
-        let text = format!(
-            "listen: 127.0.0.1:0\nstate: {{path: \"{}\"}}\n{config}",
-            dir.path().join("state").display()
-        );
-        std::fs::write(&cfg, &text).expect("write the config");
-        let log = dir.path().join("sidecar.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-supervisor"));
-        cmd.env_remove("AGENT_SUPERVISOR_CONFIG")
-            .env_remove("REDIS_URL")
-            .env("AGENT_SUPERVISOR_LOG", "info")
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null());
-        let child = spawn_child(cmd, &log, "agent-supervisor").expect("spawn the sidecar");
-        let mut child = OwnedChild::new(child, "agent-supervisor");
-        let mut listen = None;
-        let started = poll_until(SEE, Duration::from_millis(10), || {
-            if let Some(status) = child.child().try_wait().expect("try_wait") {
-                panic!(
-                    "the sidecar exited at start-up ({status}); config:\n{text}\nlog:\n{}",
-                    tail_of_log(&log)
-                );
-            }
-            listen = start_line_listen(&log);
-            std::future::ready(listen.is_some())
-        })
-        .await;
-        assert!(
-            started,
-            "no start line within {SEE:?}; log:\n{}",
-            tail_of_log(&log)
-        );
-        // reqwest is built without a default rustls provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("client");
-        Sidecar {
-            base: format!("http://{}", listen.expect("seen")),
-            client,
-            started: Instant::now(),
-            log,
-            _child: child,
-            _dir: dir,
-        }
-    }
-
-    async fn get(&self, path: &str) -> String {
-        let url = format!("{}{path}", self.base);
-        let r = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}; log:\n{}", self.log_tail()));
-        let code = r.status();
-        let body = r.text().await.expect("body");
-        assert!(code.is_success(), "GET {url}: {code}: {body}");
-        body
-    }
-
-    /// Every agent's view (`/api/v1/agents`), by id.
-    async fn agents(&self) -> BTreeMap<String, Value> {
-        let body = self.get("/api/v1/agents").await;
-        let v: Value = serde_json::from_str(&body).expect("agents JSON");
-        v["agents"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no agents list in {v}"))
-            .iter()
-            .map(|a| (a["id"].as_str().expect("id").to_string(), a.clone()))
-            .collect()
-    }
-
-    /// `GET /api/v1/agents/{id}`: the agent, or `None` while it is unknown
-    /// to the sidecar.
-    async fn agent(&self, id: &str) -> Option<Value> {
-        let url = format!("{}/api/v1/agents/{id}", self.base);
-        let r = self.client.get(&url).send().await.expect("GET agent");
-        if r.status() == reqwest::StatusCode::NOT_FOUND {
-            return None;
-        }
-        let v: Value = r.json().await.expect("agent JSON");
-        Some(v["agent"].clone())
-    }
-
-    /// `GET /api/v1/sources`: the source named `name`.
-    async fn source(&self, name: &str) -> Value {
-        let body = self.get("/api/v1/sources").await;
-        let v: Value = serde_json::from_str(&body).expect("sources JSON");
-        v["sources"]
-            .as_array()
-            .and_then(|s| s.iter().find(|s| s["name"] == name).cloned())
-            .unwrap_or_else(|| panic!("no source {name} in {v}"))
-    }
-
-    /// How many times any agent has turned `state` (`transitions_total`).
-    async fn transitions_to(&self, state: &str) -> f64 {
-        let metrics = self.get("/metrics").await;
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("agent_supervisor_transitions_total{")
-                    && l.contains(&format!("to=\"{state}\""))
-            })
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn log_tail(&self) -> String {
-        tail_of_log(&self.log)
-    }
-}
-
-/// The `listen` field of the sidecar's start line, once it is logged.
-fn start_line_listen(log: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(log).ok()?;
-    text.lines().find_map(|line| {
-        let v: Value = serde_json::from_str(line).ok()?;
-        (v["message"] == "agent-supervisor started.")
-            .then(|| v["listen"].as_str().map(str::to_string))
-            .flatten()
-    })
 }
 
 // ---------------------------------------------------------------------------
