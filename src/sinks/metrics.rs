@@ -450,5 +450,41 @@ mod tests {
             escape(&v, &mut out);
             proptest::prop_assert_eq!(unescape(&out), Some(v));
         }
+
+        /// Whatever the agent ids, sources, label values and times, the
+        /// per-agent families parse with an independent Prometheus text
+        /// parser, and the agent label reads back as the agent's id. (That
+        /// parser refuses `label=""` and raw control characters other than
+        /// the escaped newline, which Prometheus itself accepts, so the
+        /// values here have neither.)
+        #[test]
+        fn rendered_agent_families_always_parse(
+            ids in proptest::collection::btree_set("([^\\p{Cc}]|\n){1,24}", 1..6),
+            source in "([^\\p{Cc}]|\n){1,12}",
+            team in "([^\\p{Cc}]|\n){1,12}",
+            micros in proptest::num::i64::ANY,
+            threshold in proptest::num::f64::POSITIVE,
+            max in 1usize..8,
+        ) {
+            let mut snap = Snapshot::empty(Utc::now());
+            for (i, id) in ids.iter().enumerate() {
+                let mut a = agent(id, State::ALL[i % State::ALL.len()]);
+                a.labels = Arc::new(Labels::from([("team".to_string(), team.clone())]));
+                a.checks[0].source = source.as_str().into();
+                a.checks[0].threshold_seconds = threshold;
+                a.checks[0].last_seen = chrono::DateTime::from_timestamp_micros(micros);
+                snap.agents.push(a);
+            }
+            let mut out = String::new();
+            render_agents(&snap, max, &mut out);
+            let parsed = openmetrics_parser::prometheus::parse_prometheus(&out);
+            proptest::prop_assert!(parsed.is_ok(), "{:?}\n{out}", parsed.err());
+            let parsed = parsed.unwrap();
+            let family = &parsed.families["agent_supervisor_agent_up"];
+            for sample in family.iter_samples() {
+                let agent = sample.get_labelset().unwrap().get_label_value("agent").unwrap().to_string();
+                proptest::prop_assert!(ids.contains(&agent), "{agent:?} not an id");
+            }
+        }
     }
 }
