@@ -3,6 +3,7 @@ mod api;
 mod cli;
 mod deploy;
 mod failpoints;
+mod faults;
 // The harness waits on child processes from sync code: its bounded polls
 // sleep between attempts, and it hands spawn requests to one thread.
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]

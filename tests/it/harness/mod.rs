@@ -41,6 +41,7 @@
 mod alertmanager;
 mod postgres;
 mod process;
+mod proxy;
 mod redis;
 mod service;
 mod wait;
@@ -52,6 +53,7 @@ pub use postgres::{PostgresServer, PostgresSetup, shared_postgres};
 pub use process::{
     NextLine, OwnedChild, PipeLines, free_port, spawn_child, stop_child, tail_of_log,
 };
+pub use proxy::{FaultProxy, Mode};
 pub use redis::{RedisServer, redis_ping, shared_redis_url, unique_prefix};
 pub use service::{PythonService, ServiceSetup};
 pub use wait::{holds_for, poll_until, wait_until, wait_until_sync};

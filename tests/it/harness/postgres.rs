@@ -191,6 +191,14 @@ impl PostgresServer {
         }
     }
 
+    /// The private cluster's postmaster pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        let cluster = self.private_cluster("signal");
+        lock(&cluster.postmaster)
+            .as_ref()
+            .map(std::process::Child::id)
+    }
+
     fn private_cluster(&self, action: &str) -> &Cluster {
         self.cluster.as_ref().unwrap_or_else(|| {
             panic!(
