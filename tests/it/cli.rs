@@ -364,3 +364,81 @@ fn a_state_file_that_cannot_be_written_is_reported_and_the_sidecar_keeps_running
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// `scan`'s exit code for each mix of states, read from a real Redis: 0
+/// all healthy; 2 when one is stale, failing or missing, whatever else is
+/// there; 3 when none is but one is unknown (an unreadable value) or a
+/// source cannot be read.
+#[test]
+fn scan_exit_codes_follow_each_mix_of_states() {
+    let url = shared_redis_url();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let healthy = now.to_string();
+    let stale = (now - 3600).to_string();
+    let failing = format!(r#"{{"last_seen": {now}, "status": "error", "detail": "db gone"}}"#);
+    let unknown = "not a time".to_string();
+    let cases: [(&str, Vec<(&str, &String)>, bool, i32); 8] = [
+        (
+            "all healthy",
+            vec![("a", &healthy), ("b", &healthy)],
+            false,
+            0,
+        ),
+        ("one stale", vec![("a", &healthy), ("b", &stale)], false, 2),
+        (
+            "one failing",
+            vec![("a", &healthy), ("b", &failing)],
+            false,
+            2,
+        ),
+        ("expected one missing", vec![("a", &healthy)], true, 2),
+        (
+            "one unknown",
+            vec![("a", &healthy), ("b", &unknown)],
+            false,
+            3,
+        ),
+        (
+            "stale and unknown",
+            vec![("a", &stale), ("b", &unknown)],
+            false,
+            2,
+        ),
+        ("failing and missing", vec![("b", &failing)], true, 2),
+        ("unknown and missing", vec![("b", &unknown)], true, 2),
+    ];
+    for (what, agents, expect_missing, code) in cases {
+        let prefix = unique_prefix("cli_scan_mix");
+        for (id, value) in &agents {
+            redis::cmd("SET")
+                .arg(format!("{prefix}{id}"))
+                .arg(value.as_str())
+                .exec(&mut conn)
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.yaml");
+        let expected = if expect_missing {
+            "  - {match: c, expected: true}\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            &cfg,
+            format!(
+                "state: {{path: false}}\nsources:\n  - {{name: redis, type: redis, url: \"{url}\", \
+                 layout: keys, pattern: \"{prefix}{{agent}}\", json_field: last_seen}}\n\
+                 agents:\n{expected}  - {{match: \"*\", stale_after: 30s}}\n"
+            ),
+        )
+        .unwrap();
+        let o = bin()
+            .args(["scan", "--timeout", "5s", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(code), "{what}:\n{}", text(&o));
+    }
+}
