@@ -379,7 +379,9 @@ fn scan_exit_codes_follow_each_mix_of_states() {
     let stale = (now - 3600).to_string();
     let failing = format!(r#"{{"last_seen": {now}, "status": "error", "detail": "db gone"}}"#);
     let unknown = "not a time".to_string();
-    let cases: [(&str, Vec<(&str, &String)>, bool, i32); 8] = [
+    // (what, agents and their values, whether `c` is expected, exit code)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a String)>, bool, i32);
+    let cases: [Case; 8] = [
         (
             "all healthy",
             vec![("a", &healthy), ("b", &healthy)],
