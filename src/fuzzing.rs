@@ -73,22 +73,70 @@ pub fn state_files(data: &[u8]) {
     let _ = crate::sinks::state::decode_json::<crate::alerts::book::Book>(data, 1, Some("data"));
 }
 
+/// `/metrics`' per-agent families for agents whose ids, source and label
+/// value come from the bytes (`source \x01 team \x01 id \x01 id...`):
+/// the text and the ids, for the caller to parse with a Prometheus text
+/// parser. `None` for values that parser cannot take though Prometheus
+/// does (empty, raw control characters but the newline).
+pub fn metrics_text(data: &[u8]) -> Option<(String, Vec<String>)> {
+    use crate::core::snapshot::AgentView;
+    use crate::core::{Snapshot, State};
+    let text = std::str::from_utf8(data).ok()?;
+    let parts: Vec<&str> = text.split('\u{1}').collect();
+    let usable = |v: &str| !v.is_empty() && !v.chars().any(|c| c.is_control() && c != '\n');
+    if parts.len() < 3 || !parts.iter().all(|p| usable(p)) {
+        return None;
+    }
+    let (source, team, ids) = (parts[0], parts[1], &parts[2..]);
+    let now = chrono::Utc::now();
+    let mut snap = Snapshot::empty(now);
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, id) in ids.iter().enumerate() {
+        if !seen.insert(*id) {
+            continue;
+        }
+        let state = State::ALL[i % State::ALL.len()];
+        snap.agents
+            .push(AgentView::with_one_check(id, state, source, team, now));
+    }
+    let mut out = String::new();
+    crate::sinks::metrics::render_agents(&snap, 1 + ids.len() / 2, &mut out);
+    Some((out, seen.into_iter().map(str::to_string).collect()))
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    /// What the `metrics_text` target checks: the text parses with an
+    /// independent Prometheus text parser and every agent label is one of
+    /// the ids.
+    fn metrics_text_parses(data: &[u8]) {
+        let Some((text, ids)) = super::metrics_text(data) else {
+            return;
+        };
+        let parsed = openmetrics_parser::prometheus::parse_prometheus(&text)
+            .unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+        for sample in parsed.families["agent_supervisor_agent_up"].iter_samples() {
+            let labels = sample.get_labelset().unwrap();
+            let agent = labels.get_label_value("agent").unwrap();
+            assert!(ids.iter().any(|i| i == agent), "{agent:?}");
+        }
+    }
 
     /// Every committed corpus entry, through its target: no panic.
     #[test]
     fn committed_fuzz_corpora_replay_without_a_panic() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 6] = [
+        let targets: [(&str, Target); 7] = [
             ("timestamp", super::timestamp),
             ("config", super::config),
             ("state_files", super::state_files),
             ("push_body", super::push_body),
             ("health_body", super::health_body),
             ("silence", super::silence),
+            ("metrics_text", metrics_text_parses),
         ];
         for (name, target) in targets {
             let dir = root.join(name);

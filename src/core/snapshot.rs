@@ -58,6 +58,39 @@ pub struct AgentView {
     pub checks: Vec<CheckView>,
 }
 
+impl AgentView {
+    /// An agent with one check, of `source`, seen at `now` under a 30 s
+    /// threshold, labelled `team`: what the `/metrics` tests and fuzz
+    /// target render.
+    pub fn with_one_check(
+        id: &str,
+        state: State,
+        source: &str,
+        team: &str,
+        now: Timestamp,
+    ) -> AgentView {
+        AgentView {
+            id: AgentId::from(id),
+            state,
+            since: now,
+            reason: String::new(),
+            expected: false,
+            labels: Arc::new(Labels::from([("team".to_string(), team.to_string())])),
+            checks: vec![CheckView {
+                source: source.into(),
+                state,
+                since: now,
+                reason: String::new(),
+                last_seen: Some(now),
+                age_seconds: Some(0.0),
+                threshold_seconds: 30.0,
+                status: None,
+                depends_on: None,
+            }],
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckView {
     pub source: SourceId,

@@ -286,30 +286,11 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::core::snapshot::{AgentView, CheckView};
-    use crate::core::{AgentId, Labels};
+    use crate::core::snapshot::AgentView;
+    use crate::core::Labels;
 
     fn agent(id: &str, state: State) -> AgentView {
-        let now = Utc::now();
-        AgentView {
-            id: AgentId::from(id),
-            state,
-            since: now,
-            reason: String::new(),
-            expected: false,
-            labels: Arc::new(Labels::from([("team".to_string(), "x\"y".to_string())])),
-            checks: vec![CheckView {
-                source: "redis".into(),
-                state,
-                since: now,
-                reason: String::new(),
-                last_seen: Some(now),
-                age_seconds: Some(0.0),
-                threshold_seconds: 30.0,
-                status: None,
-                depends_on: None,
-            }],
-        }
+        AgentView::with_one_check(id, state, "redis", "x\"y", Utc::now())
     }
 
     /// The per-agent lines of every agent, written the straightforward way
