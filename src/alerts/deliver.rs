@@ -128,7 +128,8 @@ pub enum Outcome {
     Progress { seq: u64, parts_done: usize },
     /// Every request is delivered: remove it from the outbox.
     Delivered { seq: u64 },
-    /// Given up (retry period over, or the body cannot be rendered).
+    /// Given up (retry period over), or rejected (a permanent answer, or
+    /// a body that cannot be rendered).
     Dropped { seq: u64 },
 }
 
@@ -139,7 +140,40 @@ pub enum DeliveryError {
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("receiver answered {status}: {body}")]
-    Status { status: u16, body: String },
+    Status {
+        status: u16,
+        body: String,
+        /// Its `Retry-After`, as a wait from now.
+        retry_after: Option<Duration>,
+    },
+}
+
+impl DeliveryError {
+    /// A 4xx other than 408 (timeout), 425 (too early) and 429 (too many
+    /// requests): the receiver will not take this request however often it
+    /// is sent, and retrying it would only hold up the ones behind it.
+    fn is_permanent(&self) -> bool {
+        matches!(self, DeliveryError::Status { status, .. }
+            if (400..500).contains(status) && !matches!(status, 408 | 425 | 429))
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            DeliveryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A `Retry-After` value (seconds, or an HTTP date) as a wait from `now`;
+/// a date in the past is no wait.
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 /// One receiver's worker.
@@ -244,9 +278,9 @@ impl Worker {
         let parts = match self.renderer.render(&p.notification, &ctx) {
             Ok(parts) => parts,
             Err(e) => {
-                self.metrics.notification(&self.name, Delivery::Dropped);
+                self.metrics.notification(&self.name, Delivery::Rejected);
                 error!(receiver = %self.name, notification = %p.notification.id, error = %e,
-                    "Cannot render the notification; dropped. Fix the receiver's template.");
+                    "Cannot render the notification; rejected, not sent. Fix the receiver's template.");
                 return Some(Outcome::Dropped { seq: p.seq });
             }
         };
@@ -278,10 +312,21 @@ impl Worker {
                         }
                         break;
                     }
+                    Err(e) if e.is_permanent() => {
+                        self.metrics.notification(&self.name, Delivery::Rejected);
+                        error!(receiver = %self.name, webhook_id = %id, attempts = attempt,
+                            error = %e, "Receiver rejected the notification; dropped, not retried \
+                            (a 4xx other than 408, 425 and 429 is permanent).");
+                        return Some(Outcome::Dropped { seq: p.seq });
+                    }
                     Err(e) => {
                         self.metrics.notification(&self.name, Delivery::Failure);
                         let now = self.clock.now();
-                        let delay = backoff.next().unwrap_or(self.delivery.max_backoff);
+                        let next = backoff.next().unwrap_or(self.delivery.max_backoff);
+                        // The receiver's own Retry-After, within max_backoff.
+                        let delay = e
+                            .retry_after()
+                            .map_or(next, |d| d.min(self.delivery.max_backoff));
                         let next_at = after(now, delay);
                         if next_at > give_up_at {
                             self.metrics.notification(&self.name, Delivery::Dropped);
@@ -345,6 +390,11 @@ impl Worker {
         if status.is_success() {
             return Ok(());
         }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, self.clock.now().into()));
         // A little of the body helps whoever reads the log (PagerDuty and
         // Slack say what they did not like).
         let body = tokio::time::timeout(Duration::from_secs(1), resp.text())
@@ -356,6 +406,7 @@ impl Worker {
         Err(DeliveryError::Status {
             status: status.as_u16(),
             body,
+            retry_after,
         })
     }
 }
@@ -381,6 +432,44 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        // 2015-10-21 07:28:00 UTC is `now`; ten seconds later:
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
+    }
+
+    #[test]
+    fn only_4xx_but_408_425_429_are_permanent() {
+        let answer = |status| DeliveryError::Status {
+            status,
+            body: String::new(),
+            retry_after: None,
+        };
+        for s in [400, 401, 403, 404, 410, 413, 422] {
+            assert!(answer(s).is_permanent(), "{s}");
+        }
+        for s in [408, 425, 429, 500, 502, 503] {
+            assert!(!answer(s).is_permanent(), "{s}");
+        }
+        assert!(!DeliveryError::Timeout(Duration::from_secs(1)).is_permanent());
+        assert!(!DeliveryError::Request("refused".into()).is_permanent());
+    }
     use crate::core::alert::{Alert, AlertKind, Notification, fingerprint};
 
     fn alert(agent: &str, status: AlertStatus) -> Alert {

@@ -42,10 +42,18 @@ pub enum Delivery {
     Failure,
     /// Given up: past `give_up_after`, or pushed out of a full outbox.
     Dropped,
+    /// Refused for good, not retried: the receiver answered a 4xx other
+    /// than 408, 425 and 429, or the body could not be rendered.
+    Rejected,
 }
 
 impl Delivery {
-    pub const ALL: [Delivery; 3] = [Delivery::Success, Delivery::Failure, Delivery::Dropped];
+    pub const ALL: [Delivery; 4] = [
+        Delivery::Success,
+        Delivery::Failure,
+        Delivery::Dropped,
+        Delivery::Rejected,
+    ];
 }
 
 impl LabelValue for Delivery {
@@ -54,6 +62,7 @@ impl LabelValue for Delivery {
             Delivery::Success => "success",
             Delivery::Failure => "failure",
             Delivery::Dropped => "dropped",
+            Delivery::Rejected => "rejected",
         }
     }
 }

@@ -698,6 +698,77 @@ delivery: {{initial_backoff: 100ms, max_backoff: 500ms}}
     app.shutdown().await;
 }
 
+/// A 400 is permanent: one attempt, counted `rejected`, and the next
+/// notification for that receiver goes at once (with `initial_backoff:
+/// 5s`, a retried 400 would hold it up five seconds).
+#[tokio::test]
+async fn a_400_costs_one_attempt_and_does_not_hold_up_the_next_notification() {
+    let hook = Receiver::start().await;
+    hook.answer_next(1, 400, None);
+    let app = push_app(
+        "1s",
+        &format!(
+            r#"
+receivers: [{{name: hook, type: webhook, url: "{}"}}]
+routing: {{group_by: [agent], group_wait: 0s, receivers: [hook]}}
+delivery: {{initial_backoff: 5s, max_backoff: 10s}}
+"#,
+            hook.url("/")
+        ),
+    )
+    .await;
+    push_all(&app, &["first".to_string(), "second".to_string()]).await;
+    let got = hook.wait_requests(2, Duration::from_secs(10)).await;
+    assert!(!got[0].accepted && got[1].accepted, "{got:?}");
+    assert_ne!(
+        alerts_of(&got[0])[0]["agent"],
+        alerts_of(&got[1])[0]["agent"]
+    );
+    let gap = got[1].at - got[0].at;
+    assert!(gap < Duration::from_secs(2), "held up {gap:?}");
+    wait_metric(
+        &app,
+        r#"agent_supervisor_notifications_total{receiver="hook",result="rejected"}"#,
+        1.0,
+    )
+    .await;
+    // Never retried: still two requests well past the first retry's time.
+    crate::harness::holds_for("no retry of the 400", Duration::from_secs(6), || async {
+        hook.requests().len() == 2
+    })
+    .await;
+    app.shutdown().await;
+}
+
+/// `Retry-After: 3` on a 503 is waited for, though the backoff says 100 ms.
+#[tokio::test]
+async fn retry_after_is_waited_for() {
+    let hook = Receiver::start().await;
+    hook.answer_next(1, 503, Some("3"));
+    let app = push_app(
+        "1s",
+        &format!(
+            r#"
+receivers: [{{name: hook, type: webhook, url: "{}"}}]
+routing: {{group_wait: 0s, receivers: [hook]}}
+delivery: {{initial_backoff: 100ms, max_backoff: 10s}}
+"#,
+            hook.url("/")
+        ),
+    )
+    .await;
+    push_all(&app, &["patient".to_string()]).await;
+    let got = hook.wait_requests(2, Duration::from_secs(15)).await;
+    assert!(!got[0].accepted && got[1].accepted, "{got:?}");
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_secs(3) && gap < Duration::from_millis(4500),
+        "retried after {gap:?}"
+    );
+    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_notification_not_delivered_within_give_up_after_is_dropped_and_counted() {
     let gone = Receiver::gone();

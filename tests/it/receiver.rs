@@ -1,8 +1,8 @@
 //! A real webhook receiver on 127.0.0.1: records every request, answers
-//! 200 (or 503 to the next few when told to), and can be away (connection
-//! refused) and come back on its port.
+//! 200 (or, when told to, another status and a `Retry-After` to the next
+//! few), and can be away (connection refused) and come back on its port.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Whether it was answered 2xx.
     pub accepted: bool,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Request {
@@ -44,8 +46,8 @@ impl Request {
 #[derive(Default)]
 struct Inner {
     requests: Vec<Request>,
-    /// Answer 503 to this many more requests.
-    refuse: usize,
+    /// Answers for the next requests (status, `Retry-After`); 200 after.
+    answers: VecDeque<(StatusCode, Option<String>)>,
 }
 
 pub struct Receiver {
@@ -59,10 +61,10 @@ async fn record(
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, HeaderMap) {
     let mut g = inner.lock().unwrap();
-    let accepted = g.refuse == 0;
-    g.refuse = g.refuse.saturating_sub(1);
+    let (status, retry_after) = g.answers.pop_front().unwrap_or((StatusCode::OK, None));
+    let accepted = status.is_success();
     g.requests.push(Request {
         path: uri.path().to_string(),
         headers: headers
@@ -71,12 +73,13 @@ async fn record(
             .collect(),
         body: body.to_vec(),
         accepted,
+        at: std::time::Instant::now(),
     });
-    if accepted {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let mut answer = HeaderMap::new();
+    if let Some(v) = retry_after {
+        answer.insert("retry-after", v.parse().unwrap());
     }
+    (status, answer)
 }
 
 impl Receiver {
@@ -130,7 +133,18 @@ impl Receiver {
 
     /// Answer 503 to the next `n` requests.
     pub fn refuse_next(&self, n: usize) {
-        self.inner.lock().unwrap().refuse = n;
+        self.answer_next(n, 503, None);
+    }
+
+    /// Answer `status` (with `Retry-After: retry_after`, if given) to the
+    /// next `n` requests.
+    pub fn answer_next(&self, n: usize, status: u16, retry_after: Option<&str>) {
+        let status = StatusCode::from_u16(status).unwrap();
+        let mut g = self.inner.lock().unwrap();
+        for _ in 0..n {
+            g.answers
+                .push_back((status, retry_after.map(str::to_string)));
+        }
     }
 
     pub fn requests(&self) -> Vec<Request> {

@@ -66,6 +66,10 @@ pub enum RenderError {
     Template(#[from] TemplateError),
     #[error("encode: {0}")]
     Encode(String),
+    /// A template's output that is not JSON (a value it did not pass
+    /// through `tojson`, such as an id with a `"`).
+    #[error("the template's output is not JSON ({0}); pass values through `|tojson`")]
+    NotJson(String),
 }
 
 const JSON: &str = "application/json";
@@ -188,7 +192,10 @@ fn render_template(template: &Template, n: &Notification) -> Result<String, Rend
         "receiver": n.receiver,
         "title": n.title(),
     });
-    Ok(template.render(ctx)?)
+    let body = template.render(ctx)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&body)
+        .map_err(|e| RenderError::NotJson(e.to_string()))?;
+    Ok(body)
 }
 
 fn encode(v: &Value) -> Result<String, RenderError> {

@@ -448,6 +448,28 @@ fn webhook_template_renders_title() {
     assert_eq!(b["text"], "[FIRING:3] AgentSupervisor (team=trading)");
 }
 
+/// An agent id with a `"` (pushed ids may have one): a template that
+/// quotes it by hand would send broken JSON, so its output is rejected;
+/// through `tojson` it is valid and reads back.
+#[test]
+fn webhook_template_output_that_is_not_json_is_rejected() {
+    let mut a = alert(0, AlertKind::AgentStale);
+    a.agent = Some("evil\"id".into());
+    let n = notification_of(vec![a]);
+    let by_hand = renderer(ReceiverKind::Webhook {
+        url: url("https://hook.example.com/x"),
+        template: Some(Template::compile(r#"{"agent": "{{ alerts[0].agent }}"}"#).unwrap()),
+    });
+    let e = by_hand.render(&n, &CTX).unwrap_err();
+    assert!(matches!(e, RenderError::NotJson(_)), "{e}");
+    assert!(e.to_string().contains("|tojson"), "{e}");
+    let safe = renderer(ReceiverKind::Webhook {
+        url: url("https://hook.example.com/x"),
+        template: Some(Template::compile(r#"{"agent": {{ alerts[0].agent|tojson }}}"#).unwrap()),
+    });
+    assert_eq!(body(&safe, &n, &CTX)["agent"], "evil\"id");
+}
+
 #[test]
 fn webhook_template_sees_notification_alerts_and_tojson() {
     let r = renderer(ReceiverKind::Webhook {
