@@ -26,10 +26,9 @@ def verify(secret: str, headers: dict, body: bytes, now: float | None = None) ->
     now = time.time() if now is None else now
     if abs(now - int(timestamp)) > TOLERANCE_SECONDS:
         return False
-    if secret.startswith("whsec_"):
-        key = base64.b64decode(secret[len("whsec_"):])
-    else:
-        key = secret.encode()
+    # `whsec_<base64>` or plain base64, as the standardwebhooks libraries
+    # take it.
+    key = base64.b64decode(secret.removeprefix("whsec_"))
     signed = f"{msg_id}.{timestamp}.".encode() + body
     expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
     # The header may hold several space-separated signatures (key rotation).

@@ -6,6 +6,52 @@ use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};
 
+/// A Standard Webhooks signing key: the bytes of a `whsec_<base64>` or
+/// plain base64 secret, decoded as the official `standardwebhooks`
+/// libraries decode it (so what they verify is what was signed). Never
+/// shown.
+#[derive(Clone)]
+pub struct WebhookKey(secrecy::SecretSlice<u8>);
+
+/// Shortest key accepted: below 128 bits a key can be guessed, and a
+/// guessed key forges pages.
+const MIN_KEY_BYTES: usize = 16;
+
+/// How to make a good secret, for error messages.
+const MAKE_ONE: &str = "make one with: echo \"whsec_$(openssl rand -base64 32)\"";
+
+impl WebhookKey {
+    pub fn parse(secret: &str) -> Result<Self, String> {
+        use base64::Engine as _;
+        let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| {
+                format!(
+                    "not a Standard Webhooks secret: `whsec_<base64>` or base64, which the \
+                     standardwebhooks libraries decode into the key; {MAKE_ONE}"
+                )
+            })?;
+        if key.len() < MIN_KEY_BYTES {
+            return Err(format!(
+                "the secret decodes to {} bytes; at least {MIN_KEY_BYTES} are needed; {MAKE_ONE}",
+                key.len()
+            ));
+        }
+        Ok(Self(key.into()))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WebhookKey([redacted])")
+    }
+}
+
 /// A URL that may hold a password: shown only redacted.
 #[derive(Clone)]
 pub struct SecretUrl {

@@ -1,14 +1,15 @@
 //! Standard Webhooks signatures (<https://www.standardwebhooks.com/>):
 //! `webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
 //!
-//! The key is the base64 after `whsec_` when the secret has that prefix (as
-//! the spec's libraries generate secrets), else the secret's UTF-8 bytes.
+//! The key is the secret's base64, after an optional `whsec_`, decoded
+//! ([`WebhookKey`], checked when the config is loaded).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
-use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
+
+use crate::secret::WebhookKey;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -24,15 +25,10 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    pub fn new(secret: &SecretString) -> Self {
-        let s = secret.expose_secret();
-        let key = match s.strip_prefix("whsec_") {
-            Some(b64) => STANDARD
-                .decode(b64)
-                .unwrap_or_else(|_| s.as_bytes().to_vec()),
-            None => s.as_bytes().to_vec(),
-        };
-        Self { key }
+    pub fn new(key: &WebhookKey) -> Self {
+        Self {
+            key: key.bytes().to_vec(),
+        }
     }
 
     /// The `webhook-signature` header value for one request.
@@ -85,25 +81,44 @@ mod tests {
 
     #[test]
     fn matches_the_reference_test_vector() {
-        let s = Signer::new(&SecretString::from(SECRET));
+        let s = signer(SECRET);
         assert_eq!(s.sign(ID, TS, BODY.as_bytes()), SIG);
         assert!(s.verify(ID, TS, BODY.as_bytes(), &format!("v1,bogus {SIG}")));
     }
 
     #[test]
     fn a_changed_body_id_or_time_does_not_verify() {
-        let s = Signer::new(&SecretString::from(SECRET));
+        let s = signer(SECRET);
         assert!(!s.verify(ID, TS, b"{\"test\": 1}", SIG));
         assert!(!s.verify("msg_other", TS, BODY.as_bytes(), SIG));
         assert!(!s.verify(ID, TS + 1, BODY.as_bytes(), SIG));
         assert!(!s.verify(ID, TS, BODY.as_bytes(), "v2,abc"));
     }
 
+    fn signer(secret: &str) -> Signer {
+        Signer::new(&WebhookKey::parse(secret).unwrap())
+    }
+
+    /// The prefix is optional, as in the libraries: both forms are the
+    /// same key.
     #[test]
-    fn a_plain_secret_is_used_as_bytes() {
-        let s = Signer::new(&SecretString::from("not-base64"));
-        let sig = s.sign("id", 1, b"x");
-        assert!(s.verify("id", 1, b"x", &sig));
-        assert!(!format!("{s:?}").contains("not-base64"));
+    fn whsec_and_plain_base64_are_the_same_key() {
+        let plain = signer(SECRET.trim_start_matches("whsec_"));
+        assert_eq!(plain.sign(ID, TS, BODY.as_bytes()), SIG);
+        assert!(!format!("{plain:?}").contains("MfKQ"));
+    }
+
+    #[test]
+    fn secrets_the_libraries_would_read_differently_are_refused() {
+        for bad in [
+            "not-base64",
+            "whsec_not base64",
+            "s3cret!",
+            "whsec_c2VjcmV0",
+        ] {
+            let e = WebhookKey::parse(bad).unwrap_err();
+            assert!(e.contains("openssl rand -base64 32"), "{bad}: {e}");
+            assert!(!e.contains(bad), "the secret is not echoed: {e}");
+        }
     }
 }

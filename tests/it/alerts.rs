@@ -13,7 +13,10 @@ use crate::harness::{AlertmanagerServer, free_port, shared_redis_url, unique_pre
 use crate::receiver::{Receiver, Request};
 use crate::support::{TestApp, redis_beat, redis_client, sample, spawn_app};
 
+/// A Standard Webhooks secret as the libraries print it, and the same key
+/// without the prefix: both forms the README documents.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const PLAIN_SECRET: &str = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn alerts_of(r: &Request) -> Vec<Value> {
     r.json()["alerts"].as_array().cloned().unwrap_or_default()
@@ -264,17 +267,21 @@ delivery: {{initial_backoff: 50ms, max_backoff: 400ms, timeout: 2s}}
     // Every request carries a signature an independent implementation of
     // the spec (the documented Python snippet) accepts.
     for r in &got {
-        assert!(verify_with_python(r), "signature of {:?}", r.headers);
         assert!(
-            verify_with_reference_library(r),
+            verify_with_python(r, SECRET),
+            "signature of {:?}",
+            r.headers
+        );
+        assert!(
+            verify_with_reference_library(r, SECRET),
             "signature of {:?}",
             r.headers
         );
     }
     let mut tampered = got[0].clone();
     tampered.body.extend_from_slice(b" ");
-    assert!(!verify_with_python(&tampered));
-    assert!(!verify_with_reference_library(&tampered));
+    assert!(!verify_with_python(&tampered, SECRET));
+    assert!(!verify_with_reference_library(&tampered, SECRET));
     wait_metric(
         &app,
         r#"agent_supervisor_outbox_pending{receiver="flaky"}"#,
@@ -286,7 +293,7 @@ delivery: {{initial_backoff: 50ms, max_backoff: 400ms, timeout: 2s}}
 
 /// Verify a recorded request with the Standard Webhooks reference library
 /// for Python (`standardwebhooks` on PyPI; .ci/run installs it).
-fn verify_with_reference_library(r: &Request) -> bool {
+fn verify_with_reference_library(r: &Request, secret: &str) -> bool {
     const SCRIPT: &str = r#"
 import sys
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -308,7 +315,7 @@ except WebhookVerificationError as e:
         .arg(r.header("webhook-id"))
         .arg(r.header("webhook-timestamp"))
         .arg(r.header("webhook-signature"))
-        .arg(SECRET)
+        .arg(secret)
         .output()
         .expect("python3 runs");
     match out.status.code() {
@@ -322,7 +329,7 @@ except WebhookVerificationError as e:
 }
 
 /// Run `docs/verify_webhook.py` on a recorded request.
-fn verify_with_python(r: &Request) -> bool {
+fn verify_with_python(r: &Request, secret: &str) -> bool {
     let dir = tempfile::tempdir().unwrap();
     let body = dir.path().join("body");
     std::fs::write(&body, &r.body).unwrap();
@@ -333,7 +340,7 @@ fn verify_with_python(r: &Request) -> bool {
         .arg(r.header("webhook-id"))
         .arg(r.header("webhook-timestamp"))
         .arg(r.header("webhook-signature"))
-        .env("WEBHOOK_SECRET", SECRET)
+        .env("WEBHOOK_SECRET", secret)
         .output()
         .expect("python3 runs");
     match out.status.code() {
@@ -663,7 +670,7 @@ async fn retries_after_503s_carry_the_same_webhook_id_and_a_valid_signature_each
         "1s",
         &format!(
             r#"
-receivers: [{{name: hook, type: webhook, url: "{}", secret: "{SECRET}"}}]
+receivers: [{{name: hook, type: webhook, url: "{}", secret: "{PLAIN_SECRET}"}}]
 routing: {{group_wait: 0s, receivers: [hook]}}
 delivery: {{initial_backoff: 100ms, max_backoff: 500ms}}
 "#,
@@ -679,8 +686,11 @@ delivery: {{initial_backoff: 100ms, max_backoff: 500ms}}
     assert_eq!(ids.len(), 1, "one webhook-id across retries: {ids:?}");
     assert!(got.iter().all(|r| r.body == got[0].body), "same body");
     for r in &got {
-        assert!(verify_with_python(r));
-        assert!(verify_with_reference_library(r));
+        // Configured without the prefix: either form verifies.
+        for secret in [SECRET, PLAIN_SECRET] {
+            assert!(verify_with_python(r, secret));
+            assert!(verify_with_reference_library(r, secret));
+        }
     }
     wait_metric(
         &app,

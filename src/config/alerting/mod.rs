@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::values::check_http_scheme;
 use super::walk::{self, Obj, Problems, index};
 use crate::core::alert::{Matcher, Silence};
-use crate::secret::SecretUrl;
+use crate::secret::{SecretUrl, WebhookKey};
 use crate::template::Template;
 
 /// Everything about alert notifications.
@@ -47,9 +47,9 @@ pub struct ReceiverConfig {
     pub send_resolved: Option<bool>,
     /// Per-request timeout; `delivery.timeout` when unset.
     pub timeout: Option<Duration>,
-    /// Standard Webhooks signing secret (`whsec_<base64>`, or any other
-    /// string, whose UTF-8 bytes are then the key).
-    pub secret: Option<SecretString>,
+    /// Standard Webhooks signing key, from a `whsec_<base64>` or base64
+    /// secret.
+    pub secret: Option<WebhookKey>,
     /// Extra request headers (`Authorization: Bearer ...`); values are secret.
     pub headers: Vec<(String, SecretString)>,
 }

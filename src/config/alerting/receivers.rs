@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{ReceiverConfig, ReceiverKind};
 use crate::config::values::{self, check_http_scheme, headers};
 use crate::config::walk::{Obj, Problems};
-use crate::secret::SecretUrl;
+use crate::secret::{SecretUrl, WebhookKey};
 use crate::template::Template;
 
 const RECEIVER_TYPES: &str =
@@ -40,7 +40,11 @@ pub(super) fn receiver(
     let secret = o
         .string("secret", p)
         .filter(|s| !s.is_empty())
-        .map(SecretString::from);
+        .and_then(|s| {
+            WebhookKey::parse(&s)
+                .map_err(|e| p.add(o.at("secret"), e))
+                .ok()
+        });
     let headers = headers(&mut o, p);
     let kind = ty.as_deref().and_then(|ty| receiver_kind(ty, &mut o, p));
     // Reported above where they do not belong; never as unknown keys.

@@ -22,7 +22,7 @@ fn problems(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
 
 fn secrets(name: &str) -> Option<String> {
     match name {
-        "WEBHOOK_SECRET" => Some("whsec_c2VjcmV0LXMzY3JldA==".into()),
+        "WEBHOOK_SECRET" => Some("whsec_c2VjcmV0LXMzY3JldC1zM2NyZXQtczNjcmV0".into()),
         "PD_KEY" => Some("pd-routing-s3cret".into()),
         "TOKEN" => Some("Bearer hdr-s3cret".into()),
         "AM_URL" => Some("http://admin:pw-s3cret@alertmanager:9093".into()),
@@ -120,8 +120,8 @@ fn full_alerting_example_parses_to_the_expected_values() {
     assert_eq!(oncall.send_resolved, Some(false));
     assert_eq!(oncall.timeout, Some(Duration::from_secs(5)));
     assert_eq!(
-        oncall.secret.as_ref().unwrap().expose_secret(),
-        "whsec_c2VjcmV0LXMzY3JldA=="
+        oncall.secret.as_ref().unwrap().bytes(),
+        b"secret-s3cret-s3cret-s3cret"
     );
     assert_eq!(oncall.headers.len(), 1);
     assert_eq!(oncall.headers[0].0, "Authorization");
@@ -390,13 +390,48 @@ routing: {receivers: [oncall]}
     );
 }
 
+/// A secret the standardwebhooks libraries would decode differently (not
+/// base64), or too short, is refused where it is, without being shown,
+/// with the command that makes a good one.
+#[test]
+fn a_webhook_secret_must_be_what_the_libraries_take() {
+    for (secret, why) in [
+        (
+            "correct horse battery staple",
+            "not a Standard Webhooks secret",
+        ),
+        ("whsec_c2hvcnQ=", "decodes to 5 bytes"),
+    ] {
+        let text = format!(
+            "receivers:\n  - {{name: hook, type: webhook, url: \"http://h/x\", secret: \"{secret}\"}}\nrouting: {{receivers: [hook]}}\n"
+        );
+        let found = problems(&text, &no_env);
+        assert_eq!(found.len(), 1, "{found:?}");
+        let shown = format!("{found:?}");
+        assert!(shown.contains("receivers[0].secret"), "{shown}");
+        assert!(shown.contains(why), "{shown}");
+        assert!(shown.contains("openssl rand -base64 32"), "{shown}");
+        assert!(
+            !shown.contains(secret.trim_start_matches("whsec_")),
+            "{shown}"
+        );
+    }
+    let text = "receivers:\n  - {name: hook, type: webhook, url: \"http://h/x\", secret: \"MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"}\nrouting: {receivers: [hook]}\n";
+    assert!(
+        parse_ok(text, &no_env).alerting.receivers[0]
+            .secret
+            .is_some()
+    );
+}
+
 #[test]
 fn alerting_secrets_are_never_printed() {
     // Valid: nothing secret in the config's Debug.
     let c = parse_ok(FULL, &secrets);
     let debug = format!("{c:?}");
     for s in [
-        "c2VjcmV0LXMzY3JldA",
+        "c2VjcmV0LXMzY3JldC1zM2NyZXQtczNjcmV0",
+        "secret-s3cret",
         "pd-routing-s3cret",
         "hdr-s3cret",
         "pw-s3cret",
@@ -443,7 +478,8 @@ routing: {receivers: [oncall, nope]}
         );
     }
     for s in [
-        "c2VjcmV0LXMzY3JldA",
+        "c2VjcmV0LXMzY3JldC1zM2NyZXQtczNjcmV0",
+        "secret-s3cret",
         "pd-routing-s3cret",
         "hdr-s3cret",
         "pw-s3cret",
