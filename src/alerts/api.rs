@@ -23,6 +23,12 @@ use crate::core::alert::{AlertKind, Matcher, Silence, SilenceOrigin};
 
 /// Longest silence the API accepts.
 const MAX_SILENCE: chrono::Duration = chrono::Duration::days(365);
+/// Largest `POST /api/v1/silences` body read (after the token is checked).
+const MAX_BODY: usize = 16 * 1024;
+/// Longest `comment` (characters).
+const MAX_COMMENT: usize = 1024;
+/// Longest `created_by` (characters).
+const MAX_CREATED_BY: usize = 128;
 
 #[derive(Clone)]
 pub struct AlertsApi {
@@ -118,18 +124,37 @@ fn unauthorized(api: &AlertsApi, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
-async fn create(
-    State(api): State<AlertsApi>,
-    headers: HeaderMap,
-    body: Result<Json<NewSilence>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if let Some(r) = unauthorized(&api, &headers) {
+/// The token is checked before a byte of the body is read; the body is
+/// read up to [`MAX_BODY`], then parsed (globs compiled) and bounded.
+async fn create(State(api): State<AlertsApi>, req: axum::extract::Request) -> Response {
+    if let Some(r) = unauthorized(&api, req.headers()) {
         return r;
     }
-    let Json(b) = match body {
+    let bytes = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_BODY} bytes"),
+            );
+        }
     };
+    let b: NewSilence = match serde_json::from_slice(&bytes) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("not a silence: {e}")),
+    };
+    if b.comment.chars().count() > MAX_COMMENT {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`comment` is at most {MAX_COMMENT} characters"),
+        );
+    }
+    if b.created_by.chars().count() > MAX_CREATED_BY {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("`created_by` is at most {MAX_CREATED_BY} characters"),
+        );
+    }
     let now = api.clock.now();
     let starts_at = b.starts_at.unwrap_or(now);
     let ends_at = match (b.ends_at, b.duration.as_deref()) {
@@ -193,11 +218,18 @@ async fn create(
         return busy();
     }
     match tokio::time::timeout(COMMAND_TIMEOUT, rx).await {
-        Ok(Ok(())) => (
+        Ok(Ok(true)) => (
             StatusCode::CREATED,
             Json(json!({ "id": id, "silence": silence })),
         )
             .into_response(),
+        Ok(Ok(false)) => error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "at most {} silences may be active; expire some first",
+                super::book::MAX_API_SILENCES
+            ),
+        ),
         _ => busy(),
     }
 }

@@ -48,7 +48,8 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Requests from the API.
 pub enum Command {
-    AddSilence(Box<Silence>, oneshot::Sender<()>),
+    /// Answered `false` when the silence limit is reached.
+    AddSilence(Box<Silence>, oneshot::Sender<bool>),
     RemoveSilence(String, oneshot::Sender<RemoveResult>),
 }
 
@@ -394,10 +395,18 @@ impl Engine {
         let now = self.clock.now();
         match cmd {
             Command::AddSilence(s, reply) => {
-                info!(silence = %s.id, comment = %s.comment, created_by = %s.created_by,
-                    ends_at = %s.ends_at, "Silence added.");
-                self.state.book.add_silence(*s, &self.routing, now);
-                let _ = reply.send(());
+                let (id, ends_at) = (s.id.clone(), s.ends_at);
+                // Quoted (newlines escaped) and cut: it is outside text.
+                let comment: String = s.comment.chars().take(120).collect();
+                let created_by: String = s.created_by.chars().take(64).collect();
+                let added = self.state.book.add_silence(*s, &self.routing, now);
+                if added {
+                    info!(silence = %id, comment = ?comment, created_by = ?created_by,
+                        ends_at = %ends_at, "Silence added.");
+                } else {
+                    warn!(silence = %id, "Silence refused: the limit of active silences is reached.");
+                }
+                let _ = reply.send(added);
             }
             Command::RemoveSilence(id, reply) => {
                 let result =

@@ -349,8 +349,18 @@ pub struct Pattern {
     matcher: GlobMatcher,
 }
 
+/// Longest glob accepted (in bytes): longer ones are refused before they
+/// are compiled.
+pub const MAX_PATTERN_LEN: usize = 256;
+
 impl Pattern {
     pub fn new(text: &str) -> Result<Self, String> {
+        if text.len() > MAX_PATTERN_LEN {
+            return Err(format!(
+                "a pattern is at most {MAX_PATTERN_LEN} bytes (this one has {})",
+                text.len()
+            ));
+        }
         let matcher = Glob::new(text)
             .map_err(|e| format!("`{text}` is not a valid pattern: {e}"))?
             .compile_matcher();
@@ -553,6 +563,13 @@ impl Notification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pattern_past_the_length_limit_is_refused_before_it_is_compiled() {
+        assert!(Pattern::new(&"a".repeat(MAX_PATTERN_LEN)).is_ok());
+        let e = Pattern::new(&"*".repeat(MAX_PATTERN_LEN + 1)).unwrap_err();
+        assert!(e.contains("at most 256 bytes"), "{e}");
+    }
 
     fn alert(kind: AlertKind, agent: &str) -> Alert {
         Alert {

@@ -534,6 +534,7 @@ fn short_hash(s: &str) -> String {
 
 mod routing;
 mod silences;
+pub use silences::MAX_API_SILENCES;
 
 pub use routing::{ReceiverPolicy, Route, Routing, Timing};
 

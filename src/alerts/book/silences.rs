@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// API silences kept at most; past it a new one is refused (expire some
+/// first). Each is matched against every alert at every change.
+pub const MAX_API_SILENCES: usize = 1000;
+
 impl Book {
     pub fn set_config_silences(&mut self, silences: Vec<Silence>) {
         self.config_silences = silences;
@@ -57,10 +61,16 @@ impl Book {
     }
 
     /// Add a silence (from the API).
-    pub fn add_silence(&mut self, s: Silence, routing: &Routing, now: Timestamp) {
-        self.silences.retain(|x| x.id != s.id);
+    /// Add an API silence; `false` (and nothing added) when
+    /// [`MAX_API_SILENCES`] are active already.
+    pub fn add_silence(&mut self, s: Silence, routing: &Routing, now: Timestamp) -> bool {
+        self.silences.retain(|x| x.id != s.id && !x.is_expired(now));
+        if self.silences.len() >= MAX_API_SILENCES {
+            return false;
+        }
         self.silences.push(s);
         self.apply_silences(routing, now);
+        true
     }
 
     /// Remove an API silence; `false` if there is none with that id.

@@ -582,3 +582,19 @@ fn a_stale_agent_that_turns_failing_is_not_told_as_recovered() {
         vec!["a is no longer stale at 12:01:40Z after 1m 40s: now failing".to_string()]
     );
 }
+
+/// At most MAX_API_SILENCES active: one more is refused and nothing is
+/// added; an expired one no longer counts.
+#[test]
+fn api_silences_are_bounded_and_expired_ones_make_room() {
+    let r = routing(&["oncall"]);
+    let mut book = Book::default();
+    book.add_silence(silence("short", "a*", 0, 10), &r, at(0));
+    for i in 1..MAX_API_SILENCES {
+        assert!(book.add_silence(silence(&format!("s{i}"), "a*", 0, 100), &r, at(0)));
+    }
+    assert!(!book.add_silence(silence("one-too-many", "a*", 0, 100), &r, at(0)));
+    assert_eq!(book.silences.len(), MAX_API_SILENCES);
+    assert!(book.add_silence(silence("after-expiry", "a*", 20, 100), &r, at(20)));
+    assert!(book.silences.iter().all(|s| s.id != "short"));
+}
