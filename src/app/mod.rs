@@ -131,6 +131,8 @@ impl App {
                     clock: clock.clone(),
                     snapshot: snapshot_rx.clone(),
                     max_agents: p.max_agents,
+                    max_clock_skew: config.defaults.max_clock_skew,
+                    admitted: Default::default(),
                 });
             }
             if let Some(src) = Polled::build(&s.name, &s.kind, &clock, &metrics)? {

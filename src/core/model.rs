@@ -223,20 +223,41 @@ pub enum StatusOrigin {
     BadAnswer,
 }
 
+/// Longest status word kept, in bytes.
+pub const MAX_STATUS_WORD: usize = 64;
+/// Longest status detail kept, in bytes.
+pub const MAX_STATUS_DETAIL: usize = 512;
+
+/// `s` cut to at most `max` bytes on a character boundary, `…` (3 bytes,
+/// within the bound) marking the cut.
+pub fn cut_marked(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 impl Status {
     /// A reported status word (`"ok"`, `"error"`: see [`HEALTHY_WORDS`]) or
     /// boolean out of a JSON value, with an optional detail; `None` for
     /// any other JSON.
+    /// Bounded: the word is cut to [`MAX_STATUS_WORD`] bytes and the
+    /// detail to [`MAX_STATUS_DETAIL`], each marked `…` where cut, so
+    /// outside text cannot grow every snapshot and state file.
     pub fn of_json(v: &serde_json::Value, detail: Option<&str>) -> Option<Self> {
         let (healthy, word) = match v {
             serde_json::Value::Bool(b) => (*b, b.to_string()),
-            serde_json::Value::String(s) => (is_healthy_word(s), s.clone()),
+            serde_json::Value::String(s) => (is_healthy_word(s), cut_marked(s, MAX_STATUS_WORD)),
             _ => return None,
         };
         Some(Status::reported(
             healthy,
             match detail {
-                Some(d) if !d.is_empty() => format!("{word}: {d}"),
+                Some(d) if !d.is_empty() => format!("{word}: {}", cut_marked(d, MAX_STATUS_DETAIL)),
                 _ => word,
             },
         ))
@@ -396,6 +417,21 @@ pub enum Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cut_marked_keeps_within_the_bound_on_a_character_boundary() {
+        assert_eq!(cut_marked("short", 10), "short");
+        let cut = cut_marked(&"é".repeat(100), 64);
+        assert!(cut.len() <= 64 && cut.ends_with('…'), "{cut}");
+        assert_eq!(cut_marked("abcdef", 5), "ab…");
+        let s =
+            Status::of_json(&serde_json::json!("x".repeat(100)), Some(&"d".repeat(600))).unwrap();
+        assert!(
+            s.detail.len() <= MAX_STATUS_WORD + 2 + MAX_STATUS_DETAIL,
+            "{}",
+            s.detail.len()
+        );
+    }
 
     #[test]
     fn one_list_of_healthy_words_for_every_source() {

@@ -286,8 +286,8 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::core::snapshot::AgentView;
     use crate::core::Labels;
+    use crate::core::snapshot::AgentView;
 
     fn agent(id: &str, state: State) -> AgentView {
         AgentView::with_one_check(id, state, "redis", "x\"y", Utc::now())

@@ -10,16 +10,22 @@
 //! channel is full it answers 503 with `Retry-After: 1` and counts it, so a
 //! slow core cannot pile up requests.
 //!
-//! Bound: a heartbeat for an agent id the sidecar does not know yet is
+//! Bounds: a heartbeat for an agent id the sidecar does not know yet is
 //! refused with 429 while it knows `max_agents` agents (counted as
 //! `pushed_heartbeats_total{result="too_many_agents"}`); known agents are
-//! always accepted. The count comes from the latest snapshot, so a burst of
-//! new ids within one snapshot period may pass it by that burst.
+//! always accepted. The count is the latest snapshot's agents plus the new
+//! ids admitted since, under one lock, so a burst cannot pass it. The body
+//! is read only once the token is checked, and at most [`MAX_BODY`]; a
+//! status word is kept to 64 bytes and a detail to 512 (cut, marked `…`).
+//! Every refusal is JSON `{"error": ...}`: 400 (bad id or body), 401
+//! (token), 404 (no push source), 413 (body), 429 (`max_agents`), 503
+//! (busy or stopping, with `Retry-After`).
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -49,6 +55,37 @@ pub struct PushState {
     pub clock: Clock,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub max_agents: usize,
+    /// A heartbeat further ahead than this is stored as of its arrival
+    /// (`defaults.max_clock_skew`); the answer says so.
+    pub max_clock_skew: Duration,
+    pub admitted: Arc<Mutex<Admitted>>,
+}
+
+/// New agent ids admitted since the snapshot they are not yet in.
+#[derive(Default)]
+pub struct Admitted {
+    ids: HashSet<AgentId>,
+    /// The snapshot `ids` were last pruned against.
+    seen: Option<Arc<Snapshot>>,
+}
+
+impl Admitted {
+    /// Whether `agent` may be heard of: known (in `snap` or admitted), or
+    /// new while fewer than `max` agents are known (it is admitted then).
+    fn admit(&mut self, snap: &Arc<Snapshot>, agent: &str, max: usize) -> bool {
+        if !self.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
+            self.ids.retain(|id| snap.agent(id.as_str()).is_none());
+            self.seen = Some(snap.clone());
+        }
+        if snap.agent(agent).is_some() || self.ids.contains(agent) {
+            return true;
+        }
+        if snap.agents.len() + self.ids.len() >= max {
+            return false;
+        }
+        self.ids.insert(AgentId::new(agent));
+        true
+    }
 }
 
 #[derive(Deserialize)]
@@ -118,16 +155,16 @@ pub fn valid_agent_id(id: &str) -> bool {
 pub async fn receive(
     State(state): State<Option<PushState>>,
     Path(agent): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    req: axum::extract::Request,
 ) -> Response {
+    let headers = req.headers();
     let Some(state) = state else {
         return problem(
             StatusCode::NOT_FOUND,
             "no push source is configured (add `type: push` to sources)",
         );
     };
-    if !authorized(&state.token, &headers) {
+    if !authorized(&state.token, headers) {
         state.metrics.heartbeat_pushed(Pushed::Unauthorized);
         return problem(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
@@ -138,10 +175,21 @@ pub async fn receive(
             format!("agent id must be 1 to {MAX_AGENT_ID} characters without control characters"),
         );
     }
+    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            state.metrics.heartbeat_pushed(Pushed::Invalid);
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_BODY} bytes"),
+            );
+        }
+    };
     {
-        let snap = state.snapshot.borrow();
-        if snap.agents.len() >= state.max_agents && snap.agent(&agent).is_none() {
-            drop(snap);
+        let snap = state.snapshot.borrow().clone();
+        let admitted =
+            crate::sources::common::lock(&state.admitted).admit(&snap, &agent, state.max_agents);
+        if !admitted {
             state.metrics.heartbeat_pushed(Pushed::TooManyAgents);
             let mut r = problem(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -163,6 +211,21 @@ pub async fn receive(
             return problem(StatusCode::BAD_REQUEST, message);
         }
     };
+    // As the core will store it: a time too far ahead is taken as now.
+    let now = state.clock.now();
+    let skew = crate::core::time::after(now, state.max_clock_skew);
+    let (stored, note) = if last_seen > skew {
+        let ahead = (last_seen - now).num_milliseconds() as f64 / 1e3;
+        (
+            now,
+            Some(format!(
+                "timestamp {} is {ahead:.1}s in the future, past max_clock_skew; stored as the time it arrived",
+                last_seen.to_rfc3339()
+            )),
+        )
+    } else {
+        (last_seen, None)
+    };
     let obs = Observation::Pushed {
         source: state.source.clone(),
         reading: Reading::Heartbeat {
@@ -174,11 +237,11 @@ pub async fn receive(
     match state.tx.try_send(obs) {
         Ok(()) => {
             state.metrics.heartbeat_pushed(Pushed::Accepted);
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({ "agent": agent, "last_seen": last_seen })),
-            )
-                .into_response()
+            let mut answer = json!({ "agent": agent, "last_seen": stored });
+            if let Some(note) = note {
+                answer["note"] = json!(note);
+            }
+            (StatusCode::ACCEPTED, Json(answer)).into_response()
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
             state.metrics.heartbeat_pushed(Pushed::Overloaded);

@@ -669,31 +669,21 @@ async fn with_an_api_token_silences_need_it_and_reads_do_not() {
 async fn the_silence_api_checks_the_token_first_and_bounds_what_it_takes() {
     let app = push_app("1s", "api_token: s3cret-t0ken\n").await;
     let post = |body: Vec<u8>, token: bool| {
-        let mut r = app
-            .client
-            .post(app.url("/api/v1/silences"))
-            .header("content-type", "application/json")
-            .body(body);
-        if token {
-            r = r.bearer_auth("s3cret-t0ken");
-        }
-        r.send()
+        app.post_raw("/api/v1/silences", body, token.then_some("s3cret-t0ken"))
     };
     let huge = format!(
         r#"{{"matchers": {{"agent": "{}"}}, "duration": "1h", "comment": "x"}}"#,
         "a".repeat(3 << 20)
     );
-    let r = post(huge.clone().into_bytes(), false).await.unwrap();
+    let r = post(huge.clone().into_bytes(), false).await;
     assert_eq!(r.status(), 401);
-    let r = post(huge.into_bytes(), true).await.unwrap();
+    let r = post(huge.into_bytes(), true).await;
     assert_eq!(r.status(), 413);
     let v: Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("16384"), "{v}");
     let long_pattern =
         json!({"matchers": {"agent": "*".repeat(300)}, "duration": "1h", "comment": "x"});
-    let r = post(long_pattern.to_string().into_bytes(), true)
-        .await
-        .unwrap();
+    let r = post(long_pattern.to_string().into_bytes(), true).await;
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert!(
@@ -702,14 +692,12 @@ async fn the_silence_api_checks_the_token_first_and_bounds_what_it_takes() {
     );
     let long_comment =
         json!({"matchers": {"agent": "a*"}, "duration": "1h", "comment": "c".repeat(1025)});
-    let r = post(long_comment.to_string().into_bytes(), true)
-        .await
-        .unwrap();
+    let r = post(long_comment.to_string().into_bytes(), true).await;
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert!(v["error"].as_str().unwrap().contains("1024"), "{v}");
     let fine = json!({"matchers": {"agent": "a*"}, "duration": "1h", "comment": "deploy"});
-    let r = post(fine.to_string().into_bytes(), true).await.unwrap();
+    let r = post(fine.to_string().into_bytes(), true).await;
     assert_eq!(r.status(), 201);
     app.shutdown().await;
 }

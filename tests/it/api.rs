@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::harness::wait_until;
 use crate::support::{TestApp, sample, spawn_app, spawn_app_in};
@@ -178,6 +178,80 @@ async fn past_max_agents_new_ids_are_refused_and_known_ones_still_accepted() {
         ),
         Some(1.0)
     );
+    app.shutdown().await;
+}
+
+/// A burst of new ids, all sent before any snapshot could count them: no
+/// more than `max_agents` are admitted.
+#[tokio::test]
+async fn max_agents_holds_against_a_burst_of_new_ids() {
+    let app = spawn_app("sources: [{name: push, type: push, max_agents: 5}]").await;
+    let pushes = (0..60).map(|i| {
+        let app = &app;
+        async move { app.push(&format!("burst-{i}"), None, None).await.0 }
+    });
+    let codes = futures::future::join_all(pushes).await;
+    let accepted = codes.iter().filter(|c| **c == StatusCode::ACCEPTED).count();
+    let refused = codes
+        .iter()
+        .filter(|c| **c == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((accepted, refused), (5, 55), "{codes:?}");
+    app.shutdown().await;
+}
+
+/// Push answers: the token is checked before the body is read, an
+/// oversize body is a JSON 413, a long detail and status are cut and
+/// marked, and a heartbeat an hour ahead is answered with what is stored.
+#[tokio::test]
+async fn push_bounds_what_it_keeps_and_says_what_it_stored() {
+    let app = spawn_app("sources: [{name: push, type: push, token: s3cret}]").await;
+    let big = vec![b' '; 70 * 1024];
+    let post = |body: Vec<u8>, token: bool| {
+        app.post_raw("/api/v1/heartbeats/w", body, token.then_some("s3cret"))
+    };
+    assert_eq!(post(big.clone(), false).await.status(), 401);
+    let r = post(big, true).await;
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("65536"), "{v}");
+
+    let detail = "d".repeat(2000);
+    let word = "w".repeat(100);
+    let (code, _) = app
+        .push(
+            "w",
+            Some(json!({"status": word, "detail": detail})),
+            Some("s3cret"),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let a = app
+        .wait_for_state("w", "failing", Duration::from_secs(5))
+        .await;
+    let reason = a["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("{}…: ", "w".repeat(61))),
+        "{reason}"
+    );
+    assert!(
+        reason.contains(&format!("{}…", "d".repeat(509))),
+        "{reason}"
+    );
+    assert!(!reason.contains(&"d".repeat(510)), "{reason}");
+
+    let ahead = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    let (code, v) = app
+        .push(
+            "w",
+            Some(json!({"timestamp": ahead.to_rfc3339()})),
+            Some("s3cret"),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let stored: chrono::DateTime<chrono::Utc> = v["last_seen"].as_str().unwrap().parse().unwrap();
+    assert!(stored < ahead - chrono::TimeDelta::minutes(59), "{v}");
+    assert!(v["note"].as_str().unwrap().contains("in the future"), "{v}");
     app.shutdown().await;
 }
 

@@ -115,6 +115,25 @@ impl TestApp {
         (code, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST path` with a JSON content type and these bytes, with a bearer
+    /// token if given.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.expect("POST")
+    }
+
     pub async fn agent(&self, id: &str) -> Option<Value> {
         let (code, v) = self.get_json(&format!("/api/v1/agents/{id}")).await;
         (code == StatusCode::OK).then(|| v["agent"].clone())

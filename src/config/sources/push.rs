@@ -15,6 +15,9 @@ pub struct PushConfig {
     pub max_agents: usize,
 }
 
+/// Fits the shipped Kubernetes memory limit (256 Mi) with room to spare.
+pub const DEFAULT_MAX_AGENTS: u64 = 20_000;
+
 pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> PushConfig {
     let token = o
         .string("token", p)
@@ -22,6 +25,6 @@ pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> PushConfig {
         .map(SecretString::from);
     let max_agents = o
         .integer("max_agents", 1..=10_000_000, p)
-        .unwrap_or(100_000) as usize;
+        .unwrap_or(DEFAULT_MAX_AGENTS) as usize;
     PushConfig { token, max_agents }
 }
