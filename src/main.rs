@@ -110,6 +110,13 @@ fn main() -> ExitCode {
     match command {
         Command::Run => block_on(run(config)),
         Command::CheckConfig { .. } => {
+            for s in &config.sources {
+                if let config::SourceKindConfig::Postgres(p) = &s.kind
+                    && let Some(w) = p.tls_warning()
+                {
+                    println!("warning: sources.{}: {w}", s.name);
+                }
+            }
             println!(
                 "{}: ok ({} sources, {} agent rules)",
                 cli.config.display(),

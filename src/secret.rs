@@ -59,11 +59,41 @@ pub struct SecretUrl {
     redacted: String,
 }
 
+/// Query parameters whose values are credentials (`?password=` for
+/// libpq, `?token=`...), compared case-insensitively.
+const SECRET_PARAMS: [&str; 7] = [
+    "password",
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "sslpassword",
+    "api_key",
+];
+
+fn is_secret_param(key: &str) -> bool {
+    SECRET_PARAMS.iter().any(|p| key.eq_ignore_ascii_case(p))
+}
+
 impl SecretUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut url = url::Url::parse(s).map_err(|e| format!("not a valid URL ({e})"))?;
         if url.password().is_some() {
             let _ = url.set_password(Some("***"));
+        }
+        if url.query_pairs().any(|(k, _)| is_secret_param(&k)) {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if is_secret_param(&k) {
+                        "***".into()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
         }
         Ok(Self {
             secret: SecretString::from(s.to_string()),
@@ -92,24 +122,40 @@ impl SecretUrl {
         &self.redacted
     }
 
-    /// The URL's password as written and percent-decoded (empty forms left
-    /// out), for [`scrub_secrets`].
+    /// The URL's password and credential query parameters, as written and
+    /// percent-decoded (empty forms left out), for [`scrub_secrets`].
     pub fn password_forms(&self) -> Vec<SecretString> {
-        let Some(raw) = url::Url::parse(self.expose())
-            .ok()
-            .and_then(|u| u.password().map(str::to_string))
-        else {
+        let Ok(url) = url::Url::parse(self.expose()) else {
             return Vec::new();
         };
-        let mut out = Vec::new();
-        if let Ok(decoded) = percent_encoding::percent_decode_str(&raw).decode_utf8()
-            && decoded != raw
-            && !decoded.is_empty()
-        {
-            out.push(SecretString::from(decoded.into_owned()));
+        let mut raws: Vec<String> = url.password().map(str::to_string).into_iter().collect();
+        if let Some(q) = url.query() {
+            for pair in q.split('&') {
+                if let Some((k, v)) = pair.split_once('=')
+                    && is_secret_param(k)
+                {
+                    raws.push(v.to_string());
+                }
+            }
         }
-        if !raw.is_empty() {
-            out.push(SecretString::from(raw));
+        let mut out = Vec::new();
+        for raw in raws {
+            let plus_as_space = raw.replace('+', " ");
+            if let Ok(decoded) = percent_encoding::percent_decode_str(&plus_as_space).decode_utf8()
+                && decoded != raw
+                && !decoded.is_empty()
+            {
+                out.push(SecretString::from(decoded.into_owned()));
+            }
+            if let Ok(decoded) = percent_encoding::percent_decode_str(&raw).decode_utf8()
+                && decoded != raw
+                && !decoded.is_empty()
+            {
+                out.push(SecretString::from(decoded.into_owned()));
+            }
+            if !raw.is_empty() {
+                out.push(SecretString::from(raw));
+            }
         }
         out
     }
@@ -154,6 +200,21 @@ mod tests {
                 .password_forms()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn credential_query_parameters_are_redacted_and_scrubbed() {
+        let u = SecretUrl::parse(
+            "postgres://db.internal:5432/app?sslmode=require&password=p%40ss&user=svc",
+        )
+        .unwrap();
+        assert_eq!(
+            u.redacted(),
+            "postgres://db.internal:5432/app?sslmode=require&password=***&user=svc"
+        );
+        assert!(!format!("{u:?} {u}").contains("p@ss"));
+        let msg = scrub_secrets(&u.password_forms(), "bad p@ss (p%40ss)".into());
+        assert_eq!(msg, "bad *** (***)");
     }
 
     proptest::proptest! {

@@ -35,9 +35,12 @@ impl Polled {
             SourceKindConfig::Redis(c) => Some(Polled::Redis(
                 RedisSource::new(id.clone(), c, clock.clone()).with_context(context)?,
             )),
-            SourceKindConfig::Postgres(c) => Some(Polled::Postgres(
-                PostgresSource::new(id.clone(), c, clock.clone()).with_context(context)?,
-            )),
+            SourceKindConfig::Postgres(c) => Some(Polled::Postgres({
+                if let Some(w) = c.tls_warning() {
+                    tracing::warn!(source = %id, "{w}");
+                }
+                PostgresSource::new(id.clone(), c, clock.clone()).with_context(context)?
+            })),
             SourceKindConfig::Http(c) => Some(Polled::Http(
                 HttpSource::new(id.clone(), c, metrics.clone()).with_context(context)?,
             )),

@@ -32,7 +32,7 @@ use serde_json::Value;
 use crate::core::{AgentRule, CheckKey, Defaults, Policy};
 pub use sources::{
     AgentUrl, HttpComponent, HttpConfig, HttpMethod, KeyPattern, PostgresConfig, PostgresRead,
-    PostgresTable, PushConfig, RedisConfig, RedisLayout, SourceConfig, SourceKindConfig,
+    PostgresTable, PushConfig, Redirects, RedisConfig, RedisLayout, SourceConfig, SourceKindConfig,
     json_pointer,
 };
 pub use walk::Problem;

@@ -318,6 +318,9 @@ struct HttpSource {
     method: Option<()>,
     /// Sent with every request; values are secrets (never printed).
     headers: Option<BTreeMap<String, String>>,
+    /// Redirects followed (at most 5): same_host (default: same host and
+    /// port, never https to http), none, or any (not with headers).
+    redirects: Option<Redirects>,
     /// Status codes that mean healthy. Default: any 2xx.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "status_codes")]
@@ -356,6 +359,15 @@ fn max_body(_: &mut SchemaGenerator) -> Schema {
             {"type": "null"}
         ]
     })
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum Redirects {
+    None,
+    SameHost,
+    Any,
 }
 
 /// `method`: GET, HEAD or POST, in any case.

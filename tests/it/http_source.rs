@@ -668,3 +668,84 @@ sources:
     app.shutdown().await;
     stop_child(server);
 }
+
+/// Redirects: by default a probe follows one to the same host (and the
+/// configured header goes along), never one to another host (127.0.0.2
+/// here, which gets nothing, header included: the check fails on the
+/// 302); `redirects: any` follows it, and is refused with headers.
+#[tokio::test]
+async fn redirects_stay_on_the_same_host_unless_told_and_headers_never_leave_it() {
+    // Requests the other host got, and those that carried the header.
+    let seen = Arc::new(AtomicUsize::new(0));
+    let leaked = Arc::new(AtomicUsize::new(0));
+    let (s, l) = (seen.clone(), leaked.clone());
+    let other = Router::new().route(
+        "/health",
+        get(move |h: axum::http::HeaderMap| {
+            s.fetch_add(1, Ordering::SeqCst);
+            if h.contains_key("x-api-key") {
+                l.fetch_add(1, Ordering::SeqCst);
+            }
+            async { json_response(StatusCode::OK, json!({"status": "ok"})) }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.2:0")
+        .await
+        .expect("bind 127.0.0.2");
+    let other_addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, other).await;
+    });
+    let keys = Arc::new(AtomicUsize::new(0));
+    let k = keys.clone();
+    let away = format!("http://{other_addr}/health");
+    let service = serve(
+        Router::new()
+            .route("/moved", get(|| async { Redirect::temporary("/health") }))
+            .route(
+                "/health",
+                get(move |h: axum::http::HeaderMap| {
+                    if h.get("x-api-key").is_some_and(|v| v == "k3y") {
+                        k.fetch_add(1, Ordering::SeqCst);
+                    }
+                    async { json_response(StatusCode::OK, json!({"status": "ok"})) }
+                }),
+            )
+            .route(
+                "/away",
+                get(move || {
+                    let away = away.clone();
+                    async move { Redirect::temporary(&away) }
+                }),
+            ),
+    )
+    .await;
+    let app = spawn_app(&format!(
+        r#"
+startup_grace: 1s
+sources:
+  - {{name: same, type: http, url: "{service}/moved", interval: 500ms, headers: {{X-Api-Key: k3y}}}}
+  - {{name: away, type: http, url: "{service}/away", interval: 500ms, headers: {{X-Api-Key: k3y}}}}
+  - {{name: any, type: http, url: "{service}/away", interval: 500ms, redirects: any}}
+"#
+    ))
+    .await;
+    app.wait_for_state("same", "healthy", WAIT).await;
+    assert!(keys.load(Ordering::SeqCst) >= 1, "the header went along");
+    let v = app.wait_for_state("away", "failing", WAIT).await;
+    assert!(v["reason"].as_str().unwrap().contains("307"), "{v}");
+    app.wait_for_state("any", "healthy", WAIT).await;
+    // Only the `any` source reached the other host, without the header.
+    assert!(seen.load(Ordering::SeqCst) >= 1);
+    assert_eq!(leaked.load(Ordering::SeqCst), 0);
+    app.shutdown().await;
+
+    let refused = agent_supervisor::config::parse(
+        "sources:\n  - {name: a, type: http, url: \"http://h/\", redirects: any, headers: {X-Api-Key: k}}\n",
+        std::path::Path::new("c.yaml"),
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("sources[0].redirects"), "{refused}");
+}

@@ -26,6 +26,8 @@ pub struct HttpConfig {
     pub method: HttpMethod,
     /// Sent with every request; values are secrets (never printed).
     pub headers: Vec<(String, SecretString)>,
+    /// Which redirects a probe follows.
+    pub redirects: Redirects,
     /// Status codes that mean healthy; empty means any 2xx.
     pub expected_status: Vec<u16>,
     /// A slower answer makes the check `failing` ("slow").
@@ -58,6 +60,18 @@ impl HttpConfig {
     pub fn service_for(&self) -> Duration {
         self.alert_for.unwrap_or(self.interval * 2)
     }
+}
+
+/// Which redirects a probe follows (at most 5): `same_host` (the default:
+/// the same host and port, or the same host from http up to https; never
+/// down to http), `none`, or `any`
+/// (refused with `headers`, which would then go to whatever host the
+/// service names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redirects {
+    None,
+    SameHost,
+    Any,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +190,27 @@ pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<HttpConfig> {
         }
     };
     let headers = headers(o, p);
+    let redirects = match o.string("redirects", p).as_deref() {
+        None | Some("same_host") => Redirects::SameHost,
+        Some("none") => Redirects::None,
+        Some("any") => {
+            if !headers.is_empty() {
+                p.add(
+                    o.at("redirects"),
+                    "`any` would send the configured headers to whatever host a redirect \
+                     names: use same_host, or no headers",
+                );
+            }
+            Redirects::Any
+        }
+        Some(other) => {
+            p.add(
+                o.at("redirects"),
+                format!("unknown `{other}` (supported: none, same_host, any)"),
+            );
+            Redirects::SameHost
+        }
+    };
     let mut expected_status = Vec::new();
     let status_path = o.at("expected_status");
     match o.get("expected_status") {
@@ -294,6 +329,7 @@ pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<HttpConfig> {
         timeout,
         method: method?,
         headers,
+        redirects,
         expected_status,
         max_response_time,
         max_body: max_body?,

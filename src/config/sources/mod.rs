@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::values;
 use super::walk::{Obj, Problems, index};
 use crate::core::SourceId;
-pub use http::{AgentUrl, HttpComponent, HttpConfig, HttpMethod, json_pointer};
+pub use http::{AgentUrl, HttpComponent, HttpConfig, HttpMethod, Redirects, json_pointer};
 pub use postgres::{PostgresConfig, PostgresRead, PostgresTable};
 pub use push::PushConfig;
 pub use redis::{KeyPattern, RedisConfig, RedisLayout};

@@ -30,6 +30,40 @@ pub struct PostgresConfig {
     pub read: PostgresRead,
 }
 
+impl PostgresConfig {
+    /// Why this URL's TLS is not safe, when the server is not on this
+    /// machine and `sslmode` is not `verify-full` or `verify-ca` (without
+    /// it the client uses `prefer`: unverified TLS, or none).
+    pub fn tls_warning(&self) -> Option<String> {
+        let url = url::Url::parse(self.url.expose()).ok()?;
+        let local = match url.host() {
+            None => true,
+            // postgres:// is not a special scheme: its IPs come as text.
+            Some(url::Host::Domain(d)) => {
+                let d = d.trim_start_matches('[').trim_end_matches(']');
+                d.is_empty()
+                    || d.eq_ignore_ascii_case("localhost")
+                    || d.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            }
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        };
+        let mode = url
+            .query_pairs()
+            .find(|(k, _)| k.eq_ignore_ascii_case("sslmode"))
+            .map(|(_, v)| v.to_ascii_lowercase());
+        if local || matches!(mode.as_deref(), Some("verify-full" | "verify-ca")) {
+            return None;
+        }
+        Some(format!(
+            "sslmode={} does not verify the server {}: whoever is on the path can read the \
+             heartbeats and the password; use sslmode=verify-full (and tls_ca_file)",
+            mode.as_deref().unwrap_or("prefer (unset)"),
+            url.host_str().unwrap_or_default()
+        ))
+    }
+}
+
 /// What a PostgreSQL source reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostgresRead {
@@ -199,5 +233,44 @@ fn split_table_name(s: &str) -> Result<(Option<String>, String), String> {
         _ => Err(format!(
             "`{s}` is not `table` or `schema.table` (names are used exactly as written)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::SourceKindConfig;
+    use crate::config::tests::{no_env, parse_ok_env};
+
+    fn warning(url: &str) -> Option<String> {
+        let c = parse_ok_env(
+            &format!(
+                "sources:\n  - {{name: pg, type: postgres, url: \"{url}\", query: \"select 1\"}}\n"
+            ),
+            &no_env,
+        );
+        match &c.sources[0].kind {
+            SourceKindConfig::Postgres(p) => p.tls_warning(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn unverified_tls_to_another_machine_is_warned_about_without_the_password() {
+        let w = warning("postgres://u:hunter2@db.example.com:5432/app").unwrap();
+        assert!(
+            w.contains("sslmode=prefer (unset)") && w.contains("verify-full"),
+            "{w}"
+        );
+        assert!(!w.contains("hunter2"));
+        assert!(warning("postgres://u:p@db.example.com/app?sslmode=require").is_some());
+        for quiet in [
+            "postgres://u:p@db.example.com/app?sslmode=verify-full",
+            "postgres://u:p@db.example.com/app?SSLMODE=verify-ca",
+            "postgres://u:p@127.0.0.1:5432/app",
+            "postgres://u:p@localhost/app?sslmode=disable",
+            "postgres://u:p@[::1]/app",
+        ] {
+            assert_eq!(warning(quiet), None, "{quiet}");
+        }
     }
 }

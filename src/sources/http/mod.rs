@@ -50,7 +50,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use crate::config::{AgentUrl, HttpComponent, HttpConfig, HttpMethod};
+use crate::config::{AgentUrl, HttpComponent, HttpConfig, HttpMethod, Redirects};
 use crate::core::{AgentId, ErrorKind, Reading, SourceId, Status, StatusOrigin};
 use crate::telemetry::metrics::Metrics;
 
@@ -140,6 +140,36 @@ pub struct HttpSource {
     metrics: Arc<Metrics>,
 }
 
+/// The client's redirect policy; a redirect not followed leaves the probe
+/// with the 3xx, which is not healthy.
+fn redirect_policy(redirects: Redirects) -> reqwest::redirect::Policy {
+    use reqwest::redirect::Policy;
+    match redirects {
+        Redirects::None => Policy::none(),
+        Redirects::Any => Policy::limited(MAX_REDIRECTS),
+        Redirects::SameHost => Policy::custom(|attempt| {
+            if attempt.previous().len() > MAX_REDIRECTS {
+                return attempt.error("too many redirects");
+            }
+            let Some(first) = attempt.previous().first() else {
+                return attempt.stop();
+            };
+            let to = attempt.url();
+            // The same host and port; or the same host, upgraded from
+            // http to https. Never down to http.
+            let upgrade = first.scheme() == "http" && to.scheme() == "https";
+            let same = first.host_str() == to.host_str()
+                && (first.port_or_known_default() == to.port_or_known_default() || upgrade)
+                && !(first.scheme() == "https" && to.scheme() == "http");
+            if same {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        }),
+    }
+}
+
 impl HttpSource {
     /// Build the client. The process must have installed a rustls crypto
     /// provider (the binary installs ring's).
@@ -159,7 +189,7 @@ impl HttpSource {
             headers.insert(name, value);
         }
         let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+            .redirect(redirect_policy(cfg.redirects))
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout)
             .pool_max_idle_per_host(cfg.concurrency)
