@@ -70,6 +70,19 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    // As many file descriptors as the hard limit allows: the HTTP
+    // server's connection cap is sized from the soft limit.
+    // SAFETY: getrlimit/setrlimit on this process, before any thread.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     // A panic is one error line in the log (JSON when the log is), with its

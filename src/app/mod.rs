@@ -16,7 +16,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::alerts::api::AlertsApi;
 use crate::clock::{Clock, instant_after};
@@ -26,7 +26,7 @@ use crate::core::{
     Supervisor,
 };
 use crate::driver::{CONFIRM_CAPACITY, Driver, OBSERVATION_CAPACITY};
-use crate::http::{HttpState, router};
+use crate::http::{HttpState, ServerLimits, router};
 use crate::liveness::Liveness;
 use crate::sinks::state::{FileStore, StateFile};
 use crate::sources::push::PushState;
@@ -296,12 +296,7 @@ impl App {
         let hc = cancel.clone();
         tasks.spawn("http".into(), async move {
             fail::fail_point!("http-serve", |_| ());
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { hc.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                error!(error = %e, "HTTP server failed.");
-            }
+            crate::http::serve(listener, app, ServerLimits::for_this_process(), hc).await;
         });
         info!(listen = %addr, sources = config.sources.len(), "agent-supervisor started.");
 

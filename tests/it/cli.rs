@@ -444,3 +444,64 @@ fn scan_exit_codes_follow_each_mix_of_states() {
         assert_eq!(o.status.code(), Some(code), "{what}:\n{}", text(&o));
     }
 }
+
+/// 2,000 connections that send nothing or half a header, against a sidecar
+/// allowed 512 file descriptors: `/metrics` and `/healthz` still answer,
+/// each within a second (idle connections give their place to new ones),
+/// and the sidecar keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_and_slow_connections_does_not_lock_out_the_scraper() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let launch = crate::sidecar::Launch {
+        open_files_limit: Some(512),
+        ..Default::default()
+    };
+    let mut sidecar = crate::sidecar::Sidecar::start_in(
+        dir.path(),
+        "sidecar",
+        "sources: [{name: push, type: push}]\n",
+        launch,
+    )
+    .await;
+    let addr = sidecar.base.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    let flood_until = Instant::now() + Duration::from_secs(10);
+    for i in 0..2000 {
+        if Instant::now() > flood_until {
+            break;
+        }
+        let connect = tokio::net::TcpStream::connect(&addr);
+        let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(500), connect).await else {
+            continue;
+        };
+        if i % 2 == 0 {
+            // Slowloris: half a request, never finished.
+            let _ = s
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await;
+        }
+        held.push(s);
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    for path in ["/healthz", "/metrics", "/healthz", "/metrics"] {
+        let began = Instant::now();
+        let r = client
+            .get(format!("{}{path}", sidecar.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}; log:\n{}", sidecar.log_tail()));
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        let _ = r.text().await.unwrap();
+        assert!(
+            began.elapsed() < Duration::from_secs(1),
+            "{path}: {:?}",
+            began.elapsed()
+        );
+    }
+    assert!(sidecar.running(), "{}", sidecar.log_tail());
+    drop(held);
+}

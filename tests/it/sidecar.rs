@@ -31,6 +31,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// RLIMIT_FSIZE: the largest file it may write (a disk that fills up).
     pub file_size_limit: Option<u64>,
+    /// RLIMIT_NOFILE (soft and hard): file descriptors it may open.
+    pub open_files_limit: Option<u64>,
 }
 
 pub struct Sidecar {
@@ -75,6 +77,9 @@ impl Sidecar {
             .stdin(Stdio::null());
         if let Some(limit) = launch.file_size_limit {
             limit_file_size(&mut cmd, limit);
+        }
+        if let Some(limit) = launch.open_files_limit {
+            set_rlimit(&mut cmd, libc::RLIMIT_NOFILE, limit);
         }
         let child = spawn_child(cmd, &log, "agent-supervisor").expect("spawn the sidecar");
         let mut child = OwnedChild::new(child, "agent-supervisor");
@@ -207,6 +212,11 @@ impl Sidecar {
 /// Runs `cmd` with RLIMIT_FSIZE `limit`: no file it writes grows past
 /// `limit` bytes (a disk that fills up).
 pub fn limit_file_size(cmd: &mut Command, limit: u64) {
+    set_rlimit(cmd, libc::RLIMIT_FSIZE, limit);
+}
+
+/// Runs `cmd` with `resource` limited to `limit` (soft and hard).
+fn set_rlimit(cmd: &mut Command, resource: libc::__rlimit_resource_t, limit: u64) {
     use std::os::unix::process::CommandExt as _;
     let rlimit = libc::rlimit {
         rlim_cur: limit,
@@ -216,7 +226,7 @@ pub fn limit_file_size(cmd: &mut Command, limit: u64) {
     // fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &rlimit) == 0 {
+            if libc::setrlimit(resource, &rlimit) == 0 {
                 Ok(())
             } else {
                 Err(std::io::Error::last_os_error())

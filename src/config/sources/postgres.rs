@@ -43,7 +43,8 @@ impl PostgresConfig {
                 let d = d.trim_start_matches('[').trim_end_matches(']');
                 d.is_empty()
                     || d.eq_ignore_ascii_case("localhost")
-                    || d.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                    || d.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
             }
             Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
             Some(url::Host::Ipv6(ip)) => ip.is_loopback(),

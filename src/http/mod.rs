@@ -2,6 +2,8 @@
 //! API and the push endpoint. Handlers read the latest snapshot; none of
 //! them waits on the core or on a datastore.
 
+mod serve;
+
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -18,6 +20,8 @@ use crate::core::{Snapshot, State as AgentState};
 use crate::liveness::Liveness;
 use crate::sources::push::{self, PushState};
 use crate::telemetry::metrics::Metrics;
+
+pub use serve::{ServerLimits, serve};
 
 #[derive(Clone)]
 pub struct HttpState {
