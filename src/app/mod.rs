@@ -276,6 +276,7 @@ impl App {
             snapshot: snapshot_rx,
             metrics: metrics.clone(),
             liveness: liveness.clone(),
+            rendered: Default::default(),
         };
         // Alerts stop with the core: after the sources, so the last snapshot
         // is judged and the outbox saved.

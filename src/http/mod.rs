@@ -28,6 +28,8 @@ pub struct HttpState {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub liveness: Liveness,
+    /// `/metrics`' per-agent text, rendered once per snapshot.
+    pub rendered: Arc<crate::sinks::metrics::Rendered>,
 }
 
 pub fn router(state: HttpState, push: Option<PushState>) -> Router {
@@ -52,7 +54,7 @@ fn latest(s: &HttpState) -> Arc<Snapshot> {
 
 async fn metrics(State(s): State<HttpState>) -> Response {
     let snap = latest(&s);
-    let body = crate::sinks::metrics::render(&s.metrics, &snap);
+    let body = s.rendered.body(&s.metrics, &snap);
     (
         [(
             header::CONTENT_TYPE,

@@ -17,6 +17,47 @@ pub fn render(metrics: &Metrics, snap: &Snapshot) -> String {
     out
 }
 
+/// The per-agent families of the latest snapshot, rendered once per
+/// snapshot and shared by every scrape of it (concurrent scrapers wait for
+/// the one render instead of each doing it); the registry's own families,
+/// small and always current, are written per scrape.
+#[derive(Default)]
+pub struct Rendered {
+    last: std::sync::Mutex<Option<(Arc<Snapshot>, Arc<String>)>>,
+}
+
+impl Rendered {
+    /// The whole `/metrics` body for `snap`.
+    pub fn body(&self, metrics: &Metrics, snap: &Arc<Snapshot>) -> String {
+        let agents = {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            match &*last {
+                Some((s, text)) if Arc::ptr_eq(s, snap) => text.clone(),
+                _ => {
+                    let mut text = String::with_capacity(snap.agents.len() * 900);
+                    render_agents(snap, metrics.max_agent_series(), &mut text);
+                    let text = Arc::new(text);
+                    *last = Some((snap.clone(), text.clone()));
+                    text
+                }
+            }
+        };
+        let mut out = String::with_capacity(4096 + agents.len());
+        metrics.encode_registry(&mut out);
+        out.push_str(&agents);
+        out
+    }
+
+    /// Whether the per-agent text of `snap` is the one kept.
+    #[cfg(test)]
+    fn holds(&self, snap: &Arc<Snapshot>) -> Option<Arc<String>> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(s, _)| Arc::ptr_eq(s, snap))
+            .map(|(_, t)| t.clone())
+    }
+}
+
 /// Escape a label value per the text exposition format.
 fn escape(v: &str, out: &mut String) {
     if !v.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
@@ -375,6 +416,27 @@ mod tests {
         assert!(fast.contains("-1.749999\n"), "{fast}");
         assert!(fast.contains("} 2.5\n"));
         assert!(fast.contains("} 30\n"));
+    }
+
+    /// One render per snapshot: a second scrape of the same snapshot gets
+    /// the same text (the same allocation), a new snapshot a new render.
+    #[test]
+    fn the_agent_families_are_rendered_once_per_snapshot() {
+        let metrics = Metrics::new(10).unwrap();
+        let cache = Rendered::default();
+        let mut snap = Snapshot::empty(Utc::now());
+        snap.agents = vec![agent("a", State::Stale)];
+        let snap = Arc::new(snap);
+        let first = cache.body(&metrics, &snap);
+        let kept = cache.holds(&snap).unwrap();
+        assert_eq!(first, cache.body(&metrics, &snap));
+        assert!(Arc::ptr_eq(&kept, &cache.holds(&snap).unwrap()));
+        assert!(first.contains("agent_supervisor_agent_up{agent=\"a\"} 0"));
+        let mut next = Snapshot::empty(Utc::now());
+        next.agents = vec![agent("b", State::Healthy)];
+        let next = Arc::new(next);
+        assert!(cache.body(&metrics, &next).contains("agent=\"b\""));
+        assert!(cache.holds(&snap).is_none());
     }
 
     #[test]
