@@ -95,7 +95,7 @@ sleep "$window"
 t1=$(ticks)
 rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$sup/status")
 hz=$(getconf CLK_TCK)
-agents=$(curl -sf "http://127.0.0.1:$port/api/v1/agents" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["agents"]))')
+agents=$(curl -sf "http://127.0.0.1:$port/api/v1/agents" | python3 -c 'import json,sys; print(sum(json.load(sys.stdin)["counts"].values()))')
 scrape_bytes=$(curl -sf "http://127.0.0.1:$port/metrics" | wc -c)
 python3 - "$mode" "$n" "$t0" "$t1" "$hz" "$window" "$rss_kb" "$agents" "$scrape_bytes" <<'PY'
 import sys

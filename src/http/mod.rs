@@ -88,26 +88,50 @@ async fn readyz() -> &'static str {
 struct AgentsQuery {
     /// Only agents in this state.
     state: Option<AgentState>,
+    /// At most this many agents (default and most: [`PAGE_MAX`]).
+    limit: Option<usize>,
+    /// Only agents whose id sorts after this one: the `next` of the
+    /// previous page.
+    after: Option<String>,
 }
 
+/// Most agents in one `/api/v1/agents` answer.
+const PAGE_MAX: usize = 1000;
+
+/// Agents by id, a page at a time: `limit` (at most [`PAGE_MAX`]) from
+/// after `after`; `next` is the cursor of the following page, absent on the
+/// last one. Ids are the keys, so a page is stable while agents change.
 async fn agents(State(s): State<HttpState>, Query(q): Query<AgentsQuery>) -> Response {
     let snap = latest(&s);
-    let list: Vec<&AgentView> = snap
-        .agents
+    let limit = q.limit.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
+    let start = match &q.after {
+        Some(after) => snap
+            .agents
+            .partition_point(|a| a.id.as_str() <= after.as_str()),
+        None => 0,
+    };
+    let mut matching = snap.agents[start..]
         .iter()
-        .filter(|a| q.state.is_none_or(|st| a.state == st))
-        .collect();
+        .filter(|a| q.state.is_none_or(|st| a.state == st));
+    let list: Vec<&AgentView> = matching.by_ref().take(limit).collect();
+    let next = match (list.last(), matching.next()) {
+        (Some(last), Some(_)) => Some(last.id.as_str().to_string()),
+        _ => None,
+    };
     let counts: serde_json::Map<String, serde_json::Value> = snap
         .counts()
         .iter()
         .map(|(st, n)| (st.as_str().to_string(), json!(n)))
         .collect();
-    Json(json!({
+    let mut answer = json!({
         "taken_at": snap.taken_at,
         "counts": counts,
         "agents": list,
-    }))
-    .into_response()
+    });
+    if let Some(next) = next {
+        answer["next"] = json!(next);
+    }
+    Json(answer).into_response()
 }
 
 async fn agent(State(s): State<HttpState>, Path(id): Path<String>) -> Response {

@@ -424,3 +424,53 @@ fn which(bin: &str) -> Option<std::path::PathBuf> {
             .find(|c| c.is_file())
     })
 }
+
+/// `/api/v1/agents` a page at a time: `limit` from after `after`, `next`
+/// the cursor of the following page (absent on the last), with `state`.
+#[tokio::test]
+async fn agents_are_listed_a_page_at_a_time() {
+    let app = spawn_app(PUSH_ONLY).await;
+    for i in 0..25 {
+        assert_eq!(
+            app.push(&format!("p{i:02}"), None, None).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    app.wait_for_state("p24", "healthy", Duration::from_secs(5))
+        .await;
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/agents?limit=10".to_string();
+    let mut pages = 0;
+    loop {
+        let (code, v) = app.get_json(&path).await;
+        assert_eq!(code, StatusCode::OK);
+        pages += 1;
+        let ids: Vec<String> = v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_string())
+            .filter(|id| id.starts_with('p'))
+            .collect();
+        seen.extend(ids);
+        match v["next"].as_str() {
+            Some(next) => path = format!("/api/v1/agents?limit=10&after={next}"),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
+    assert_eq!(seen, expected);
+    assert!(pages >= 3, "{pages} pages");
+    let (_, v) = app
+        .get_json("/api/v1/agents?state=healthy&limit=2&after=p10")
+        .await;
+    let ids: Vec<&str> = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["p11", "p12"]);
+    assert_eq!(v["next"], "p12");
+    app.shutdown().await;
+}
