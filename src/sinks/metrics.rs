@@ -175,16 +175,32 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
     let chosen: Vec<usize> = if snap.agents.len() <= max {
         (0..snap.agents.len()).collect()
     } else {
-        let mut idx: Vec<usize> = (0..snap.agents.len())
-            .filter(|&i| snap.agents[i].state != State::Healthy)
-            .take(max)
+        // Configured or polled agents before agents only pushes created
+        // (anyone who may push must not crowd real agents out), the ones
+        // not healthy first within each.
+        let push: Vec<&str> = snap
+            .sources
+            .iter()
+            .filter(|s| s.kind == "push")
+            .map(|s| s.name.as_str())
             .collect();
-        let room = max - idx.len();
-        idx.extend(
-            (0..snap.agents.len())
-                .filter(|&i| snap.agents[i].state == State::Healthy)
-                .take(room),
-        );
+        let pushed_only = |a: &crate::core::snapshot::AgentView| {
+            !a.expected
+                && !a.checks.is_empty()
+                && a.checks.iter().all(|c| push.contains(&c.source.as_str()))
+        };
+        let mut idx: Vec<usize> = Vec::with_capacity(max);
+        for (pushed, healthy) in [(false, false), (false, true), (true, false), (true, true)] {
+            let room = max - idx.len();
+            idx.extend(
+                (0..snap.agents.len())
+                    .filter(|&i| {
+                        let a = &snap.agents[i];
+                        pushed_only(a) == pushed && (a.state == State::Healthy) == healthy
+                    })
+                    .take(room),
+            );
+        }
         idx.sort_unstable();
         idx
     };
@@ -437,6 +453,39 @@ mod tests {
         let next = Arc::new(next);
         assert!(cache.body(&metrics, &next).contains("agent=\"b\""));
         assert!(cache.holds(&snap).is_none());
+    }
+
+    /// Past the series bound, agents only pushes created come after the
+    /// polled ones, even stale ones that sort first: a client that may
+    /// push cannot crowd real agents out of /metrics.
+    #[test]
+    fn pushed_agents_never_displace_polled_ones_past_the_bound() {
+        use crate::core::snapshot::{SourceStatus, SourceView};
+        let now = Utc::now();
+        let mut snap = Snapshot::empty(now);
+        let source = |name: &str, kind: &str| SourceView {
+            name: name.into(),
+            kind: kind.into(),
+            status: SourceStatus::Up,
+            since: now,
+            last_success: None,
+            last_scan_started: None,
+            error: None,
+            checks: 0,
+        };
+        snap.sources = vec![source("redis", "redis"), source("push", "push")];
+        let pushed = |id: &str| AgentView::with_one_check(id, State::Stale, "push", "t", now);
+        snap.agents = vec![
+            pushed("aaa-fake-1"),
+            pushed("aaa-fake-2"),
+            agent("real-healthy", State::Healthy),
+            agent("real-stale", State::Stale),
+        ];
+        let mut out = String::new();
+        render_agents(&snap, 2, &mut out);
+        assert!(out.contains("agent_up{agent=\"real-stale\"}"), "{out}");
+        assert!(out.contains("agent_up{agent=\"real-healthy\"}"), "{out}");
+        assert!(!out.contains("aaa-fake"), "{out}");
     }
 
     #[test]
