@@ -505,3 +505,72 @@ async fn a_flood_of_idle_and_slow_connections_does_not_lock_out_the_scraper() {
     assert!(sidecar.running(), "{}", sidecar.log_tail());
     drop(held);
 }
+
+/// 5,000 pushes of 64 KiB bodies (a 60 KiB detail each, 5,000 new agents):
+/// the sidecar keeps its memory under 192 MiB and its state directory under
+/// 32 MiB (the shipped limits are 256 Mi and 64 Mi), since a detail is kept
+/// to 512 bytes; before that bound the state file alone would have held
+/// 300 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_fat_pushes_stay_within_memory_and_disk_bounds() {
+    use futures::StreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidecar = crate::sidecar::Sidecar::start_in(
+        dir.path(),
+        "sidecar",
+        "sources: [{name: push, type: push}]\n",
+        crate::sidecar::Launch::default(),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"status": "error", "detail": "x".repeat(60 * 1024)}).to_string();
+    assert!(body.len() < 64 * 1024);
+    let base = sidecar.base.clone();
+    let codes: Vec<u16> = futures::stream::iter(0..5000)
+        .map(|i| {
+            let (client, body, base) = (client.clone(), body.clone(), base.clone());
+            async move {
+                client
+                    .post(format!("{base}/api/v1/heartbeats/fat-{i:04}"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(
+        codes.iter().all(|c| *c == 202),
+        "{:?}",
+        codes
+            .iter()
+            .filter(|c| **c != 202)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    // Until the state is written with all of them.
+    let state = dir.path().join("state/state.json");
+    crate::harness::wait_until(
+        "state.json holds the 5,000 agents",
+        Duration::from_secs(30),
+        || async { std::fs::read_to_string(&state).is_ok_and(|s| s.contains("fat-4999")) },
+    )
+    .await;
+    let rss = sidecar.rss_bytes();
+    let disk: u64 = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    eprintln!(
+        "after 5,000 fat pushes: RSS {} MiB, state directory {} KiB",
+        rss >> 20,
+        disk >> 10
+    );
+    assert!(rss < 192 << 20, "RSS {} MiB", rss >> 20);
+    assert!(disk < 32 << 20, "state directory {} MiB", disk >> 20);
+    assert!(sidecar.running());
+}

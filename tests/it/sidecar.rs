@@ -197,6 +197,18 @@ impl Sidecar {
         tail_of_log(&self.log)
     }
 
+    /// Its resident memory, from /proc.
+    pub fn rss_bytes(&mut self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmRSS")
+    }
+
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         self.child.child().try_wait().expect("try_wait").is_none()
