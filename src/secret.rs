@@ -140,18 +140,15 @@ impl SecretUrl {
         }
         let mut out = Vec::new();
         for raw in raws {
-            let plus_as_space = raw.replace('+', " ");
-            if let Ok(decoded) = percent_encoding::percent_decode_str(&plus_as_space).decode_utf8()
-                && decoded != raw
-                && !decoded.is_empty()
-            {
-                out.push(SecretString::from(decoded.into_owned()));
-            }
-            if let Ok(decoded) = percent_encoding::percent_decode_str(&raw).decode_utf8()
-                && decoded != raw
-                && !decoded.is_empty()
-            {
-                out.push(SecretString::from(decoded.into_owned()));
+            // Decoded as a query decodes it (`+` is a space) and as a path
+            // does; then as written.
+            for encoded in [raw.replace('+', " "), raw.clone()] {
+                if let Ok(decoded) = percent_encoding::percent_decode_str(&encoded).decode_utf8()
+                    && decoded != raw
+                    && !decoded.is_empty()
+                {
+                    out.push(SecretString::from(decoded.into_owned()));
+                }
             }
             if !raw.is_empty() {
                 out.push(SecretString::from(raw));

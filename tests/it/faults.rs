@@ -33,8 +33,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{FaultProxy, Mode, PostgresServer, RedisServer, poll_until, unique_prefix};
@@ -235,28 +233,19 @@ fn epoch_now() -> f64 {
     chrono::Utc::now().timestamp_micros() as f64 / 1e6
 }
 
-/// One RESP command, its reply read; bounded in time.
-async fn redis_command(addr: SocketAddr, args: &[String]) -> Result<(), String> {
-    let work = async {
-        let mut conn = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let mut cmd = format!("*{}\r\n", args.len());
-        for a in args {
-            cmd.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        conn.write_all(cmd.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut reply = [0u8; 64];
-        let n = conn.read(&mut reply).await.map_err(|e| e.to_string())?;
-        if reply[..n].starts_with(b"+OK") {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&reply[..n]).into_owned())
-        }
-    };
-    tokio::time::timeout(Duration::from_millis(400), work)
-        .await
-        .map_err(|_| "timed out".to_string())?
+/// `MSET` of `pairs` with the `redis` crate the harness uses, on a blocking
+/// thread, each step bounded by 400 ms (a hung Redis must not hold a writer).
+async fn redis_mset(addr: SocketAddr, pairs: Vec<(String, String)>) -> redis::RedisResult<()> {
+    let bound = Duration::from_millis(400);
+    tokio::task::spawn_blocking(move || {
+        let client = redis::Client::open(format!("redis://{addr}"))?;
+        let mut conn = client.get_connection_with_timeout(bound)?;
+        conn.set_read_timeout(Some(bound))?;
+        conn.set_write_timeout(Some(bound))?;
+        redis::cmd("MSET").arg(pairs).exec(&mut conn)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("the Redis writer thread failed: {e}"))
 }
 
 /// Beats for `ids` into Redis (`{prefix}:{id}` = epoch seconds) every
@@ -265,12 +254,11 @@ fn beat_redis(addr: SocketAddr, prefix: String, ids: Vec<String>, stop: Cancella
     tokio::spawn(async move {
         loop {
             let now = epoch_now().to_string();
-            let mut args = vec!["MSET".to_string()];
-            for id in &ids {
-                args.push(format!("{prefix}:{id}"));
-                args.push(now.clone());
-            }
-            let _ = redis_command(addr, &args).await;
+            let pairs = ids
+                .iter()
+                .map(|id| (format!("{prefix}:{id}"), now.clone()))
+                .collect();
+            let _ = redis_mset(addr, pairs).await;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(BEAT_EVERY) => {}
