@@ -53,6 +53,12 @@ COPY config.yaml /etc/agent-supervisor/config.yaml
 
 # config.yaml reads these (and REDIS_URL, SUPABASE_DB_URL,
 # AGENT_SUPERVISOR_PUSH_TOKEN) from the environment.
+# The admin listener (pushes, silence writes) stays on the container's own
+# loopback, 127.0.0.1:9465: a container sharing its network namespace (a
+# Kubernetes pod, `docker run --network container:...`) reaches it; to
+# publish it, set AGENT_SUPERVISOR_ADMIN_LISTEN=0.0.0.0:9465 together with
+# AGENT_SUPERVISOR_PUSH_TOKEN and AGENT_SUPERVISOR_API_TOKEN (the config is
+# rejected without them).
 ENV AGENT_SUPERVISOR_CONFIG=/etc/agent-supervisor/config.yaml \
     AGENT_SUPERVISOR_STATE_DIR=/var/lib/agent-supervisor \
     AGENT_SUPERVISOR_LISTEN=0.0.0.0:9464

@@ -25,20 +25,23 @@
 //! - [`alerts`]: alert notifications: the book (grouping, silences), the
 //!   engine task, the durable outbox, rendering per receiver type, signed
 //!   delivery, the alerts API.
-//! - [`http`]: the sidecar's HTTP server (metrics, probes, JSON API, push).
+//! - [`http`]: the sidecar's HTTP servers: the read listener (metrics,
+//!   probes, JSON API) and the admin listener (the same, push, silence
+//!   writes), with their limits (`serve`).
 //! - [`app`]: builds everything from a config (`App::build`) and runs it
 //!   until cancelled (`tasks`: supervised tasks; `state`: the state writer).
 //! - [`scan`]: the one-shot `scan` command.
 //! - [`telemetry`]: the metrics registry and logging set-up.
 //! - `fuzzing`: the entry points of the fuzz targets (`fuzz/`), replayed
 //!   by `cargo test`.
-//! - [`clock`], [`liveness`], [`secret`], [`template`]: small shared pieces
-//!   (`secret` and `template` import nothing of ours).
+//! - [`auth`], [`clock`], [`liveness`], [`secret`], [`template`]: small
+//!   shared pieces (`auth`, `secret` and `template` import nothing of ours).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod alerts;
 pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod core;

@@ -122,7 +122,14 @@ fn main() -> ExitCode {
     };
     match command {
         Command::Run => block_on(run(config)),
-        Command::CheckConfig { .. } => {
+        Command::CheckConfig { sources_only } => {
+            // Who can reach what: needs the tokens, which --sources-only
+            // does not read.
+            if !sources_only {
+                for line in config::listeners::describe(&config) {
+                    println!("{line}");
+                }
+            }
             for s in &config.sources {
                 if let config::SourceKindConfig::Postgres(p) = &s.kind
                     && let Some(w) = p.tls_warning()

@@ -4,8 +4,8 @@
 #
 #   bash tests/quickstart.sh
 #
-# Needs what the README says: curl, python3, redis-server/redis-cli, port
-# 9464 free. A Redis already answering on 127.0.0.1:6379 is used (the block
+# Needs what the README says: curl, python3, redis-server/redis-cli, ports
+# 9464 and 9465 free. A Redis already answering on 127.0.0.1:6379 is used (the block
 # writes one key, agent:trading_coordinator:last_seen, deleted afterwards);
 # otherwise a private redis-server is started on 6379 for the run. The
 # sidecar's state goes to a temporary directory, not ./data.
@@ -30,9 +30,11 @@ block=$(awk '
 ' README.md)
 [[ -n $block ]] || fail "no quickstart block between the markers in README.md"
 
-if curl -s -o /dev/null --max-time 2 localhost:9464/; then
-  fail "port 9464 is already in use; the README's steps need it"
-fi
+for port in 9464 9465; do
+  if curl -s -o /dev/null --max-time 2 "localhost:$port/"; then
+    fail "port $port is already in use; the README's steps need it"
+  fi
+done
 
 work=$(mktemp -d)
 private_redis=""

@@ -27,5 +27,6 @@ assert.ok(sup.kill_timeout >= 10000, "kill_timeout covers shutdown_timeout (10s)
 const uv = byName["python-ai-services"];
 assert.equal(uv.script, "uvicorn");
 assert.match(uv.args, /main:app/);
-assert.equal(uv.env.AGENT_SUPERVISOR_URL, "http://127.0.0.1:9464");
+assert.equal(uv.env.AGENT_SUPERVISOR_URL, "http://127.0.0.1:9465", "pushes go to admin_listen");
+assert.equal(sup.env.AGENT_SUPERVISOR_ADMIN_LISTEN, "127.0.0.1:9465", "admin_listen on loopback");
 console.log(`${path.relative(process.cwd(), file)}: ok (${apps.length} apps)`);

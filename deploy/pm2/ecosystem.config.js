@@ -50,7 +50,8 @@ module.exports = {
       env: {
         ...shared,
         PYTHONUNBUFFERED: "1",
-        AGENT_SUPERVISOR_URL: "http://127.0.0.1:9464",
+        // Pushes go to the sidecar's admin listener (loopback).
+        AGENT_SUPERVISOR_URL: "http://127.0.0.1:9465",
       },
       env_production: {
         APP_ENV: "production",
@@ -81,6 +82,7 @@ module.exports = {
         AGENT_SUPERVISOR_CONFIG: path.join(root, "config.yaml"),
         AGENT_SUPERVISOR_STATE_DIR: process.env.AGENT_SUPERVISOR_STATE_DIR || path.join(root, "data"),
         AGENT_SUPERVISOR_LISTEN: "127.0.0.1:9464",
+        AGENT_SUPERVISOR_ADMIN_LISTEN: "127.0.0.1:9465",
         RUST_LOG: "info",
       },
     },

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
 
 use super::engine::{AlertsHandle, COMMAND_TIMEOUT, Command, RemoveResult};
+use crate::auth;
 use crate::clock::Clock;
 use crate::core::alert::{AlertKind, Matcher, Silence, SilenceOrigin};
 
@@ -38,10 +38,18 @@ pub struct AlertsApi {
     pub clock: Clock,
 }
 
-pub fn router(api: AlertsApi) -> Router {
+/// `GET /api/v1/alerts` and `GET /api/v1/silences`.
+pub fn reads(api: AlertsApi) -> Router {
     Router::new()
         .route("/api/v1/alerts", get(alerts))
-        .route("/api/v1/silences", get(silences).post(create))
+        .route("/api/v1/silences", get(silences))
+        .with_state(api)
+}
+
+/// `POST /api/v1/silences` and `DELETE /api/v1/silences/{id}`.
+pub fn writes(api: AlertsApi) -> Router {
+    Router::new()
+        .route("/api/v1/silences", post(create))
         .route("/api/v1/silences/{id}", delete(remove))
         .with_state(api)
 }
@@ -102,26 +110,7 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 
 /// `None` when allowed, else the 401 to answer.
 fn unauthorized(api: &AlertsApi, headers: &HeaderMap) -> Option<Response> {
-    let Some(token) = &api.token else {
-        return None;
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
-        None
-    } else {
-        Some(
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({ "error": "a valid bearer token is required" })),
-            )
-                .into_response(),
-        )
-    }
+    (!auth::allowed(api.token.as_deref(), headers)).then(auth::unauthorized)
 }
 
 /// The token is checked before a byte of the body is read; the body is

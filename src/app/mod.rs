@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::alerts::api::AlertsApi;
+use crate::auth::ReadAccess;
 use crate::clock::{Clock, instant_after};
 use crate::config::{Config, SourceKindConfig};
 use crate::core::{
@@ -26,7 +27,7 @@ use crate::core::{
     Supervisor,
 };
 use crate::driver::{CONFIRM_CAPACITY, Driver, OBSERVATION_CAPACITY};
-use crate::http::{HttpState, ServerLimits, router};
+use crate::http::{HttpState, Routers, ServerLimits, routers};
 use crate::liveness::Liveness;
 use crate::sinks::state::{FileStore, StateFile};
 use crate::sources::push::PushState;
@@ -71,6 +72,7 @@ pub struct App {
     config: Config,
     listener: TcpListener,
     addr: SocketAddr,
+    admin: Option<(TcpListener, SocketAddr)>,
     metrics: Arc<Metrics>,
     liveness: Liveness,
     clock: Clock,
@@ -163,14 +165,16 @@ impl App {
             &liveness,
         )?;
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
-        let addr = listener.local_addr().context("reading the bound address")?;
+        let (listener, addr) = bind(config.listeners.listen).await?;
+        let admin = match config.listeners.admin_listen {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
         Ok(App {
             config,
             listener,
             addr,
+            admin,
             metrics,
             liveness,
             clock,
@@ -184,8 +188,14 @@ impl App {
         })
     }
 
+    /// The port of `listen`.
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// The port of `admin_listen`, if there is one.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin.as_ref().map(|(_, a)| a.port())
     }
 
     /// Run until `cancel`, then drain every task within `shutdown_timeout`.
@@ -194,6 +204,7 @@ impl App {
             config,
             listener,
             addr,
+            admin,
             metrics,
             liveness,
             clock,
@@ -288,18 +299,42 @@ impl App {
             let cc = core_cancel.clone();
             tasks.spawn("alerts".into(), alerts.engine.run(cc));
         }
+        let api_token = config.alerting.api_token.clone().map(Arc::new);
         let alerts_api = AlertsApi {
             handle: alerts.handle,
-            token: config.alerting.api_token.clone().map(Arc::new),
+            token: api_token.clone(),
             clock: clock.clone(),
         };
-        let app = router(http_state, push).merge(crate::alerts::api::router(alerts_api));
+        let read = ReadAccess {
+            read_token: config.listeners.read_token.clone().map(Arc::new),
+            api_token,
+        };
+        let Routers {
+            public,
+            admin: admin_routes,
+        } = routers(http_state, push, alerts_api, read);
+        let limits = ServerLimits::for_this_process(1 + usize::from(admin.is_some()));
         let hc = cancel.clone();
         tasks.spawn("http".into(), async move {
             fail::fail_point!("http-serve", |_| ());
-            crate::http::serve(listener, app, ServerLimits::for_this_process(), hc).await;
+            crate::http::serve(listener, public, limits, hc).await;
         });
-        info!(listen = %addr, sources = config.sources.len(), "agent-supervisor started.");
+        let admin_addr = match admin {
+            Some((admin_listener, admin_addr)) => {
+                let hc = cancel.clone();
+                tasks.spawn("http-admin".into(), async move {
+                    crate::http::serve(admin_listener, admin_routes, limits, hc).await;
+                });
+                admin_addr.to_string()
+            }
+            None => "off".into(),
+        };
+        info!(
+            listen = %addr,
+            admin_listen = %admin_addr,
+            sources = config.sources.len(),
+            "agent-supervisor started."
+        );
 
         cancel.cancelled().await;
         info!("Shutting down.");
@@ -317,4 +352,12 @@ impl App {
             None => Ok(()),
         }
     }
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    Ok((listener, bound))
 }

@@ -6,7 +6,8 @@
 //! ([`ConfigError::Invalid`]); the binary exits 64 before binding anything.
 //!
 //! - this file: [`Config`], [`load`] / [`parse`], [`ConfigError`], and the
-//!   small root sections (`listen`, `defaults`, `state`, `metrics`);
+//!   small root sections (`defaults`, `state`, `metrics`);
+//! - [`listeners`]: `listen`, `admin_listen`, `read_token`;
 //! - `walk`: the problem-collecting reader of the YAML tree;
 //! - `env`: `${VAR}` substitution;
 //! - `values`: checks shared by sections (names, label names, URLs, headers);
@@ -18,12 +19,12 @@
 mod agents;
 pub mod alerting;
 mod env;
+pub mod listeners;
 pub mod schema;
 mod sources;
 mod values;
 mod walk;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,8 +67,8 @@ fn list(problems: &[Problem]) -> String {
 /// The whole config.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address of the HTTP server (`/metrics`, API, push endpoint).
-    pub listen: SocketAddr,
+    /// Where the HTTP servers listen and who may use them.
+    pub listeners: listeners::Listeners,
     /// No agent alerts before every source was read once, or this passed.
     pub startup_grace: Duration,
     pub defaults: Defaults,
@@ -165,15 +166,16 @@ pub struct MetricsConfig {
 pub enum Sections {
     /// Everything (`run`, `check-config`).
     All,
-    /// All but the alerting sections (`external_url`, `api_token`,
-    /// `receivers`, `routing`, `silences`, `delivery`), which are neither
-    /// checked nor need their `${VAR}`s set: `scan`, `check-config
-    /// --sources-only`.
+    /// All but what only serving needs (`read_token`, and the alerting
+    /// sections `external_url`, `api_token`, `receivers`, `routing`,
+    /// `silences`, `delivery`), which are neither checked nor need their
+    /// `${VAR}`s set: `scan`, `check-config --sources-only`.
     SourcesOnly,
 }
 
 /// The top-level keys [`Sections::SourcesOnly`] leaves out.
-const ALERTING_KEYS: [&str; 6] = [
+const SERVING_KEYS: [&str; 7] = [
+    "read_token",
     "external_url",
     "api_token",
     "receivers",
@@ -223,13 +225,13 @@ pub fn parse_sections(
     if sections == Sections::SourcesOnly
         && let Value::Object(root) = &mut tree
     {
-        for key in ALERTING_KEYS {
+        for key in SERVING_KEYS {
             root.remove(key);
         }
     }
     let mut p = Problems::default();
     env::substitute(&mut tree, "", lookup, &mut p);
-    let config = convert(&tree, &mut p);
+    let config = convert(&tree, sections, &mut p);
     match config {
         Some(c) if p.list.is_empty() => Ok(c),
         _ => Err(ConfigError::Invalid {
@@ -239,22 +241,10 @@ pub fn parse_sections(
     }
 }
 
-fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
+fn convert(tree: &Value, sections: Sections, p: &mut Problems) -> Option<Config> {
     let mut root = Obj::new(Some(tree), "", p);
 
-    let listen = match root.string("listen", p) {
-        None => Some(SocketAddr::from(([0, 0, 0, 0], 9464))),
-        Some(s) => match s.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                p.add(
-                    "listen",
-                    format!("`{s}` is not an address like 0.0.0.0:9464"),
-                );
-                None
-            }
-        },
-    };
+    let listeners = listeners::parse(&mut root, p);
     let startup_grace = root
         .duration("startup_grace", p)
         .unwrap_or(Duration::from_secs(30));
@@ -330,6 +320,10 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
         }
     }
     let alerting = alerting::parse(&mut root, p);
+    if let Some(l) = &listeners {
+        let api_token = (sections == Sections::All).then_some(&alerting.api_token);
+        listeners::check(l, &sources, api_token, p);
+    }
     let recheck = {
         let mut o = Obj::new(root.get("recheck"), "recheck", p);
         let every = o.duration("every", p).unwrap_or(Duration::from_millis(500));
@@ -347,7 +341,7 @@ fn convert(tree: &Value, p: &mut Problems) -> Option<Config> {
     p.order(&sections);
 
     Some(Config {
-        listen: listen?,
+        listeners: listeners?,
         startup_grace,
         defaults,
         confirm_timeout,

@@ -88,6 +88,14 @@ fn status_codes(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// `admin_listen`: an address, or `false` for no admin listener.
+fn address_or_false(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "description": "Address of the admin listener (push, silence writes, reads), or false for none. Default 127.0.0.1:9465.",
+        "anyOf": [{"type": "string"}, {"const": false}, {"type": "null"}]
+    })
+}
+
 /// The state directory, or `false` to disable persistence.
 fn state_path(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
@@ -100,9 +108,20 @@ fn state_path(_: &mut SchemaGenerator) -> Schema {
 #[derive(JsonSchema)]
 #[schemars(title = "agent-supervisor config", deny_unknown_fields)]
 struct ConfigFile {
-    /// Address of the HTTP server: /metrics, /healthz, /readyz, /api/v1/*
-    /// and the push endpoint. Default 0.0.0.0:9464.
+    /// Address of the read listener: /metrics, /healthz, /readyz and GET
+    /// /api/v1/*; it answers 403 to anything else. Default 0.0.0.0:9464.
     listen: Option<String>,
+    /// Address of the admin listener: the push endpoint and silence
+    /// writes, and the reads; `false` for none (then no push source).
+    /// Default 127.0.0.1:9465 (loopback: this pod or host only). On any
+    /// other address, the push sources' `token` and `api_token` are
+    /// required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "address_or_false")]
+    admin_listen: Option<String>,
+    /// Bearer token for GET /api/v1/* on both listeners (api_token is
+    /// accepted too). Empty: the reads are open.
+    read_token: Option<String>,
     /// No notification is sent before this much time has passed since
     /// start; no agent turns `missing` before every source has been read
     /// once, or before it has passed. Default 30s.
@@ -124,8 +143,9 @@ struct ConfigFile {
     /// Base URL of this sidecar as people reach it (links in messages,
     /// Alertmanager's externalURL and generatorURL); http(s).
     external_url: Option<String>,
-    /// Bearer token for POST and DELETE /api/v1/silences. Empty: anyone who
-    /// reaches `listen` may add silences.
+    /// Bearer token for POST and DELETE /api/v1/silences (on admin_listen).
+    /// Required when admin_listen is not a loopback address; empty: anyone
+    /// who reaches admin_listen may add silences.
     api_token: Option<String>,
     /// Where alert notifications go.
     receivers: Option<Vec<Receiver>>,

@@ -44,7 +44,12 @@ fn shipped_config_yaml_parses() {
 #[test]
 fn minimal_config_gets_the_documented_defaults() {
     let c = parse_ok("sources: [{name: push, type: push}]");
-    assert_eq!(c.listen.to_string(), "0.0.0.0:9464");
+    assert_eq!(c.listeners.listen.to_string(), "0.0.0.0:9464");
+    assert_eq!(
+        c.listeners.admin_listen.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1:9465")
+    );
+    assert!(c.listeners.read_token.is_none());
     assert_eq!(c.startup_grace, Duration::from_secs(30));
     assert_eq!(c.defaults.stale_after, Duration::from_secs(60));
     assert_eq!(c.defaults.forget_after, Duration::from_secs(86400));
@@ -82,6 +87,87 @@ sources:
             key: "agents:heartbeat".into()
         }
     );
+}
+
+#[test]
+fn an_admin_listener_off_loopback_needs_every_token_it_would_serve() {
+    // On loopback (v4, v6, v4-mapped) no token is needed.
+    for admin in [
+        "127.0.0.1:9465",
+        "127.3.2.1:0",
+        "[::1]:9465",
+        "[::ffff:127.0.0.1]:9465",
+    ] {
+        let c = parse_ok(&format!(
+            "admin_listen: \"{admin}\"\nsources: [{{name: push, type: push}}]"
+        ));
+        assert_eq!(
+            c.listeners.admin_listen.map(|a| a.to_string()),
+            Some(admin.to_string())
+        );
+    }
+    // Anywhere else, each missing token is a problem at its place.
+    let got = problems_at(
+        r#"
+admin_listen: 0.0.0.0:9465
+sources:
+  - {name: push, type: push}
+  - {name: redis, type: redis, url: "redis://127.0.0.1:6379", layout: keys, pattern: "a:{agent}"}
+"#,
+        &no_env,
+        &["sources[0].token", "api_token"],
+    );
+    assert!(
+        got[0].message.contains("not a loopback address"),
+        "{got:#?}"
+    );
+    assert!(got[1].message.contains("silences"), "{got:#?}");
+    // Both given: fine; an empty `${VAR:-}` is no token.
+    let text =
+        "admin_listen: 10.1.2.3:9465\napi_token: a\nsources: [{name: push, type: push, token: b}]";
+    parse_ok(text);
+    problems_at(
+        "admin_listen: 10.1.2.3:9465\napi_token: \"${T:-}\"\nsources: [{name: push, type: push, token: b}]",
+        &no_env,
+        &["api_token"],
+    );
+    // `scan` and `check-config --sources-only` do not read api_token: only
+    // the push token is then asked for.
+    let sources_only = |text: &str| {
+        parse_sections(text, Path::new("t.yaml"), &no_env, Sections::SourcesOnly)
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert_eq!(
+        sources_only("admin_listen: 0.0.0.0:9465\nsources: [{name: push, type: push, token: b}]"),
+        None
+    );
+}
+
+#[test]
+fn listeners_must_not_overlap_and_push_needs_the_admin_listener() {
+    problems_at(
+        "listen: 0.0.0.0:9464\nadmin_listen: 127.0.0.1:9464\nsources: [{name: p, type: push}]",
+        &no_env,
+        &["admin_listen"],
+    );
+    problems_at(
+        "admin_listen: false\nsources: [{name: p, type: push}]",
+        &no_env,
+        &["sources[0]"],
+    );
+    problems_at(
+        "admin_listen: nowhere\nsources: [{name: p, type: push}]",
+        &no_env,
+        &["admin_listen"],
+    );
+    // Port 0 on both (tests): two different ports once bound.
+    parse_ok("listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nsources: [{name: p, type: push}]");
+    let c = parse_ok(
+        "admin_listen: false\nread_token: r\nsources: [{name: r, type: redis, url: \"redis://127.0.0.1:6379\", layout: keys, pattern: \"a:{agent}\"}]",
+    );
+    assert!(c.listeners.admin_listen.is_none());
+    assert!(c.listeners.read_token.is_some());
 }
 
 #[test]
@@ -245,7 +331,7 @@ sources: [{name: r, type: redis, url: "${REDIS_URL}", pattern: "hb:{agent}"}]
         &env,
     )
     .unwrap();
-    assert_eq!(c.listen.to_string(), "127.0.0.1:9999");
+    assert_eq!(c.listeners.listen.to_string(), "127.0.0.1:9999");
     let got = problems(
         "sources: [{name: r, type: redis, url: \"${NOPE_URL}\", pattern: \"hb:{agent}\"}]",
         &env,

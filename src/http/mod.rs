@@ -1,13 +1,16 @@
-//! The sidecar's own HTTP server: `/metrics`, `/healthz`, `/readyz`, the JSON
-//! API and the push endpoint. Handlers read the latest snapshot; none of
-//! them waits on the core or on a datastore.
+//! The sidecar's own HTTP servers: `/metrics`, `/healthz`, `/readyz` and
+//! the JSON API on `listen`; the same plus the push endpoint and silence
+//! writes on `admin_listen` (see [`crate::config::listeners`]). Handlers
+//! read the latest snapshot; none of them waits on the core or on a
+//! datastore.
 
 mod serve;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -15,6 +18,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::alerts::api::{self as alerts_api, AlertsApi};
+use crate::auth;
 use crate::core::snapshot::AgentView;
 use crate::core::{Snapshot, State as AgentState};
 use crate::liveness::Liveness;
@@ -32,20 +37,76 @@ pub struct HttpState {
     pub rendered: Arc<crate::sinks::metrics::Rendered>,
 }
 
-pub fn router(state: HttpState, push: Option<PushState>) -> Router {
-    let api = Router::new()
+/// What the two listeners serve: `public` (on `listen`) only reads;
+/// `admin` (on `admin_listen`) reads and takes writes.
+pub struct Routers {
+    pub public: Router,
+    pub admin: Router,
+}
+
+/// The routes of both listeners. `GET /api/v1/*` needs `read_token` when
+/// one is set; pushes and silence writes check their own tokens, before
+/// the body is read, and exist only on the admin listener (the public one
+/// answers any other method than GET or HEAD with 403).
+pub fn routers(
+    state: HttpState,
+    push: Option<PushState>,
+    alerts: AlertsApi,
+    read: auth::ReadAccess,
+) -> Routers {
+    let reads = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}", get(agent))
         .route("/api/v1/sources", get(sources))
-        .with_state(state);
-    let pushes = Router::new()
+        .with_state(state)
+        .merge(alerts_api::reads(alerts.clone()));
+    let writes = Router::new()
         .route("/api/v1/heartbeats/{agent}", post(push::receive))
         .layer(DefaultBodyLimit::max(push::MAX_BODY))
-        .with_state(push);
-    api.merge(pushes)
+        .with_state(push)
+        .merge(alerts_api::writes(alerts));
+    let guard = |read_only| Guard {
+        read: read.clone(),
+        read_only,
+    };
+    Routers {
+        public: reads
+            .clone()
+            .layer(middleware::from_fn_with_state(guard(true), guarded)),
+        admin: reads
+            .merge(writes)
+            .layer(middleware::from_fn_with_state(guard(false), guarded)),
+    }
+}
+
+#[derive(Clone)]
+struct Guard {
+    read: auth::ReadAccess,
+    /// Only GET and HEAD are served.
+    read_only: bool,
+}
+
+/// Before any route: the read token on `GET /api/v1/*`; on the public
+/// listener, 403 for anything but a read.
+async fn guarded(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let reading = matches!(*req.method(), Method::GET | Method::HEAD);
+    if g.read_only && !reading {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({
+                "error": "this listener only serves reads; pushes and silence changes go to \
+                          admin_listen"
+            })),
+        )
+            .into_response();
+    }
+    if reading && req.uri().path().starts_with("/api/") && !g.read.allows(req.headers()) {
+        return auth::unauthorized();
+    }
+    next.run(req).await
 }
 
 fn latest(s: &HttpState) -> Arc<Snapshot> {

@@ -7,7 +7,9 @@
 //! place of the oldest one that is not in the middle of a request (idle or
 //! still sending its headers), so a flood of idle or slow connections cannot
 //! lock Prometheus and the kubelet out; only when every connection is
-//! serving a request is the new one closed. HTTP/1.1 by hyper; shutdown
+//! serving a request is the new one closed. At most `max_in_flight`
+//! requests are served at once (tower's global concurrency limit); past it
+//! a request is shed with a 503 rather than queued. HTTP/1.1 by hyper; shutdown
 //! lets requests in flight finish, within a bound.
 
 use std::collections::HashMap;
@@ -17,10 +19,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -37,14 +43,18 @@ pub struct ServerLimits {
     pub request_timeout: Duration,
     /// Connections still open at shutdown get this long to finish.
     pub drain: Duration,
+    /// Requests being served at once at most; past it a request is answered
+    /// 503 with `Retry-After: 1` at once (shed, not queued).
+    pub max_in_flight: usize,
 }
 
 impl ServerLimits {
-    /// The defaults, with the connection cap within the process's file
-    /// descriptor limit: half of what is left after 256 for everything
-    /// else (datastore connections, state files, the log), at most 4096,
-    /// at least 16.
-    pub fn for_this_process() -> Self {
+    /// The defaults for each of `listeners` listeners, with their
+    /// connection caps together within the process's file descriptor
+    /// limit: half of what is left after 256 for everything else
+    /// (datastore connections, state files, the log), shared out, each at
+    /// most 4096 and at least 16.
+    pub fn for_this_process(listeners: usize) -> Self {
         let mut limits = Self::default();
         // SAFETY: getrlimit writes into the struct it is given.
         let mut r = libc::rlimit {
@@ -53,7 +63,8 @@ impl ServerLimits {
         };
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
             let fds = usize::try_from(r.rlim_cur).unwrap_or(usize::MAX);
-            limits.max_connections = (fds.saturating_sub(256) / 2).clamp(16, 4096);
+            limits.max_connections =
+                (fds.saturating_sub(256) / 2 / listeners.max(1)).clamp(16, 4096);
         }
         limits
     }
@@ -66,6 +77,7 @@ impl Default for ServerLimits {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             drain: Duration::from_secs(5),
+            max_in_flight: 256,
         }
     }
 }
@@ -77,10 +89,20 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
-    let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
-        axum::http::StatusCode::REQUEST_TIMEOUT,
-        limits.request_timeout,
-    ));
+    let app = app
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(shed))
+                .layer(tower::load_shed::LoadShedLayer::new())
+                // Global: one count for every route and connection.
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    limits.max_in_flight,
+                )),
+        );
     let open = Arc::new(Open::default());
     let graceful = GracefulShutdown::new();
     let mut refused = 0u64;
@@ -146,6 +168,16 @@ pub async fn serve(
     {
         warn!("Connections still open after the drain time; closing them.");
     }
+}
+
+/// The answer to a request past `max_in_flight`.
+async fn shed(_: tower::BoxError) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        Json(json!({ "error": "too many requests at once; retry in a second" })),
+    )
+        .into_response()
 }
 
 /// One open connection: whether it is serving a request, and how to close
@@ -223,5 +255,74 @@ where
             let _guard = guard;
             fut.await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::routing::get;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// Past `max_in_flight`, a request is answered 503 with `Retry-After`
+    /// at once instead of waiting; once the held ones finish, requests are
+    /// served again.
+    #[tokio::test]
+    async fn requests_past_the_limit_are_shed_at_once() {
+        let gate = Arc::new(Semaphore::new(0));
+        let entered = Arc::new(Semaphore::new(0));
+        let (g, e) = (gate.clone(), entered.clone());
+        let app = Router::new()
+            .route(
+                "/held",
+                get(move || {
+                    let (g, e) = (g.clone(), e.clone());
+                    async move {
+                        e.add_permits(1);
+                        let _ = g.acquire().await;
+                        "done"
+                    }
+                }),
+            )
+            .route("/fast", get(|| async { "ok" }));
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let limits = ServerLimits {
+            max_in_flight: 2,
+            ..ServerLimits::default()
+        };
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, app, limits, cancel.clone()));
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let held: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(client.get(format!("{base}/held")).send()))
+            .collect();
+        tokio::time::timeout(Duration::from_secs(10), entered.acquire_many(2))
+            .await
+            .expect("both held requests reach their handler")
+            .unwrap()
+            .forget();
+
+        let r = client.get(format!("{base}/fast")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(v["error"].as_str().unwrap().contains("too many"), "{v}");
+
+        gate.add_permits(2);
+        for h in held {
+            assert_eq!(h.await.unwrap().unwrap().status(), StatusCode::OK);
+        }
+        let r = client.get(format!("{base}/fast")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        cancel.cancel();
+        server.await.unwrap();
     }
 }

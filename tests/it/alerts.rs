@@ -83,7 +83,7 @@ async fn wait_failed_attempts(app: &TestApp, receiver: &str, n: u32) {
 /// `DELETE /api/v1/silences/{id}` without a token; the status code.
 async fn delete_silence(app: &TestApp, id: &str) -> u16 {
     app.client
-        .delete(app.url(&format!("/api/v1/silences/{id}")))
+        .delete(app.admin_url(&format!("/api/v1/silences/{id}")))
         .send()
         .await
         .unwrap()
@@ -364,7 +364,7 @@ async fn silences_from_the_api_mute_matching_alerts_which_stay_listed() {
     .await;
     let r = app
         .client
-        .post(app.url("/api/v1/silences"))
+        .post(app.admin_url("/api/v1/silences"))
         .json(&json!({
             "matchers": {"agent": "quiet_*"},
             "duration": "1h",
@@ -381,7 +381,7 @@ async fn silences_from_the_api_mute_matching_alerts_which_stay_listed() {
         .to_string();
     let bad = app
         .client
-        .post(app.url("/api/v1/silences"))
+        .post(app.admin_url("/api/v1/silences"))
         .json(&json!({"matchers": {}, "duration": "1h", "comment": "everything"}))
         .send()
         .await
@@ -390,7 +390,7 @@ async fn silences_from_the_api_mute_matching_alerts_which_stay_listed() {
     // Near the end of time: a bad request, not a panic in the server.
     let far = app
         .client
-        .post(app.url("/api/v1/silences"))
+        .post(app.admin_url("/api/v1/silences"))
         .json(&json!({
             "matchers": {"agent": "quiet_*"},
             "starts_at": "+262142-12-31T00:00:00Z",
@@ -558,12 +558,14 @@ async fn after_sigkill_a_pending_notification_is_delivered_and_nothing_delivered
     let mut down = Receiver::gone();
     let up = Receiver::start().await;
     let port = free_port();
+    let admin = free_port();
     let config = dir.path().join("config.yaml");
     std::fs::write(
         &config,
         format!(
             r#"
 listen: 127.0.0.1:{port}
+admin_listen: 127.0.0.1:{admin}
 startup_grace: 0s
 state: {{path: "{}", flush_interval: 100ms}}
 defaults: {{stale_after: 1s}}
@@ -594,7 +596,8 @@ delivery: {{initial_backoff: 200ms, max_backoff: 1s, timeout: 2s}}
             assert!(r.status().is_success());
         }
     };
-    beat(first.base.clone()).await;
+    let admin_base = format!("http://127.0.0.1:{admin}");
+    beat(admin_base.clone()).await;
     let delivered = up.wait_requests(1, Duration::from_secs(15)).await;
     assert_eq!(statuses(&delivered[0]), (1, 0));
     let url = format!("{}/api/v1/alerts", first.base);
@@ -622,7 +625,7 @@ delivery: {{initial_backoff: 200ms, max_backoff: 1s, timeout: 2s}}
     let pending_id = got[0].header("webhook-id").to_string();
     // Recovery: each receiver's next request is the resolved message, so
     // `up` was not sent the firing alert again, nor `down` twice.
-    beat(second.base.clone()).await;
+    beat(admin_base).await;
     let up_all = up.wait_requests(2, Duration::from_secs(15)).await;
     assert_eq!(statuses(&up_all[1]), (0, 1), "{:?}", up_all[1].json());
     let down_all = down.wait_requests(2, Duration::from_secs(15)).await;
@@ -641,7 +644,10 @@ async fn with_an_api_token_silences_need_it_and_reads_do_not() {
     let app = push_app("1s", "api_token: s3cret-t0ken\n").await;
     let body = json!({"matchers": {"kind": "agent_stale"}, "duration": "10m", "comment": "deploy"});
     let post = |token: Option<&'static str>| {
-        let mut r = app.client.post(app.url("/api/v1/silences")).json(&body);
+        let mut r = app
+            .client
+            .post(app.admin_url("/api/v1/silences"))
+            .json(&body);
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }

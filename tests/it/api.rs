@@ -140,7 +140,7 @@ async fn bad_push_requests_are_rejected_with_a_reason_and_counted() {
     );
     let r = app
         .client
-        .post(app.url("/api/v1/heartbeats/w"))
+        .post(app.admin_url("/api/v1/heartbeats/w"))
         .body("{not json")
         .send()
         .await
@@ -473,4 +473,131 @@ async fn agents_are_listed_a_page_at_a_time() {
     assert_eq!(ids, ["p11", "p12"]);
     assert_eq!(v["next"], "p12");
     app.shutdown().await;
+}
+
+/// The read listener serves reads only: a push or a silence sent there is
+/// refused (403, JSON) and changes nothing; the admin listener serves the
+/// same reads and takes the writes.
+#[tokio::test]
+async fn the_read_listener_refuses_every_write_and_the_admin_listener_takes_them() {
+    let app = spawn_app(PUSH_ONLY).await;
+    let silence = json!({"matchers": {"agent": "*"}, "duration": "1h", "comment": "all"});
+    for (method, path, body) in [
+        (
+            reqwest::Method::POST,
+            "/api/v1/heartbeats/intruder",
+            json!({}),
+        ),
+        (reqwest::Method::POST, "/api/v1/silences", silence.clone()),
+        (reqwest::Method::DELETE, "/api/v1/silences/x", json!({})),
+        (reqwest::Method::PUT, "/api/v1/agents", json!({})),
+    ] {
+        let r = app
+            .client
+            .request(method.clone(), app.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{method} {path}");
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("admin_listen"),
+            "{v}"
+        );
+    }
+    assert!(app.agent("intruder").await.is_none());
+    let (_, s) = app.get_json("/api/v1/silences").await;
+    assert_eq!(s["silences"], json!([]));
+
+    // The admin listener: writes and reads.
+    let (code, _) = app.push("worker", None, None).await;
+    assert_eq!(code, StatusCode::ACCEPTED);
+    let r = app
+        .client
+        .post(app.admin_url("/api/v1/silences"))
+        .json(&silence)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for path in ["/api/v1/agents", "/api/v1/silences", "/metrics", "/healthz"] {
+        let r = app.client.get(app.admin_url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path} on the admin listener");
+    }
+    let (_, s) = app.get_json("/api/v1/silences").await;
+    assert_eq!(s["silences"].as_array().map(Vec::len), Some(1));
+}
+
+/// With `read_token`, `GET /api/v1/*` needs it (or `api_token`) on both
+/// listeners; `/metrics` and the probes stay open for Prometheus and the
+/// kubelet.
+#[tokio::test]
+async fn a_read_token_guards_the_read_api_but_not_metrics_and_probes() {
+    let app = spawn_app(
+        r#"
+read_token: reader
+api_token: admin
+sources: [{name: push, type: push}]
+"#,
+    )
+    .await;
+    let get = |base: String, path: &'static str, token: Option<&'static str>| {
+        let client = app.client.clone();
+        async move {
+            let mut r = client.get(format!("{base}{path}"));
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            r.send().await.unwrap().status()
+        }
+    };
+    for base in [app.base.clone(), app.admin.clone()] {
+        for path in [
+            "/api/v1/agents",
+            "/api/v1/agents/x",
+            "/api/v1/sources",
+            "/api/v1/alerts",
+            "/api/v1/silences",
+        ] {
+            assert_eq!(
+                get(base.clone(), path, None).await,
+                StatusCode::UNAUTHORIZED,
+                "{base}{path}"
+            );
+            assert_eq!(
+                get(base.clone(), path, Some("wrong")).await,
+                StatusCode::UNAUTHORIZED,
+                "{base}{path}"
+            );
+            for token in ["reader", "admin"] {
+                let code = get(base.clone(), path, Some(token)).await;
+                assert!(
+                    code == StatusCode::OK
+                        || (path.ends_with("/x") && code == StatusCode::NOT_FOUND),
+                    "{base}{path} with {token}: {code}"
+                );
+            }
+        }
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            assert_eq!(
+                get(base.clone(), path, None).await,
+                StatusCode::OK,
+                "{path}"
+            );
+        }
+    }
+    // The read token does not open the writes.
+    let r = app
+        .client
+        .post(app.admin_url("/api/v1/silences"))
+        .bearer_auth("reader")
+        .json(&json!({"matchers": {"agent": "*"}, "duration": "1h", "comment": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }

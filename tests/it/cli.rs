@@ -219,17 +219,17 @@ fn start_idle_sidecar(dir: &Path) -> (OwnedChild, PipeLines) {
 
 /// [`start_idle_sidecar`] with `extra` config lines and, optionally, a
 /// limit on the size of the files it may write (RLIMIT_FSIZE: a disk that
-/// fills up); also the address it listens on.
+/// fills up); also the addresses it listens on (`listen`, `admin_listen`).
 fn start_sidecar(
     dir: &Path,
     extra: &str,
     file_size_limit: Option<u64>,
-) -> (OwnedChild, PipeLines, String) {
+) -> (OwnedChild, PipeLines, (String, String)) {
     let cfg = dir.join("c.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "listen: 127.0.0.1:0\nstate: {{path: \"{}\"}}\nsources: [{{name: push, type: push}}]\n{extra}",
+            "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nstate: {{path: \"{}\"}}\nsources: [{{name: push, type: push}}]\n{extra}",
             dir.join("state").display()
         ),
     )
@@ -259,8 +259,8 @@ fn start_sidecar(
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         seen.push(line);
         if v["message"] == "agent-supervisor started." {
-            let listen = v["listen"].as_str().unwrap_or_default().to_string();
-            return (child, lines, listen);
+            let at = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            return (child, lines, (at("listen"), at("admin_listen")));
         }
     }
 }
@@ -299,9 +299,10 @@ fn idle_sidecar_stops_within_a_second_of_sigterm() {
 #[test]
 fn a_state_file_that_cannot_be_written_is_reported_and_the_sidecar_keeps_running() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, lines, listen) =
+    let (mut child, lines, (listen, admin)) =
         start_sidecar(dir.path(), "startup_grace: 0s\n", Some(8 * 1024));
     let base = format!("http://{listen}");
+    let admin = format!("http://{admin}");
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let client = reqwest::Client::new();
@@ -309,7 +310,7 @@ fn a_state_file_that_cannot_be_written_is_reported_and_the_sidecar_keeps_running
         // 200 agents with long ids: the state file outgrows 8 KiB.
         for i in 0..200 {
             let url =
-                format!("{base}/api/v1/heartbeats/agent_with_a_rather_long_identifier_{i:04}");
+                format!("{admin}/api/v1/heartbeats/agent_with_a_rather_long_identifier_{i:04}");
             let r = client.post(url).send().await.unwrap();
             assert_eq!(r.status(), 202);
         }
@@ -525,7 +526,7 @@ async fn five_thousand_fat_pushes_stay_within_memory_and_disk_bounds() {
     let client = reqwest::Client::new();
     let body = serde_json::json!({"status": "error", "detail": "x".repeat(60 * 1024)}).to_string();
     assert!(body.len() < 64 * 1024);
-    let base = sidecar.base.clone();
+    let base = sidecar.admin.clone();
     let codes: Vec<u16> = futures::stream::iter(0..5000)
         .map(|i| {
             let (client, body, base) = (client.clone(), body.clone(), base.clone());

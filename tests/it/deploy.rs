@@ -328,6 +328,7 @@ fn deployment_runs_a_hardened_native_sidecar_probed_on_readyz_and_healthz() {
         ("SUPABASE_DB_URL", true),
         ("AGENT_SUPERVISOR_PUSH_TOKEN", true),
         ("AGENT_SUPERVISOR_API_TOKEN", true),
+        ("AGENT_SUPERVISOR_READ_TOKEN", true),
         ("ALERT_WEBHOOK_URL", true),
         ("ALERT_WEBHOOK_SECRET", true),
     ] {
@@ -341,6 +342,72 @@ fn deployment_runs_a_hardened_native_sidecar_probed_on_readyz_and_healthz() {
     let ops: Value = yaml("deploy/kubernetes/overlays/plain-sidecar/plain-sidecar.yaml");
     assert_eq!(ops[0]["op"], "move");
     assert_eq!(ops[0]["from"], "/spec/template/spec/initContainers/0");
+}
+
+/// Secure as shipped: what changes state listens on the pod's loopback
+/// only, the app pushes there, and the NetworkPolicy lets only the
+/// monitoring namespace reach the metrics port (the app's port stays open).
+#[test]
+fn shipped_manifests_keep_writes_inside_the_pod_and_metrics_to_monitoring() {
+    let dep = base("deployment.yaml");
+    let c = sidecar(&dep);
+    assert_eq!(
+        env(c, "AGENT_SUPERVISOR_ADMIN_LISTEN")["value"],
+        "127.0.0.1:9465"
+    );
+    let app = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env(app, "AGENT_SUPERVISOR_URL")["value"],
+        "http://127.0.0.1:9465"
+    );
+    // No container port and no Service port names 9465.
+    let ports = c["ports"].as_array().expect("ports");
+    assert!(
+        ports.iter().all(|p| p["containerPort"] != 9465),
+        "{ports:?}"
+    );
+    let svc = base("service.yaml");
+    assert!(
+        svc["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .all(|p| p["port"] == 9464),
+        "{svc}"
+    );
+    let np = base("networkpolicy.yaml");
+    let labels = &dep["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in np["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .expect("podSelector")
+    {
+        assert_eq!(&labels[k], v, "the policy selects the pod");
+    }
+    assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+    let rules = np["spec"]["ingress"].as_array().expect("ingress");
+    let metrics = rules
+        .iter()
+        .find(|r| r["ports"][0]["port"] == "metrics")
+        .expect("a rule for the metrics port");
+    assert_eq!(
+        metrics["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "monitoring"
+    );
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["ports"][0]["port"] == "http" && r["from"].is_null()),
+        "the app's own port stays reachable"
+    );
+    // The port names the policy uses are the containers' own.
+    assert!(ports.iter().any(|p| p["name"] == "metrics"));
+    assert!(
+        app["ports"]
+            .as_array()
+            .expect("app ports")
+            .iter()
+            .any(|p| p["name"] == "http")
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@ mod alerts;
 mod api;
 mod cli;
 mod deploy;
+mod exposure;
 mod failpoints;
 mod faults;
 // The harness waits on child processes from sync code: its bounded polls

@@ -36,7 +36,10 @@ pub struct Launch {
 }
 
 pub struct Sidecar {
+    /// `http://` and the address of `listen`.
     pub base: String,
+    /// `http://` and the address of `admin_listen` (empty when it is off).
+    pub admin: String,
     client: reqwest::Client,
     /// When its start line was seen (its start-up grace runs from a moment
     /// before).
@@ -60,10 +63,17 @@ impl Sidecar {
     /// first one's state.
     pub async fn start_in(dir: &Path, name: &str, config: &str, launch: Launch) -> Sidecar {
         let cfg = dir.join(format!("{name}.yaml"));
-        let text = format!(
-            "listen: 127.0.0.1:0\nstate: {{path: \"{}\"}}\n{config}",
+        // Both listeners on ports of their own unless the config says.
+        let mut text = String::new();
+        for key in ["listen", "admin_listen"] {
+            if !config.lines().any(|l| l.starts_with(&format!("{key}:"))) {
+                text.push_str(&format!("{key}: 127.0.0.1:0\n"));
+            }
+        }
+        text.push_str(&format!(
+            "state: {{path: \"{}\"}}\n{config}",
             dir.join("state").display()
-        );
+        ));
         std::fs::write(&cfg, &text).expect("write the config");
         let log = dir.join(format!("{name}.log"));
         let mut cmd = Command::new(binary());
@@ -107,7 +117,11 @@ impl Sidecar {
             .build()
             .expect("client");
         Sidecar {
-            base: format!("http://{}", listen.expect("seen")),
+            base: format!("http://{}", listen.as_ref().expect("seen").0),
+            admin: match listen.expect("seen").1 {
+                Some(a) => format!("http://{a}"),
+                None => String::new(),
+            },
             client,
             started: Instant::now(),
             log,
@@ -247,13 +261,20 @@ fn set_rlimit(cmd: &mut Command, resource: libc::__rlimit_resource_t, limit: u64
     }
 }
 
-/// The `listen` field of the sidecar's start line, once it is logged.
-fn start_line_listen(log: &Path) -> Option<String> {
+/// The `listen` and `admin_listen` fields of the sidecar's start line,
+/// once it is logged (`None` for an admin listener that is off).
+fn start_line_listen(log: &Path) -> Option<(String, Option<String>)> {
     let text = std::fs::read_to_string(log).ok()?;
     text.lines().find_map(|line| {
         let v: Value = serde_json::from_str(line).ok()?;
-        (v["message"] == "agent-supervisor started.")
-            .then(|| v["listen"].as_str().map(str::to_string))
-            .flatten()
+        if v["message"] != "agent-supervisor started." {
+            return None;
+        }
+        let listen = v["listen"].as_str()?.to_string();
+        let admin = v["admin_listen"]
+            .as_str()
+            .filter(|a| *a != "off")
+            .map(str::to_string);
+        Some((listen, admin))
     })
 }

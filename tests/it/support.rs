@@ -24,7 +24,10 @@ use tokio::sync::mpsc;
 use crate::harness::wait_until;
 
 pub struct TestApp {
+    /// `http://` and the address of `listen` (reads).
     pub base: String,
+    /// `http://` and the address of `admin_listen` (pushes, silences).
+    pub admin: String,
     state_dir: Option<tempfile::TempDir>,
     pub client: reqwest::Client,
     cancel: CancellationToken,
@@ -41,7 +44,7 @@ pub async fn spawn_app(yaml: &str) -> TestApp {
 pub async fn spawn_app_in(yaml: &str, state_dir: tempfile::TempDir) -> TestApp {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let text = format!(
-        "listen: 127.0.0.1:0\nstate: {{path: \"{}\", flush_interval: 100ms}}\nshutdown_timeout: 5s\n{yaml}",
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nstate: {{path: \"{}\", flush_interval: 100ms}}\nshutdown_timeout: 5s\n{yaml}",
         state_dir.path().display()
     );
     let config = config::parse(&text, Path::new("test.yaml"), &|_| None)
@@ -50,6 +53,10 @@ pub async fn spawn_app_in(yaml: &str, state_dir: tempfile::TempDir) -> TestApp {
         .await
         .expect("app builds");
     let base = format!("http://127.0.0.1:{}", app.port());
+    let admin = format!(
+        "http://127.0.0.1:{}",
+        app.admin_port().expect("an admin listener")
+    );
     let cancel = CancellationToken::new();
     let handle = tokio::spawn(app.run(cancel.clone()));
     let client = reqwest::Client::builder()
@@ -58,6 +65,7 @@ pub async fn spawn_app_in(yaml: &str, state_dir: tempfile::TempDir) -> TestApp {
         .expect("client");
     TestApp {
         base,
+        admin,
         state_dir: Some(state_dir),
         client,
         cancel,
@@ -73,8 +81,14 @@ impl TestApp {
             .unwrap_or_default()
     }
 
+    /// `path` on the read listener.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `path` on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, String) {
@@ -103,7 +117,7 @@ impl TestApp {
     ) -> (StatusCode, Value) {
         let mut req = self
             .client
-            .post(self.url(&format!("/api/v1/heartbeats/{agent}")));
+            .post(self.admin_url(&format!("/api/v1/heartbeats/{agent}")));
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -125,7 +139,7 @@ impl TestApp {
     ) -> reqwest::Response {
         let mut r = self
             .client
-            .post(self.url(path))
+            .post(self.admin_url(path))
             .header("content-type", "application/json")
             .body(body);
         if let Some(t) = token {

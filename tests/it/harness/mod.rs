@@ -39,6 +39,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod alertmanager;
+mod netns;
 mod postgres;
 mod process;
 mod proxy;
@@ -49,6 +50,7 @@ mod wait;
 use std::sync::Once;
 
 pub use alertmanager::AlertmanagerServer;
+pub use netns::NetNs;
 pub use postgres::{PostgresServer, PostgresSetup, shared_postgres};
 pub use process::{
     NextLine, OwnedChild, PipeLines, free_port, spawn_child, stop_child, tail_of_log,
