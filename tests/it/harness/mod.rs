@@ -40,6 +40,7 @@
 
 mod alertmanager;
 mod netns;
+mod pgbouncer;
 mod postgres;
 mod process;
 mod proxy;
@@ -51,6 +52,7 @@ use std::sync::Once;
 
 pub use alertmanager::AlertmanagerServer;
 pub use netns::NetNs;
+pub use pgbouncer::{PgBouncer, start_pgbouncer};
 pub use postgres::{PostgresServer, PostgresSetup, shared_postgres};
 pub use process::{
     NextLine, OwnedChild, PipeLines, free_port, spawn_child, stop_child, tail_of_log,
@@ -58,7 +60,7 @@ pub use process::{
 pub use proxy::{FaultProxy, Mode};
 pub use redis::{RedisServer, redis_ping, shared_redis_url, unique_prefix};
 pub use service::{PythonService, ServiceSetup};
-pub use wait::{holds_for, poll_until, wait_until, wait_until_sync};
+pub use wait::{holds_for, poll_until, wait_for, wait_until, wait_until_sync};
 
 /// Reads an environment variable holding a URL; unset and empty are the same.
 fn env_url(name: &str) -> Option<String> {

@@ -30,6 +30,29 @@ where
     }
 }
 
+/// Like [`wait_until`], for a value: polls `f` until it returns `Some`,
+/// and returns what it holds.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let got = std::cell::RefCell::new(None);
+    wait_until(what, timeout, || {
+        let next = f();
+        let got = &got;
+        async move {
+            let v = next.await;
+            let some = v.is_some();
+            *got.borrow_mut() = v;
+            some
+        }
+    })
+    .await;
+    got.into_inner()
+        .expect("wait_until returned: the value is there")
+}
+
 /// Like [`wait_until`], checking every `interval`, but returns whether `f`
 /// held in time instead of panicking, so that the caller can say what it saw
 /// last.
