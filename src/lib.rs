@@ -48,6 +48,7 @@ pub mod core;
 pub mod driver;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod ha;
 pub mod http;
 pub mod liveness;
 pub mod scan;

@@ -28,6 +28,7 @@ use crate::clock::Clock;
 use crate::config::alerting::{DeliveryConfig, ReceiverConfig};
 use crate::core::alert::AlertStatus;
 use crate::core::time::after;
+use crate::ha::Leadership;
 use crate::telemetry::metrics::{Delivery, Metrics};
 
 /// A receiver's queue of notifications not yet taken by its worker.
@@ -89,6 +90,14 @@ impl Queue {
         out
     }
 
+    /// Empty the queue (this replica stopped leading): how many were in it.
+    pub fn clear(&self) -> usize {
+        let mut q = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        let n = q.len();
+        q.clear();
+        n
+    }
+
     fn pop(&self) -> Option<Pending> {
         self.items
             .lock()
@@ -131,6 +140,8 @@ pub enum Outcome {
     /// Given up (retry period over), or rejected (a permanent answer, or
     /// a body that cannot be rendered).
     Dropped { seq: u64 },
+    /// Not sent: this replica no longer leads (the leader tells receivers).
+    NotLeader { seq: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +202,7 @@ pub struct Worker {
     outcomes: mpsc::Sender<(String, Outcome)>,
     metrics: Arc<Metrics>,
     clock: Clock,
+    leadership: Leadership,
 }
 
 /// A worker's parts that are not its queue, the engine, or its config.
@@ -200,6 +212,8 @@ pub struct WorkerCtx {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub external_url: String,
+    /// Checked before every attempt: only the leader sends.
+    pub leadership: Leadership,
 }
 
 impl Worker {
@@ -244,6 +258,7 @@ impl Worker {
             outcomes: ctx.outcomes,
             metrics: ctx.metrics,
             clock: ctx.clock,
+            leadership: ctx.leadership,
         })
     }
 
@@ -298,6 +313,13 @@ impl Worker {
                 .build();
             let mut attempt = 0u32;
             loop {
+                // Fenced: a replica that lost the lease (or was paused past
+                // it) sends nothing more; the leader tells the receivers.
+                if !self.leadership.may_notify() {
+                    info!(receiver = %self.name, webhook_id = %id,
+                        "Not the leader (any more): notification left to the leader.");
+                    return Some(Outcome::NotLeader { seq: p.seq });
+                }
                 attempt += 1;
                 let sent = tokio::select! {
                     _ = cancel.cancelled() => return None,

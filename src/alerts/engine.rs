@@ -29,6 +29,7 @@ use crate::core::alert::{Alert, AlertKind, Matcher, Silence};
 use crate::core::snapshot::SourceStatus;
 use crate::core::time::after;
 use crate::core::{Policy, Snapshot, Timestamp};
+use crate::ha::{Leadership, Role};
 use crate::liveness::Liveness;
 use crate::sinks::state::StateFile;
 use crate::telemetry::metrics::{Delivery, LabelValue, Metrics};
@@ -166,6 +167,8 @@ pub struct Engine {
     pub started_at: Timestamp,
     /// For the agents' `for:` holds.
     pub policy: Policy,
+    /// Only the leader notifies (always so without `ha:`).
+    pub leadership: Leadership,
 }
 
 impl Engine {
@@ -173,6 +176,14 @@ impl Engine {
         self.liveness.register("alerts", Duration::from_secs(10));
         let now = self.clock.now();
         self.state.book.adopt(&self.routing, now);
+        let mut role_rx = self.leadership.subscribe();
+        if self.leadership.role() != Role::Alone {
+            // One of several replicas: what this one told receivers before
+            // its restart is not what the leader told them since. It
+            // starts as a follower; should it lead, it tells afresh.
+            self.state.book.forget_told(now);
+            self.state.outbox.clear();
+        }
         // Notifications left in the outbox by the previous run go first.
         let mut outbox = std::mem::take(&mut self.state.outbox);
         outbox.sort_by_key(|p| p.seq);
@@ -208,10 +219,14 @@ impl Engine {
             fail::fail_point!("alerts-loop");
             let now = self.clock.now();
             let in_grace = now < grace_end;
+            // A follower's groups stay due (it never flushes them): it
+            // wakes on its idle tick and on a change of role instead.
+            let leads = self.leadership.may_notify();
             let wake = self
                 .state
                 .book
                 .next_wakeup(now)
+                .filter(|_| leads)
                 .map(|t| if in_grace { t.max(grace_end) } else { t })
                 .map(|t| self.clock.instant_at(t))
                 .unwrap_or_else(|| Instant::now() + IDLE_TICK)
@@ -242,6 +257,15 @@ impl Engine {
                     view_due = true;
                 }
                 _ = sleep_until(save_at.unwrap_or(far)), if save_at.is_some() => {}
+                Ok(()) = role_rx.changed() => {
+                    let role = *role_rx.borrow_and_update();
+                    if role == Role::Follower {
+                        self.step_down();
+                        book_dirty = true;
+                        outbox_dirty = true;
+                    }
+                    view_due = true;
+                }
                 _ = sleep_until(wake) => {}
             }
             self.liveness.tick("alerts");
@@ -276,7 +300,7 @@ impl Engine {
             } else {
                 self.state.book.tick(&self.routing, now);
             }
-            let due = if now < grace_end {
+            let due = if now < grace_end || !self.leadership.may_notify() {
                 Vec::new()
             } else {
                 self.state.book.flush_with_news(&self.routing, now)
@@ -332,6 +356,22 @@ impl Engine {
         debug!("Alert engine stopped.");
     }
 
+    /// This replica no longer leads: its queued notifications are left to
+    /// the leader, and it forgets what it told (see [`Book::forget_told`]).
+    fn step_down(&mut self) {
+        let queued: usize = self.queues.values().map(|q| q.clear()).sum();
+        let pending = self.state.outbox.len();
+        self.state.outbox.clear();
+        self.state.book.forget_told(self.clock.now());
+        for receiver in self.queues.keys() {
+            self.count_pending(receiver);
+        }
+        info!(
+            queued,
+            pending, "No longer the leader: notifications left to the leader."
+        );
+    }
+
     /// Give a notification (already in the outbox) to its receiver's
     /// worker. Returns whether the outbox changed (older queued
     /// notifications superseded or dropped).
@@ -384,7 +424,7 @@ impl Engine {
                     p.parts_done = parts_done;
                 }
             }
-            Outcome::Delivered { seq } | Outcome::Dropped { seq } => {
+            Outcome::Delivered { seq } | Outcome::Dropped { seq } | Outcome::NotLeader { seq } => {
                 self.state.outbox.retain(|p| p.seq != seq);
             }
         }

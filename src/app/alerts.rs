@@ -15,6 +15,7 @@ use crate::alerts::store::{AlertState, AlertStore};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::Snapshot;
+use crate::ha::Leadership;
 use crate::liveness::Liveness;
 use crate::sinks::state::{FileStore, StateError, StateFile};
 use crate::telemetry::metrics::{LabelValue, Metrics};
@@ -34,6 +35,7 @@ impl AlertParts {
         metrics: &Arc<Metrics>,
         clock: &Clock,
         liveness: &Liveness,
+        leadership: &Leadership,
     ) -> anyhow::Result<Self> {
         let cfg = &config.alerting;
         let now = clock.now();
@@ -73,6 +75,7 @@ impl AlertParts {
                     metrics: metrics.clone(),
                     clock: clock.clone(),
                     external_url: cfg.external_url.clone(),
+                    leadership: leadership.clone(),
                 },
             )?);
         }
@@ -93,6 +96,7 @@ impl AlertParts {
             startup_grace: config.startup_grace,
             started_at: now,
             policy: config.policy(),
+            leadership: leadership.clone(),
         };
         Ok(Self {
             engine,

@@ -27,6 +27,7 @@ use crate::core::{
     Supervisor,
 };
 use crate::driver::{CONFIRM_CAPACITY, Driver, OBSERVATION_CAPACITY};
+use crate::ha::{Leadership, LeaseClient, LeaseTask};
 use crate::http::{HttpState, Routers, ServerLimits, routers};
 use crate::liveness::Liveness;
 use crate::sinks::state::{FileStore, StateFile};
@@ -83,6 +84,7 @@ pub struct App {
     snapshot_rx: watch::Receiver<Arc<Snapshot>>,
     store: Option<(FileStore, watch::Receiver<Arc<Persisted>>)>,
     alerts: AlertParts,
+    lease: Option<LeaseTask>,
 }
 
 impl App {
@@ -156,6 +158,22 @@ impl App {
             liveness: liveness.clone(),
         };
 
+        let (leadership, lease) = match &config.ha {
+            None => (Leadership::alone(), None),
+            Some(ha) => {
+                metrics
+                    .register_ha()
+                    .context("registering the ha metrics")?;
+                let leadership = LeaseTask::leadership();
+                let task = LeaseTask {
+                    client: LeaseClient::new(ha).context("the ha lease store")?,
+                    cfg: ha.clone(),
+                    leadership: leadership.clone(),
+                    metrics: metrics.clone(),
+                };
+                (leadership, Some(task))
+            }
+        };
         let alerts = AlertParts::build(
             &config,
             store.as_ref().map(|(s, _)| s),
@@ -163,6 +181,7 @@ impl App {
             &metrics,
             &clock,
             &liveness,
+            &leadership,
         )?;
 
         let (listener, addr) = bind(config.listeners.listen).await?;
@@ -185,6 +204,7 @@ impl App {
             snapshot_rx,
             store,
             alerts,
+            lease,
         })
     }
 
@@ -215,6 +235,7 @@ impl App {
             snapshot_rx,
             store,
             alerts,
+            lease,
         } = self;
         let mut tasks = Tasks::new(cancel.clone());
 
@@ -298,6 +319,12 @@ impl App {
         {
             let cc = core_cancel.clone();
             tasks.spawn("alerts".into(), alerts.engine.run(cc));
+        }
+        // Released at shutdown, with the alerts: another replica takes the
+        // lease at once instead of after its ttl.
+        if let Some(lease) = lease {
+            let cc = core_cancel.clone();
+            tasks.spawn("ha-lease".into(), lease.run(cc));
         }
         let api_token = config.alerting.api_token.clone().map(Arc::new);
         let alerts_api = AlertsApi {

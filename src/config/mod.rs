@@ -8,6 +8,7 @@
 //! - this file: [`Config`], [`load`] / [`parse`], [`ConfigError`], and the
 //!   small root sections (`defaults`, `state`, `metrics`);
 //! - [`listeners`]: `listen`, `admin_listen`, `read_token`;
+//! - [`ha`]: `ha:`, the leader lease of several replicas;
 //! - `walk`: the problem-collecting reader of the YAML tree;
 //! - `env`: `${VAR}` substitution;
 //! - `values`: checks shared by sections (names, label names, URLs, headers);
@@ -19,6 +20,7 @@
 mod agents;
 pub mod alerting;
 mod env;
+pub mod ha;
 pub mod listeners;
 pub mod schema;
 mod sources;
@@ -83,6 +85,8 @@ pub struct Config {
     /// Receivers, routing, silences and delivery of alert notifications.
     pub alerting: alerting::AlertingConfig,
     pub recheck: RecheckConfig,
+    /// Several replicas, one leader; `None`: this replica notifies alone.
+    pub ha: Option<ha::HaConfig>,
 }
 
 /// `recheck:`: stale and missing checks of a polled source are re-read with
@@ -166,7 +170,7 @@ pub struct MetricsConfig {
 pub enum Sections {
     /// Everything (`run`, `check-config`).
     All,
-    /// All but what only serving needs (`read_token`, and the alerting
+    /// All but what only serving needs (`read_token`, `ha`, and the alerting
     /// sections `external_url`, `api_token`, `receivers`, `routing`,
     /// `silences`, `delivery`), which are neither checked nor need their
     /// `${VAR}`s set: `scan`, `check-config --sources-only`.
@@ -174,8 +178,9 @@ pub enum Sections {
 }
 
 /// The top-level keys [`Sections::SourcesOnly`] leaves out.
-const SERVING_KEYS: [&str; 7] = [
+const SERVING_KEYS: [&str; 8] = [
     "read_token",
+    "ha",
     "external_url",
     "api_token",
     "receivers",
@@ -336,6 +341,7 @@ fn convert(tree: &Value, sections: Sections, p: &mut Problems) -> Option<Config>
             max_per_second,
         }
     };
+    let ha = ha::parse(&mut root, &sources, p);
     let sections = root.read_order().to_vec();
     root.finish(p);
     p.order(&sections);
@@ -352,6 +358,7 @@ fn convert(tree: &Value, sections: Sections, p: &mut Problems) -> Option<Config>
         agents,
         alerting,
         recheck,
+        ha,
     })
 }
 

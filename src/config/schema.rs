@@ -154,6 +154,53 @@ struct ConfigFile {
     silences: Option<Vec<Silence>>,
     delivery: Option<Delivery>,
     recheck: Option<Recheck>,
+    ha: Option<Ha>,
+}
+
+/// Several replicas, one leader: a lease on Redis or PostgreSQL decides
+/// which replica notifies. Off when absent.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Ha {
+    lease: HaLease,
+    /// Lease store unreachable this long: every replica notifies on its
+    /// own (fail open). Default 2 × ttl; at least ttl.
+    fail_open_after: Option<Duration>,
+    /// This replica's name in the lease. Default: host name and pid.
+    replica_id: Option<String>,
+}
+
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct HaLease {
+    /// Where the lease is kept.
+    store: HaStore,
+    /// A configured source of that type whose URL to use (or `url`).
+    source: Option<String>,
+    /// redis:// or postgres:// URL (or `source`).
+    url: Option<String>,
+    /// CA of the PostgreSQL server (with `url`).
+    tls_ca_file: Option<String>,
+    /// Redis: key prefix ({key}:lease, {key}:epoch); PostgreSQL: the lease
+    /// row's name. Default agent-supervisor.
+    key: Option<String>,
+    /// PostgreSQL: the lease table (created when missing). Default
+    /// agent_supervisor_ha.
+    table: Option<String>,
+    /// Unrenewed this long, the lease is free. Default 15s; at least 1s.
+    ttl: Option<Duration>,
+    /// The leader renews this often (at most ttl / 2). Default ttl / 3.
+    renew_every: Option<Duration>,
+    /// Bound on each call to the store; shorter than renew_every.
+    timeout: Option<Duration>,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum HaStore {
+    Redis,
+    Postgres,
 }
 
 /// Stale and missing agents of a polled source are re-read with point

@@ -746,3 +746,94 @@ fn durations_longer_than_a_hundred_years_are_rejected() {
         &["state.flush_interval", "sources[0].stale_after"],
     );
 }
+
+#[test]
+fn ha_takes_a_source_url_or_its_own_and_checks_its_timings() {
+    // Any readable file stands for the CA here.
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let base = format!(
+        r#"
+sources:
+  - {{name: redis, type: redis, url: "redis://:pw@10.0.0.5:6379", layout: keys, pattern: "a:{{agent}}"}}
+  - {{name: pg, type: postgres, url: "postgres://u:p@db:5432/x", query: "select a, b from t", tls_ca_file: {ca}}}
+"#
+    );
+    let c = parse_ok(&format!(
+        "{base}ha: {{lease: {{store: redis, source: redis, ttl: 9s}}, replica_id: pod-a}}"
+    ));
+    let ha = c.ha.expect("ha");
+    assert_eq!(ha.lease.ttl, Duration::from_secs(9));
+    assert_eq!(ha.lease.renew_every, Duration::from_secs(3));
+    assert_eq!(ha.fail_open_after, Duration::from_secs(18));
+    assert_eq!(ha.replica_id, "pod-a");
+    match &ha.lease.store {
+        crate::config::ha::LeaseStore::Redis { url, key } => {
+            assert_eq!(url.expose(), "redis://:pw@10.0.0.5:6379");
+            assert_eq!(key, "agent-supervisor");
+        }
+        other => panic!("{other:?}"),
+    }
+    let c = parse_ok(&format!(
+        "{base}ha: {{lease: {{store: postgres, source: pg, table: ops.leases, key: svc}}}}"
+    ));
+    match &c.ha.expect("ha").lease.store {
+        crate::config::ha::LeaseStore::Postgres {
+            table,
+            key,
+            tls_ca_file,
+            ..
+        } => {
+            assert_eq!((table.as_str(), key.as_str()), ("ops.leases", "svc"));
+            assert_eq!(tls_ca_file.as_deref(), Some(Path::new(ca)));
+        }
+        other => panic!("{other:?}"),
+    }
+    // A default replica id is this host and process.
+    let c = parse_ok(&format!(
+        "{base}ha: {{lease: {{store: redis, url: \"redis://r:6379\"}}}}"
+    ));
+    assert!(
+        c.ha.expect("ha")
+            .replica_id
+            .ends_with(&format!("-{}", std::process::id()))
+    );
+    for (ha, at) in [
+        ("{lease: {store: redis, source: pg}}", "ha.lease.source"),
+        ("{lease: {store: redis, source: nope}}", "ha.lease.source"),
+        (
+            "{lease: {store: redis, source: redis, url: \"redis://x\"}}",
+            "ha.lease.url",
+        ),
+        (
+            "{lease: {store: mysql, url: \"redis://x\"}}",
+            "ha.lease.store",
+        ),
+        (
+            "{lease: {store: redis, url: \"postgres://x/y\"}}",
+            "ha.lease.url",
+        ),
+        (
+            "{lease: {store: redis, source: redis, ttl: 10s, renew_every: 6s}}",
+            "ha.lease.renew_every",
+        ),
+        (
+            "{lease: {store: redis, source: redis, table: t}}",
+            "ha.lease.table",
+        ),
+        (
+            "{lease: {store: postgres, source: pg, table: \"t; drop\"}}",
+            "ha.lease.table",
+        ),
+        (
+            "{lease: {store: redis, source: redis, key: \"a{b}\"}}",
+            "ha.lease.key",
+        ),
+        (
+            "{lease: {store: redis, source: redis, ttl: 10s}, fail_open_after: 5s}",
+            "ha.fail_open_after",
+        ),
+        ("{fail_open_after: 5s}", "ha.lease"),
+    ] {
+        problems_at(&format!("{base}ha: {ha}"), &no_env, &[at]);
+    }
+}

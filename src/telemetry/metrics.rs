@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::core::snapshot::SourceStatus;
@@ -110,7 +110,40 @@ pub struct Metrics {
     task_restarts: IntCounterVec,
     state_set_aside: IntCounterVec,
     state_save_errors: IntCounterVec,
+    ha: HaMetrics,
     max_agent_series: usize,
+}
+
+/// The `ha_*` families, registered only when `ha:` is configured (a
+/// sidecar alone has no leader to report).
+struct HaMetrics {
+    leader: IntGauge,
+    epoch: IntGauge,
+    fail_open: IntGauge,
+    lease_errors: IntCounter,
+}
+
+impl HaMetrics {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            leader: IntGauge::with_opts(opts(
+                "ha_leader",
+                "1 while this replica holds the leader lease (it alone notifies); 0 otherwise.",
+            ))?,
+            epoch: IntGauge::with_opts(opts(
+                "ha_epoch",
+                "Epoch (fencing token) of the lease this replica last held or saw taken.",
+            ))?,
+            fail_open: IntGauge::with_opts(opts(
+                "ha_fail_open",
+                "1 while the lease store has been unreachable past ha.fail_open_after: every replica notifies on its own.",
+            ))?,
+            lease_errors: IntCounter::with_opts(opts(
+                "ha_lease_errors_total",
+                "Calls to the lease store that failed (unreachable, timed out, refused).",
+            ))?,
+        })
+    }
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -287,8 +320,33 @@ impl Metrics {
             task_restarts,
             state_set_aside,
             state_save_errors,
+            ha: HaMetrics::new()?,
             max_agent_series,
         })
+    }
+
+    /// Register the `ha_*` families (once, when `ha:` is configured).
+    pub fn register_ha(&self) -> Result<(), prometheus::Error> {
+        for c in [
+            Box::new(self.ha.leader.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.ha.epoch.clone()),
+            Box::new(self.ha.fail_open.clone()),
+            Box::new(self.ha.lease_errors.clone()),
+        ] {
+            self.registry.register(c)?;
+        }
+        Ok(())
+    }
+
+    /// This replica's role in the lease.
+    pub fn ha_role(&self, leader: bool, epoch: u64, fail_open: bool) {
+        self.ha.leader.set(i64::from(leader));
+        self.ha.epoch.set(i64::try_from(epoch).unwrap_or(i64::MAX));
+        self.ha.fail_open.set(i64::from(fail_open));
+    }
+
+    pub fn ha_lease_error(&self) {
+        self.ha.lease_errors.inc();
     }
 
     /// Create the per-source series up front, so a source that never

@@ -5,6 +5,7 @@ mod deploy;
 mod exposure;
 mod failpoints;
 mod faults;
+mod ha;
 // The harness waits on child processes from sync code: its bounded polls
 // sleep between attempts, and it hands spawn requests to one thread.
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]

@@ -76,6 +76,12 @@ pub struct Book {
     /// Silences made through the API (config silences come from config on
     /// every start and are not stored).
     pub silences: Vec<Silence>,
+    /// Sequence of the next notification: ids are `<group hash>-<seq>`,
+    /// never reused (at least the time in ms, so a book lost with its
+    /// state still numbers on from where it was), and the same on every
+    /// replica that goes on from a shared book.
+    #[serde(default)]
+    pub next_notification: u64,
     #[serde(skip)]
     config_silences: Vec<Silence>,
     /// Alerts silenced at the last full pass over silences (`usize::MAX`:
@@ -97,6 +103,7 @@ impl Default for Book {
             active: BTreeMap::new(),
             groups: BTreeMap::new(),
             silences: Vec::new(),
+            next_notification: 0,
             config_silences: Vec::new(),
             muted: usize::MAX,
             pending_until: None,
@@ -390,6 +397,20 @@ impl Book {
             .collect()
     }
 
+    /// Forget what receivers were told: a replica that stops leading no
+    /// longer knows what the leader tells them. Should it lead again (with
+    /// no shared book to go on from), every group still firing is told
+    /// afresh, at once: a page twice rather than none.
+    pub fn forget_told(&mut self, now: Timestamp) {
+        self.groups.retain(|_, g| !g.firing.is_empty());
+        for g in self.groups.values_mut() {
+            g.notified.clear();
+            g.resolved.clear();
+            g.last_flush = None;
+            g.next_flush = Some(now);
+        }
+    }
+
     /// [`Book::flush`], with each notification's `starts_at` of the alerts
     /// its receiver hears of for the first time.
     pub fn flush_with_news(
@@ -424,9 +445,13 @@ impl Book {
                 } else {
                     AlertStatus::Firing
                 };
+                let seq = self
+                    .next_notification
+                    .max(u64::try_from(now.timestamp_millis()).unwrap_or(0));
+                self.next_notification = seq.saturating_add(1);
                 out.push((
                     Notification {
-                        id: format!("{}-{}", short_hash(key), now.timestamp_millis()),
+                        id: format!("{}-{seq}", short_hash(key)),
                         receiver: g.receiver.clone(),
                         group_key: key.clone(),
                         group_labels: g.labels.clone(),

@@ -598,3 +598,50 @@ fn api_silences_are_bounded_and_expired_ones_make_room() {
     assert!(book.add_silence(silence("after-expiry", "a*", 20, 100), &r, at(20)));
     assert!(book.silences.iter().all(|s| s.id != "short"));
 }
+
+#[test]
+fn notification_ids_are_never_reused_and_go_on_from_a_saved_book() {
+    let r = routing(&["oncall"]);
+    let mut book = Book::default();
+    let mut ids = BTreeSet::new();
+    let mut take = |sent: Vec<(i64, Notification)>| {
+        for (_, n) in sent {
+            assert!(ids.insert(n.id.clone()), "reused {}", n.id);
+        }
+    };
+    // The first message and its reminders (same content): ids of their own.
+    see(&mut book, &r, stale_fleet(3, at(0)), 0);
+    take(run(&mut book, &r, 0, 3 * 3600 + 20));
+    // The incident ends; the same agents fail again: a new group, new ids,
+    // even from a book saved and loaded in between.
+    see(&mut book, &r, vec![], 4 * 3600);
+    take(run(&mut book, &r, 4 * 3600, 4 * 3600 + 100));
+    let saved = serde_json::to_string(&book).unwrap();
+    let mut book: Book = serde_json::from_str(&saved).unwrap();
+    see(&mut book, &r, stale_fleet(3, at(5 * 3600)), 5 * 3600);
+    let again = run(&mut book, &r, 5 * 3600, 5 * 3600 + 20);
+    assert_eq!(again.len(), 1);
+    let id = again[0].1.id.clone();
+    take(again);
+    assert!(ids.len() >= 5, "{ids:?}");
+    // A book going on from the same saved one numbers the same way: the
+    // ids are the same on every replica that shares it.
+    let mut twin: Book = serde_json::from_str(&saved).unwrap();
+    see(&mut twin, &r, stale_fleet(3, at(5 * 3600)), 5 * 3600);
+    let twin_again = run(&mut twin, &r, 5 * 3600, 5 * 3600 + 20);
+    assert_eq!(twin_again[0].1.id, id);
+}
+
+#[test]
+fn a_replica_that_stops_leading_tells_what_fires_afresh_if_it_leads_again() {
+    let (r, mut book) = notified(3);
+    book.forget_told(at(100));
+    let sent = run(&mut book, &r, 100, 101);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, 100, "at once, no group_wait again");
+    assert_eq!(sent[0].1.firing().count(), 3);
+    // A group with nothing firing is gone.
+    see(&mut book, &r, vec![], 200);
+    book.forget_told(at(201));
+    assert!(book.groups.is_empty());
+}

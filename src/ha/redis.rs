@@ -1,0 +1,157 @@
+//! The lease in Redis: `{key}:lease` holds `<epoch>:<holder>` with a PX
+//! expiry; `{key}:epoch` counts acquisitions. Each operation is one Lua
+//! script, so it is atomic; both keys share the hash tag `{key}`, so they
+//! live in one slot of a Redis Cluster.
+
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, LuaInterface};
+use fred::types::config::{Config as FredConfig, ReconnectPolicy};
+use fred::types::{Builder, Value};
+
+use super::LeaseError;
+use crate::secret::SecretUrl;
+
+/// Take the lease when nobody holds it: a new epoch.
+const ACQUIRE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local e = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], e .. ':' .. ARGV[1], 'PX', ARGV[2])
+return e
+";
+
+/// Extend the lease if it is still `<epoch>:<holder>`.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Give it up if it is still ours.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+pub struct RedisLease {
+    client: Client,
+    lease_key: String,
+    epoch_key: String,
+    timeout: Duration,
+    started: std::sync::atomic::AtomicBool,
+    secrets: Vec<secrecy::SecretString>,
+}
+
+impl RedisLease {
+    pub fn new(url: &SecretUrl, key: &str, timeout: Duration) -> Result<Self, LeaseError> {
+        let secrets = url.password_forms();
+        let mut config = FredConfig::from_url(url.expose()).map_err(|e| {
+            LeaseError::Unexpected(format!(
+                "cannot use URL {}: {}",
+                url.redacted(),
+                e.details()
+            ))
+        })?;
+        config.fail_fast = true;
+        let mut builder = Builder::from_config(config);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = timeout;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
+        let client = builder
+            .build()
+            .map_err(|e| LeaseError::Unexpected(e.details().to_string()))?;
+        Ok(Self {
+            client,
+            lease_key: format!("{{{key}}}:lease"),
+            epoch_key: format!("{{{key}}}:epoch"),
+            timeout,
+            started: Default::default(),
+            secrets,
+        })
+    }
+
+    fn scrub(&self, msg: String) -> String {
+        crate::secret::scrub_secrets(&self.secrets, msg)
+    }
+
+    async fn eval(
+        &self,
+        script: &str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, LeaseError> {
+        // Connect in the background once (the policy reconnects); calls
+        // fail fast meanwhile.
+        if !self.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            // The connection task runs on its own; its handle is not needed.
+            drop(self.client.connect());
+        }
+        match tokio::time::timeout(
+            self.timeout,
+            self.client.eval::<Value, _, _, _>(script, keys, args),
+        )
+        .await
+        {
+            Err(_) => Err(LeaseError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(LeaseError::Unreachable(self.scrub(e.to_string()))),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    pub async fn try_acquire(
+        &self,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LeaseError> {
+        let v = self
+            .eval(
+                ACQUIRE,
+                vec![self.lease_key.clone(), self.epoch_key.clone()],
+                vec![holder.to_string(), ttl.as_millis().to_string()],
+            )
+            .await?;
+        match v {
+            Value::Null | Value::Boolean(false) => Ok(None),
+            Value::Integer(e) if e > 0 => Ok(Some(e as u64)),
+            other => Err(LeaseError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn renew(&self, holder: &str, epoch: u64, ttl: Duration) -> Result<bool, LeaseError> {
+        let v = self
+            .eval(
+                RENEW,
+                vec![self.lease_key.clone()],
+                vec![format!("{epoch}:{holder}"), ttl.as_millis().to_string()],
+            )
+            .await?;
+        Ok(matches!(v, Value::Integer(1)))
+    }
+
+    pub async fn release(&self, holder: &str, epoch: u64) -> Result<bool, LeaseError> {
+        let v = self
+            .eval(
+                RELEASE,
+                vec![self.lease_key.clone()],
+                vec![format!("{epoch}:{holder}")],
+            )
+            .await?;
+        Ok(matches!(v, Value::Integer(1)))
+    }
+
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(self.timeout, self.client.quit()).await;
+    }
+}
