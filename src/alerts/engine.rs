@@ -20,7 +20,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::book::{ReceiverPolicy, Route, Routing, Timing};
+use super::book::{MAX_API_SILENCES, ReceiverPolicy, Route, Routing, Timing};
 use super::deliver::{Outcome, Queue};
 use super::store::{AlertState, AlertStore, Pending};
 use crate::clock::Clock;
@@ -29,7 +29,7 @@ use crate::core::alert::{Alert, AlertKind, Matcher, Silence};
 use crate::core::snapshot::SourceStatus;
 use crate::core::time::after;
 use crate::core::{Policy, Snapshot, Timestamp};
-use crate::ha::{Leadership, Role};
+use crate::ha::{Leadership, LeaseClient, Role};
 use crate::liveness::Liveness;
 use crate::sinks::state::StateFile;
 use crate::telemetry::metrics::{Delivery, LabelValue, Metrics};
@@ -46,6 +46,8 @@ const BOOK_SAVE_EVERY: Duration = Duration::from_secs(1);
 /// The view for the API is refreshed at least this often while alerts fire.
 const VIEW_EVERY: Duration = Duration::from_secs(1);
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// With `ha:`, every replica reads the shared API silences this often.
+const SILENCE_SYNC: Duration = Duration::from_secs(1);
 
 /// Requests from the API.
 pub enum Command {
@@ -169,6 +171,13 @@ pub struct Engine {
     pub policy: Policy,
     /// Only the leader notifies (always so without `ha:`).
     pub leadership: Leadership,
+    /// With `ha:`: the store the alert state and the API silences are
+    /// shared through (the lease's).
+    pub shared: Option<Arc<LeaseClient>>,
+    /// The epoch whose shared state this engine took over.
+    pub loaded: Option<u64>,
+    /// New notifications, in the outbox, handed to the workers once saved.
+    pub awaiting: Vec<Pending>,
 }
 
 impl Engine {
@@ -210,6 +219,7 @@ impl Engine {
         let mut last_book_save = Instant::now();
         let mut last_view = Instant::now() - VIEW_EVERY;
         let mut view_due = true;
+        let mut last_sync = Instant::now() - SILENCE_SYNC;
         self.snapshots.mark_changed();
         // No notification before startup_grace has passed since start,
         // whatever the sources answered: a service that boots slowly, or an
@@ -234,29 +244,13 @@ impl Engine {
             let save_at = book_dirty.then(|| last_book_save + BOOK_SAVE_EVERY);
             let far = Instant::now() + Duration::from_secs(3600);
             let mut reconcile = false;
+            // Outcomes and commands before snapshots: the core may publish
+            // snapshots faster than they are reconciled (a storm of re-reads),
+            // and deliveries must still be recorded. A snapshot waiting is
+            // seen below whatever branch ran (it is a watch: latest wins).
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                changed = self.snapshots.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    reconcile = true;
-                }
-                Some(cmd) = self.commands.recv() => {
-                    self.command(cmd);
-                    view_due = true;
-                    book_dirty = true;
-                }
-                Some((receiver, outcome)) = self.outcomes.recv() => {
-                    self.outcome(&receiver, outcome);
-                    while let Ok((receiver, outcome)) = self.outcomes.try_recv() {
-                        self.outcome(&receiver, outcome);
-                    }
-                    outbox_dirty = true;
-                    view_due = true;
-                }
-                _ = sleep_until(save_at.unwrap_or(far)), if save_at.is_some() => {}
                 Ok(()) = role_rx.changed() => {
                     let role = *role_rx.borrow_and_update();
                     if role == Role::Follower {
@@ -266,8 +260,29 @@ impl Engine {
                     }
                     view_due = true;
                 }
+                Some((receiver, outcome)) = self.outcomes.recv() => {
+                    self.outcome(&receiver, outcome);
+                    while let Ok((receiver, outcome)) = self.outcomes.try_recv() {
+                        self.outcome(&receiver, outcome);
+                    }
+                    outbox_dirty = true;
+                    view_due = true;
+                }
+                Some(cmd) = self.commands.recv() => {
+                    self.command(cmd).await;
+                    view_due = true;
+                    book_dirty = true;
+                }
+                changed = self.snapshots.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    reconcile = true;
+                }
+                _ = sleep_until(save_at.unwrap_or(far)), if save_at.is_some() => {}
                 _ = sleep_until(wake) => {}
             }
+            reconcile |= self.snapshots.has_changed().unwrap_or(false);
             self.liveness.tick("alerts");
             let now = self.clock.now();
             let snap = self.snapshots.borrow_and_update().clone();
@@ -300,13 +315,26 @@ impl Engine {
             } else {
                 self.state.book.tick(&self.routing, now);
             }
-            let due = if now < grace_end || !self.leadership.may_notify() {
+            if self.shared.is_some() {
+                if let Role::Leader { epoch } = self.leadership.role()
+                    && self.loaded != Some(epoch)
+                    && self.take_over(epoch).await
+                {
+                    // Reconciled with the latest snapshot next pass.
+                    self.snapshots.mark_changed();
+                    view_due = true;
+                }
+                if last_sync + SILENCE_SYNC <= Instant::now() {
+                    last_sync = Instant::now();
+                    view_due |= self.sync_silences().await;
+                }
+            }
+            let due = if now < grace_end || !self.may_flush() {
                 Vec::new()
             } else {
                 self.state.book.flush_with_news(&self.routing, now)
             };
             if !due.is_empty() {
-                let mut fresh = Vec::with_capacity(due.len());
                 for (n, first_told) in due {
                     let seq = self.state.next_seq;
                     self.state.next_seq += 1;
@@ -320,28 +348,31 @@ impl Engine {
                         queued_at: now,
                     };
                     self.state.outbox.push(p.clone());
-                    fresh.push(p);
-                }
-                // Durable first (outbox, then the book that records them
-                // as told), then sent: DESIGN §2 rule 3.
-                self.save_outbox().await;
-                self.save_book().await;
-                last_book_save = Instant::now();
-                book_dirty = false;
-                outbox_dirty = false;
-                for p in fresh {
-                    outbox_dirty |= self.hand_over(p);
+                    self.awaiting.push(p);
                 }
                 view_due = true;
             }
+            if !self.awaiting.is_empty() {
+                // Durable first (outbox, then the book that records them
+                // as told), then sent: DESIGN §2 rule 3. A shared state
+                // that cannot be written holds them back (a new leader
+                // would not know they were sent); the next pass retries.
+                if self.persist(true, true).await {
+                    last_book_save = Instant::now();
+                    book_dirty = false;
+                    outbox_dirty = false;
+                    for p in std::mem::take(&mut self.awaiting) {
+                        outbox_dirty |= self.hand_over(p);
+                    }
+                }
+            }
             // A delivery is recorded before anything else happens, so a
             // crash does not send a delivered notification again.
-            if outbox_dirty {
-                self.save_outbox().await;
+            if outbox_dirty && self.persist(true, false).await {
                 outbox_dirty = false;
             }
             if book_dirty && last_book_save + BOOK_SAVE_EVERY <= Instant::now() {
-                self.save_book().await;
+                self.persist(false, true).await;
                 last_book_save = Instant::now();
                 book_dirty = false;
             }
@@ -351,8 +382,7 @@ impl Engine {
                 view_due = false;
             }
         }
-        self.save_outbox().await;
-        self.save_book().await;
+        self.persist(true, true).await;
         debug!("Alert engine stopped.");
     }
 
@@ -362,6 +392,8 @@ impl Engine {
         let queued: usize = self.queues.values().map(|q| q.clear()).sum();
         let pending = self.state.outbox.len();
         self.state.outbox.clear();
+        self.awaiting.clear();
+        self.loaded = None;
         self.state.book.forget_told(self.clock.now());
         for receiver in self.queues.keys() {
             self.count_pending(receiver);
@@ -431,7 +463,7 @@ impl Engine {
         self.count_pending(receiver);
     }
 
-    fn command(&mut self, cmd: Command) {
+    async fn command(&mut self, cmd: Command) {
         let now = self.clock.now();
         match cmd {
             Command::AddSilence(s, reply) => {
@@ -439,6 +471,19 @@ impl Engine {
                 // Quoted (newlines escaped) and cut: it is outside text.
                 let comment: String = s.comment.chars().take(120).collect();
                 let created_by: String = s.created_by.chars().take(64).collect();
+                if let Some(shared) = &self.shared {
+                    // Shared with every replica first; an unreachable store
+                    // leaves the reply unsent: the API answers 503.
+                    if self.state.book.api_silences_active(now) >= MAX_API_SILENCES {
+                        let _ = reply.send(false);
+                        return;
+                    }
+                    let json = serde_json::to_string(&*s).unwrap_or_default();
+                    if let Err(e) = shared.put_silence(&id, json).await {
+                        warn!(silence = %id, error = %e, "Cannot share the silence; not added.");
+                        return;
+                    }
+                }
                 let added = self.state.book.add_silence(*s, &self.routing, now);
                 if added {
                     info!(silence = %id, comment = ?comment, created_by = ?created_by,
@@ -449,12 +494,26 @@ impl Engine {
                 let _ = reply.send(added);
             }
             Command::RemoveSilence(id, reply) => {
-                let result =
-                    if self.state.book.all_silences().any(|s| {
+                let from_config =
+                    self.state.book.all_silences().any(|s| {
                         s.id == id && s.origin == crate::core::alert::SilenceOrigin::Config
-                    }) {
-                        RemoveResult::FromConfig
-                    } else if self.state.book.remove_silence(&id, &self.routing, now) {
+                    });
+                if from_config {
+                    let _ = reply.send(RemoveResult::FromConfig);
+                    return;
+                }
+                let mut shared_found = false;
+                if let Some(shared) = &self.shared {
+                    match shared.delete_silence(&id).await {
+                        Ok(found) => shared_found = found,
+                        Err(e) => {
+                            warn!(silence = %id, error = %e, "Cannot remove the shared silence.");
+                            return;
+                        }
+                    }
+                }
+                let result =
+                    if self.state.book.remove_silence(&id, &self.routing, now) || shared_found {
                         info!(silence = %id, "Silence removed.");
                         RemoveResult::Removed
                     } else {
@@ -463,6 +522,162 @@ impl Engine {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    /// Whether new notifications may be made now: this replica may
+    /// notify, and, with a shared store, leads on the shared state (or
+    /// fails open).
+    fn may_flush(&self) -> bool {
+        if !self.leadership.may_notify() {
+            return false;
+        }
+        match (self.shared.is_some(), self.leadership.role()) {
+            (false, _) => true,
+            (true, Role::Leader { epoch }) => self.loaded == Some(epoch),
+            (true, _) => true,
+        }
+    }
+
+    /// The epoch to write the shared state with: leading on it.
+    fn shared_epoch(&self) -> Option<u64> {
+        match self.leadership.role() {
+            Role::Leader { epoch } if self.shared.is_some() && self.loaded == Some(epoch) => {
+                Some(epoch)
+            }
+            _ => None,
+        }
+    }
+
+    /// Save the outbox and/or the book: to the shared store when leading
+    /// on it (one fenced write of both), else to the files. `false` only
+    /// when the shared state could not be written (unreachable, or fenced:
+    /// a newer leader took over, and this replica steps down).
+    async fn persist(&mut self, outbox: bool, book: bool) -> bool {
+        if let Some(epoch) = self.shared_epoch() {
+            let Some(shared) = self.shared.clone() else {
+                return false;
+            };
+            let json = match serde_json::to_string(&self.state) {
+                Ok(j) => j,
+                Err(e) => {
+                    error!(error = %e, "Cannot encode the alert state.");
+                    return false;
+                }
+            };
+            return match shared.save_state(epoch, json).await {
+                Ok(true) => true,
+                Ok(false) => {
+                    error!(
+                        epoch,
+                        "Fenced: a newer leader took over; this replica sends and records nothing more."
+                    );
+                    self.step_down();
+                    self.leadership.fence(epoch);
+                    false
+                }
+                Err(e) => {
+                    warn!(error = %e, "Cannot save the shared alert state; new notifications wait for it.");
+                    false
+                }
+            };
+        }
+        if self.shared.is_some() {
+            // A follower records nothing; failing open, nothing is shared.
+            return true;
+        }
+        if outbox {
+            self.save_outbox().await;
+        }
+        if book {
+            self.save_book().await;
+        }
+        true
+    }
+
+    /// Lead on the state the previous leader saved: its book (what each
+    /// receiver was told) and its outbox (what it had not delivered, sent
+    /// again with the same ids). `false` when the store could not be read
+    /// (tried again on the next pass; nothing is notified meanwhile).
+    async fn take_over(&mut self, epoch: u64) -> bool {
+        let Some(shared) = self.shared.clone() else {
+            return true;
+        };
+        let now = self.clock.now();
+        match shared.load_state().await {
+            Err(e) => {
+                warn!(error = %e, "Cannot read the shared alert state; not notifying until it can.");
+                return false;
+            }
+            Ok(None) => {
+                info!(
+                    epoch,
+                    "Leading; no shared alert state yet: this replica's view is the first."
+                );
+            }
+            Ok(Some(json)) => match serde_json::from_str::<AlertState>(&json) {
+                Err(e) => {
+                    error!(error = %e, "The shared alert state cannot be read; leading from this replica's view.");
+                }
+                Ok(mut state) => {
+                    let config: Vec<Silence> = self
+                        .state
+                        .book
+                        .all_silences()
+                        .filter(|s| s.origin == crate::core::alert::SilenceOrigin::Config)
+                        .cloned()
+                        .collect();
+                    state.book.set_config_silences(config);
+                    state.book.adopt(&self.routing, now);
+                    let mut outbox = std::mem::take(&mut state.outbox);
+                    outbox.sort_by_key(|p| p.seq);
+                    let (firing, pending) = (state.book.active.len(), outbox.len());
+                    self.state = state;
+                    for p in outbox {
+                        if self.queues.contains_key(&p.notification.receiver) {
+                            self.state.outbox.push(p.clone());
+                            self.hand_over(p);
+                        }
+                    }
+                    info!(
+                        epoch,
+                        firing, pending, "Leading: took over the shared alert state."
+                    );
+                }
+            },
+        }
+        self.loaded = Some(epoch);
+        true
+    }
+
+    /// Read the API silences every replica shares; the leader removes the
+    /// expired ones. Whether they changed.
+    async fn sync_silences(&mut self) -> bool {
+        let Some(shared) = self.shared.clone() else {
+            return false;
+        };
+        let now = self.clock.now();
+        let list = match shared.silences().await {
+            Ok(l) => l,
+            Err(e) => {
+                debug!(error = %e, "Cannot read the shared silences.");
+                return false;
+            }
+        };
+        let mut silences = Vec::with_capacity(list.len());
+        for json in list {
+            match serde_json::from_str::<Silence>(&json) {
+                Ok(s) => silences.push(s),
+                Err(e) => warn!(error = %e, "A shared silence cannot be read; ignored."),
+            }
+        }
+        if self.shared_epoch().is_some() {
+            for s in silences.iter().filter(|s| s.is_expired(now)) {
+                let _ = shared.delete_silence(&s.id).await;
+            }
+        }
+        self.state
+            .book
+            .replace_api_silences(silences, &self.routing, now)
     }
 
     async fn save_outbox(&self) {

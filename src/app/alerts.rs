@@ -15,10 +15,17 @@ use crate::alerts::store::{AlertState, AlertStore};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::Snapshot;
-use crate::ha::Leadership;
+use crate::ha::{Leadership, LeaseClient};
 use crate::liveness::Liveness;
 use crate::sinks::state::{FileStore, StateError, StateFile};
 use crate::telemetry::metrics::{LabelValue, Metrics};
+
+/// Who notifies: this replica alone, or the leader of several sharing
+/// their alert state through the lease's store.
+pub(super) struct Replicas {
+    pub(super) leadership: Leadership,
+    pub(super) shared: Option<Arc<LeaseClient>>,
+}
 
 /// The alert engine, its receivers' workers and the API's handle.
 pub(super) struct AlertParts {
@@ -35,11 +42,15 @@ impl AlertParts {
         metrics: &Arc<Metrics>,
         clock: &Clock,
         liveness: &Liveness,
-        leadership: &Leadership,
+        replicas: Replicas,
     ) -> anyhow::Result<Self> {
+        let Replicas { leadership, shared } = replicas;
         let cfg = &config.alerting;
         let now = clock.now();
-        let store = store.map(|s| AlertStore::new(s.dir()));
+        // With a shared store, the alert state lives there, not in files.
+        let store = store
+            .filter(|_| shared.is_none())
+            .map(|s| AlertStore::new(s.dir()));
         let mut state = match &store {
             Some(st) => {
                 // Each file on its own: a lost book does not lose the outbox.
@@ -97,6 +108,9 @@ impl AlertParts {
             started_at: now,
             policy: config.policy(),
             leadership: leadership.clone(),
+            shared,
+            loaded: None,
+            awaiting: Vec::new(),
         };
         Ok(Self {
             engine,

@@ -158,20 +158,21 @@ impl App {
             liveness: liveness.clone(),
         };
 
-        let (leadership, lease) = match &config.ha {
-            None => (Leadership::alone(), None),
+        let (leadership, lease, shared) = match &config.ha {
+            None => (Leadership::alone(), None, None),
             Some(ha) => {
                 metrics
                     .register_ha()
                     .context("registering the ha metrics")?;
                 let leadership = LeaseTask::leadership();
+                let client = Arc::new(LeaseClient::new(ha).context("the ha lease store")?);
                 let task = LeaseTask {
-                    client: LeaseClient::new(ha).context("the ha lease store")?,
+                    client: client.clone(),
                     cfg: ha.clone(),
                     leadership: leadership.clone(),
                     metrics: metrics.clone(),
                 };
-                (leadership, Some(task))
+                (leadership, Some(task), Some(client))
             }
         };
         let alerts = AlertParts::build(
@@ -181,7 +182,7 @@ impl App {
             &metrics,
             &clock,
             &liveness,
-            &leadership,
+            alerts::Replicas { leadership, shared },
         )?;
 
         let (listener, addr) = bind(config.listeners.listen).await?;

@@ -69,13 +69,14 @@ impl LeaseStore {
 const DEFAULT_KEY: &str = "agent-supervisor";
 const DEFAULT_TABLE: &str = "agent_supervisor_ha";
 
-/// A name of a table, optionally schema-qualified: letters, digits and `_`.
+/// A name of a table, optionally schema-qualified: letters, digits and `_`
+/// (at most 50, so that `<table>_silences` is a valid name too).
 fn valid_table(s: &str) -> bool {
     let parts: Vec<&str> = s.split('.').collect();
     parts.len() <= 2
         && parts.iter().all(|p| {
             !p.is_empty()
-                && p.len() <= 63
+                && p.len() <= 50
                 && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 && !p.starts_with(|c: char| c.is_ascii_digit())
         })

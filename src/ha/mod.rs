@@ -99,6 +99,14 @@ impl Leadership {
         }
     }
 
+    /// A write as the leader of `epoch` was refused (a newer leader took
+    /// over): stop leading now, before the lease task hears of it.
+    pub fn fence(&self, epoch: u64) {
+        if self.role() == (Role::Leader { epoch }) {
+            self.set(Role::Follower, None);
+        }
+    }
+
     fn lease_valid(&self, now: Instant) -> bool {
         self.valid_until
             .lock()
@@ -173,12 +181,56 @@ impl LeaseClient {
         }
     }
 
+    /// The shared alert state (JSON) the last leader saved, if any.
+    pub async fn load_state(&self) -> Result<Option<String>, LeaseError> {
+        match self {
+            LeaseClient::Redis(r) => r.load_state().await,
+            LeaseClient::Postgres(p) => p.load_state().await,
+        }
+    }
+
+    /// Save the alert state as the leader of `epoch`: `false` when fenced
+    /// (a newer leader took over; nothing written).
+    pub async fn save_state(&self, epoch: u64, json: String) -> Result<bool, LeaseError> {
+        match self {
+            LeaseClient::Redis(r) => r.save_state(epoch, json).await,
+            LeaseClient::Postgres(p) => p.save_state(epoch, json).await,
+        }
+    }
+
+    pub async fn put_silence(&self, id: &str, json: String) -> Result<(), LeaseError> {
+        match self {
+            LeaseClient::Redis(r) => r.put_silence(id, json).await,
+            LeaseClient::Postgres(p) => p.put_silence(id, json).await,
+        }
+    }
+
+    pub async fn delete_silence(&self, id: &str) -> Result<bool, LeaseError> {
+        match self {
+            LeaseClient::Redis(r) => r.delete_silence(id).await,
+            LeaseClient::Postgres(p) => p.delete_silence(id).await,
+        }
+    }
+
+    pub async fn silences(&self) -> Result<Vec<String>, LeaseError> {
+        match self {
+            LeaseClient::Redis(r) => r.silences().await,
+            LeaseClient::Postgres(p) => p.silences().await,
+        }
+    }
+
     pub async fn close(&self) {
         match self {
             LeaseClient::Redis(r) => r.close().await,
             LeaseClient::Postgres(p) => p.close().await,
         }
     }
+}
+
+/// Bound on reading or writing the shared alert state, which can be much
+/// larger than a lease call: the lease's timeout, at least 2 s.
+fn state_timeout(lease_timeout: Duration) -> Duration {
+    lease_timeout.max(Duration::from_secs(2))
 }
 
 /// The local clock may run up to this fraction faster than the store's:
@@ -191,7 +243,7 @@ fn margin(ttl: Duration) -> Duration {
 
 /// The task that takes, renews and releases the lease.
 pub struct LeaseTask {
-    pub client: LeaseClient,
+    pub client: Arc<LeaseClient>,
     pub cfg: HaConfig,
     pub leadership: Leadership,
     pub metrics: Arc<Metrics>,

@@ -1,12 +1,14 @@
 //! The lease in Redis: `{key}:lease` holds `<epoch>:<holder>` with a PX
-//! expiry; `{key}:epoch` counts acquisitions. Each operation is one Lua
-//! script, so it is atomic; both keys share the hash tag `{key}`, so they
-//! live in one slot of a Redis Cluster.
+//! expiry; `{key}:epoch` counts acquisitions. The shared alert state is
+//! `{key}:alerts` (JSON), written only by a script that checks the epoch
+//! first (fenced); API silences are the hash `{key}:silences` (id → JSON).
+//! Each lease operation is one Lua script, so it is atomic; every key shares
+//! the hash tag `{key}`, so they live in one slot of a Redis Cluster.
 
 use std::time::Duration;
 
 use fred::clients::Client;
-use fred::interfaces::{ClientLike, LuaInterface};
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface};
 use fred::types::config::{Config as FredConfig, ReconnectPolicy};
 use fred::types::{Builder, Value};
 
@@ -30,6 +32,15 @@ end
 return 0
 ";
 
+/// Write the alert state if the epoch is still ours.
+const SAVE_STATE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+";
+
 /// Give it up if it is still ours.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -43,6 +54,8 @@ pub struct RedisLease {
     client: Client,
     lease_key: String,
     epoch_key: String,
+    state_key: String,
+    silences_key: String,
     timeout: Duration,
     started: std::sync::atomic::AtomicBool,
     secrets: Vec<secrecy::SecretString>,
@@ -76,6 +89,8 @@ impl RedisLease {
             client,
             lease_key: format!("{{{key}}}:lease"),
             epoch_key: format!("{{{key}}}:epoch"),
+            state_key: format!("{{{key}}}:alerts"),
+            silences_key: format!("{{{key}}}:silences"),
             timeout,
             started: Default::default(),
             secrets,
@@ -86,28 +101,90 @@ impl RedisLease {
         crate::secret::scrub_secrets(&self.secrets, msg)
     }
 
+    /// The client, connecting in the background once (the policy
+    /// reconnects; calls fail fast meanwhile).
+    fn client(&self) -> &Client {
+        if !self.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            // The connection task runs on its own; its handle is not needed.
+            drop(self.client.connect());
+        }
+        &self.client
+    }
+
+    async fn bounded<T>(
+        &self,
+        f: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, LeaseError> {
+        self.bounded_by(self.timeout, f).await
+    }
+
+    async fn bounded_by<T>(
+        &self,
+        limit: Duration,
+        f: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, LeaseError> {
+        match tokio::time::timeout(limit, f).await {
+            Err(_) => Err(LeaseError::Timeout(limit)),
+            Ok(Err(e)) => Err(LeaseError::Unreachable(self.scrub(e.to_string()))),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
     async fn eval(
         &self,
         script: &str,
         keys: Vec<String>,
         args: Vec<String>,
     ) -> Result<Value, LeaseError> {
-        // Connect in the background once (the policy reconnects); calls
-        // fail fast meanwhile.
-        if !self.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            // The connection task runs on its own; its handle is not needed.
-            drop(self.client.connect());
-        }
-        match tokio::time::timeout(
-            self.timeout,
-            self.client.eval::<Value, _, _, _>(script, keys, args),
+        self.bounded(self.client().eval::<Value, _, _, _>(script, keys, args))
+            .await
+    }
+
+    /// The saved alert state (JSON), if any.
+    pub async fn load_state(&self) -> Result<Option<String>, LeaseError> {
+        self.bounded_by(
+            super::state_timeout(self.timeout),
+            self.client().get::<Option<String>, _>(&self.state_key),
         )
         .await
-        {
-            Err(_) => Err(LeaseError::Timeout(self.timeout)),
-            Ok(Err(e)) => Err(LeaseError::Unreachable(self.scrub(e.to_string()))),
-            Ok(Ok(v)) => Ok(v),
-        }
+    }
+
+    /// Write the alert state if `epoch` is still the lease's: `false` when
+    /// a newer leader took over (nothing written).
+    pub async fn save_state(&self, epoch: u64, json: String) -> Result<bool, LeaseError> {
+        let v = self
+            .bounded_by(
+                super::state_timeout(self.timeout),
+                self.client().eval::<Value, _, _, _>(
+                    SAVE_STATE,
+                    vec![self.epoch_key.clone(), self.state_key.clone()],
+                    vec![epoch.to_string(), json],
+                ),
+            )
+            .await?;
+        Ok(matches!(v, Value::Integer(1)))
+    }
+
+    pub async fn put_silence(&self, id: &str, json: String) -> Result<(), LeaseError> {
+        self.bounded(
+            self.client()
+                .hset::<(), _, _>(&self.silences_key, (id.to_string(), json)),
+        )
+        .await
+    }
+
+    /// `true` when it was there.
+    pub async fn delete_silence(&self, id: &str) -> Result<bool, LeaseError> {
+        let n: i64 = self
+            .bounded(self.client().hdel(&self.silences_key, id.to_string()))
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Every API silence (JSON).
+    pub async fn silences(&self) -> Result<Vec<String>, LeaseError> {
+        self.bounded(self.client().hvals::<Vec<String>, _>(&self.silences_key))
+            .await
     }
 
     pub async fn try_acquire(

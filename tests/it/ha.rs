@@ -1,6 +1,7 @@
 //! Several replicas, one leader: the lease on a real Redis and on a real
 //! PostgreSQL through PgBouncer in transaction mode.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use agent_supervisor::config::ha::{HaConfig, LeaseConfig, LeaseStore};
@@ -8,8 +9,8 @@ use agent_supervisor::ha::LeaseClient;
 use agent_supervisor::secret::SecretUrl;
 
 use crate::harness::{
-    holds_for, shared_postgres, shared_redis_url, start_pgbouncer, unique_prefix, wait_for,
-    wait_until,
+    PgBouncer, RedisServer, holds_for, shared_postgres, shared_redis_url, start_pgbouncer,
+    unique_prefix, wait_for, wait_until,
 };
 use crate::receiver::Receiver;
 use crate::sidecar::{Launch, Sidecar};
@@ -68,6 +69,36 @@ async fn lease_contract(store: LeaseStore) {
     assert!(!a.release("a", e1).await.expect("stale release"), "fenced");
     assert!(b.renew("b", e2, TTL).await.expect("renew"));
 
+    // The shared state: written by the leader of the current epoch only.
+    assert!(
+        b.save_state(e2, r#"{"by":"b"}"#.into())
+            .await
+            .expect("save")
+    );
+    assert!(
+        !a.save_state(e1, r#"{"by":"a"}"#.into())
+            .await
+            .expect("save"),
+        "a write at an old epoch is refused"
+    );
+    assert_eq!(
+        a.load_state().await.expect("load").as_deref(),
+        Some(r#"{"by":"b"}"#)
+    );
+    // Silences: any replica writes, every replica reads.
+    a.put_silence("s1", r#"{"id":"s1"}"#.into())
+        .await
+        .expect("put");
+    b.put_silence("s2", r#"{"id":"s2"}"#.into())
+        .await
+        .expect("put");
+    let mut listed = b.silences().await.expect("list");
+    listed.sort();
+    assert_eq!(listed, [r#"{"id":"s1"}"#, r#"{"id":"s2"}"#]);
+    assert!(b.delete_silence("s1").await.expect("delete"));
+    assert!(!b.delete_silence("s1").await.expect("delete again"));
+    assert_eq!(a.silences().await.expect("list"), [r#"{"id":"s2"}"#]);
+
     // Released: a takes it at once, at a higher epoch still.
     assert!(b.release("b", e2).await.expect("release"));
     let e3 = a
@@ -87,16 +118,23 @@ async fn the_redis_lease_has_one_holder_and_a_rising_epoch() {
     lease_contract(LeaseStore::Redis { url, key }).await;
 }
 
-#[tokio::test]
-async fn the_postgres_lease_works_through_pgbouncer_in_transaction_mode() {
+/// A new database of the shared server, behind a transaction-mode
+/// PgBouncer: the bouncer (kept while used) and its URL.
+async fn database_behind_pgbouncer(test: &str) -> (PgBouncer, String) {
     let server = shared_postgres();
-    let direct = server.create_database("ha_lease").await;
+    let direct = server.create_database(test).await;
     let db = direct.rsplit('/').next().expect("db name").to_string();
     let bouncer = start_pgbouncer(server.port, &db).await;
-    let via = format!(
+    let url = format!(
         "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
         bouncer.port
     );
+    (bouncer, url)
+}
+
+#[tokio::test]
+async fn the_postgres_lease_works_through_pgbouncer_in_transaction_mode() {
+    let (_bouncer, via) = database_behind_pgbouncer("ha_lease").await;
     lease_contract(LeaseStore::Postgres {
         url: SecretUrl::parse(&via).expect("url"),
         table: "agent_supervisor_ha".into(),
@@ -106,92 +144,395 @@ async fn the_postgres_lease_works_through_pgbouncer_in_transaction_mode() {
     .await;
 }
 
+/// Three sidecar processes watching the same Redis (agents `a000`...,
+/// keys `<prefix><agent>`), with `ha:` on, notifying one webhook receiver
+/// with one group per agent.
+struct Cluster {
+    replicas: Vec<Option<Sidecar>>,
+    receiver: Receiver,
+    redis: std::sync::Mutex<redis::Connection>,
+    prefix: String,
+    agents: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// The lease settings of the cluster tests.
+const CLUSTER_TTL: Duration = Duration::from_secs(2);
+const CLUSTER_RENEW: Duration = Duration::from_millis(500);
+
+impl Cluster {
+    /// `lease` is the `lease:` mapping's store part (`store: redis, source:
+    /// redis, key: ...`).
+    async fn start(agents: usize, lease: &str) -> Cluster {
+        let redis_url = shared_redis_url();
+        let prefix = unique_prefix("ha");
+        let receiver = Receiver::start().await;
+        let client = redis::Client::open(redis_url.as_str()).expect("redis client");
+        let conn = client.get_connection().expect("redis connection");
+        let lease = lease.replace("{prefix}", &prefix);
+        let config = format!(
+            r#"
+startup_grace: 0s
+defaults: {{stale_after: 3s}}
+sources:
+  - {{name: redis, type: redis, url: "{redis_url}", interval: 1s, timeout: 1s, layout: keys, pattern: "{prefix}{{agent}}"}}
+receivers: [{{name: hook, type: webhook, url: "{hook}"}}]
+routing: {{group_by: [agent], group_wait: 0s, group_interval: 1s, repeat_interval: 1h, receivers: [hook]}}
+delivery: {{initial_backoff: 100ms, max_backoff: 1s, timeout: 2s}}
+ha:
+  lease: {{{lease}, ttl: {ttl}ms, renew_every: {renew}ms}}
+"#,
+            hook = receiver.url("/hook"),
+            ttl = CLUSTER_TTL.as_millis(),
+            renew = CLUSTER_RENEW.as_millis(),
+        );
+        let c = Cluster {
+            replicas: Vec::new(),
+            receiver,
+            redis: std::sync::Mutex::new(conn),
+            prefix,
+            agents: (0..agents).map(|i| format!("a{i:03}")).collect(),
+            _dir: tempfile::tempdir().unwrap(),
+        };
+        c.beat();
+        let mut c = c;
+        for name in ["r1", "r2", "r3"] {
+            let cfg = config.replace("ha:\n", &format!("ha:\n  replica_id: {name}\n"));
+            let dir = c._dir.path().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            c.replicas.push(Some(
+                Sidecar::start_in(&dir, name, &cfg, Launch::default()).await,
+            ));
+            c.beat();
+        }
+        wait_until("one replica leads", Duration::from_secs(10), || async {
+            c.beat();
+            c.leaders().await.len() == 1
+        })
+        .await;
+        for r in c.replicas.iter().flatten() {
+            wait_until(
+                "every replica sees every agent healthy",
+                Duration::from_secs(15),
+                || async {
+                    c.beat();
+                    let agents = r.agents().await;
+                    c.agents
+                        .iter()
+                        .all(|a| agents.get(a).is_some_and(|v| v["state"] == "healthy"))
+                },
+            )
+            .await;
+        }
+        c
+    }
+
+    /// Every agent beats now.
+    fn beat(&self) {
+        let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+        let mut cmd = redis::cmd("MSET");
+        for a in &self.agents {
+            cmd.arg(format!("{}{a}", self.prefix)).arg(now);
+        }
+        cmd.exec(&mut *self.redis.lock().unwrap()).expect("MSET");
+    }
+
+    /// Indexes of the running replicas that say they lead.
+    async fn leaders(&self) -> Vec<usize> {
+        self.leaders_but(None).await
+    }
+
+    /// The same, not asking replica `skip` (stopped: it would not answer).
+    async fn leaders_but(&self, skip: Option<usize>) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (i, r) in self.replicas.iter().enumerate() {
+            if Some(i) == skip {
+                continue;
+            }
+            if let Some(r) = r
+                && r.metric_sum("agent_supervisor_ha_leader", &[]).await == 1.0
+            {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// A metric summed over the running replicas.
+    async fn total(&self, family: &str) -> f64 {
+        let mut n = 0.0;
+        for r in self.replicas.iter().flatten() {
+            n += r.metric_sum(family, &[]).await;
+        }
+        n
+    }
+
+    async fn leader(&self) -> usize {
+        let l = self.leaders().await;
+        assert_eq!(l.len(), 1, "leaders: {l:?}");
+        l[0]
+    }
+
+    /// Firing notifications received: (webhook-id, agent).
+    fn firing(&self) -> Vec<(String, String)> {
+        self.receiver
+            .requests()
+            .iter()
+            .filter(|r| r.accepted)
+            .flat_map(|r| {
+                let v = r.json();
+                let id = r.header("webhook-id").to_string();
+                v["alerts"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|a| a["status"] == "firing")
+                    .map(move |a| (id.clone(), a["agent"].as_str().unwrap_or("").to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+}
+
 /// Three sidecars watching the same Redis, with the lease on it: one agent
 /// stops, and the receiver gets exactly one notification, from the one
 /// replica that leads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_one_agent_failure_one_notification() {
-    let redis_url = shared_redis_url();
-    let prefix = unique_prefix("ha3");
-    let receiver = Receiver::start().await;
-    let config = format!(
-        r#"
-startup_grace: 0s
-defaults: {{stale_after: 2s}}
-sources:
-  - {{name: redis, type: redis, url: "{redis_url}", interval: 1s, timeout: 1s, layout: keys, pattern: "{prefix}{{agent}}"}}
-receivers: [{{name: hook, type: webhook, url: "{hook}"}}]
-routing: {{group_wait: 0s, group_interval: 1s, repeat_interval: 1h, receivers: [hook]}}
-ha:
-  lease: {{store: redis, source: redis, key: "{prefix}lease", ttl: 2s, renew_every: 500ms}}
-"#,
-        hook = receiver.url("/hook")
-    );
-    // The agent beats until every replica is up and one leads.
-    let client = redis::Client::open(redis_url.as_str()).expect("redis client");
-    let conn = std::sync::Mutex::new(client.get_connection().expect("redis connection"));
-    let key = format!("{prefix}worker");
-    let beat = || {
-        let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-        redis::cmd("SET")
-            .arg(&key)
-            .arg(now)
-            .exec(&mut *conn.lock().unwrap())
-            .expect("SET");
-    };
-    beat();
-    let dir = tempfile::tempdir().unwrap();
-    let mut replicas = Vec::new();
-    for name in ["a", "b", "c"] {
-        let cfg = config.replace("ha:\n", &format!("ha:\n  replica_id: {name}\n"));
-        let dir = dir.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        replicas.push(Sidecar::start_in(&dir, name, &cfg, Launch::default()).await);
-        beat();
-    }
-    let leaders = || async {
-        let mut n = 0.0;
-        for r in &replicas {
-            n += r.metric_sum("agent_supervisor_ha_leader", &[]).await;
-        }
-        n
-    };
-    wait_until("one replica leads", Duration::from_secs(10), || async {
-        beat();
-        leaders().await == 1.0
-    })
-    .await;
-    for r in &replicas {
-        wait_until(
-            "every replica sees the agent healthy",
-            Duration::from_secs(10),
-            || async {
-                beat();
-                r.agent("worker")
-                    .await
-                    .is_some_and(|a| a["state"] == "healthy")
-            },
-        )
-        .await;
-    }
-    // It stops: stale 2 s later on every replica; one notification.
-    let got = receiver.wait_requests(1, Duration::from_secs(15)).await;
+    let c = Cluster::start(1, "store: redis, source: redis, key: \"{prefix}lease\"").await;
+    // It stops: stale 3 s later on every replica; one notification.
+    let got = c.receiver.wait_requests(1, Duration::from_secs(15)).await;
     assert_eq!(
         got[0].json()["alerts"][0]["agent"],
-        "worker",
+        "a000",
         "{}",
         got[0].json()
     );
     holds_for("no second notification", Duration::from_secs(4), || async {
-        receiver.requests().len() == 1
+        c.receiver.requests().len() == 1
     })
     .await;
-    for r in &replicas {
+    for r in c.replicas.iter().flatten() {
         assert_eq!(
-            r.agent("worker").await.expect("worker")["state"],
+            r.agent("a000").await.expect("a000")["state"],
             "stale",
             "every replica evaluates (hot standby)"
         );
     }
-    assert_eq!(leaders().await, 1.0);
+    assert_eq!(c.leaders().await.len(), 1);
+}
+
+/// SIGKILL the leader while it delivers a storm of 500 notifications: a
+/// new leader within ttl + renew_every, which goes on from the shared
+/// state: every agent notified, each under one webhook-id only (a repeat
+/// of what the old leader sent but had not recorded carries the same id).
+async fn failover_in_a_storm(lease: &str) {
+    let mut c = Cluster::start(500, lease).await;
+    // The agents stop; the storm starts 3 s later. Kill the leader in its
+    // middle.
+    let old = c.leader().await;
+    wait_until(
+        "the storm is under way",
+        Duration::from_secs(20),
+        || async { c.receiver.requests().len() >= 100 },
+    )
+    .await;
+    c.replicas[old].take().expect("leader").kill();
+    let killed = std::time::Instant::now();
+    let sent_before = c.receiver.requests().len();
+    let new = wait_for("a new leader", Duration::from_secs(10), || async {
+        c.leaders().await.first().copied()
+    })
+    .await;
+    let took = killed.elapsed();
+    assert_ne!(new, old);
+    assert!(
+        took < CLUSTER_TTL + CLUSTER_RENEW + Duration::from_millis(600),
+        "a new leader {took:?} after the kill (ttl {CLUSTER_TTL:?} + renew_every {CLUSTER_RENEW:?})"
+    );
+    wait_until("every agent notified", Duration::from_secs(60), || async {
+        let told: BTreeSet<String> = c.firing().into_iter().map(|(_, a)| a).collect();
+        told.len() == c.agents.len()
+    })
+    .await;
+    let mut ids_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (id, agent) in c.firing() {
+        ids_of.entry(agent).or_default().insert(id);
+    }
+    let twice: Vec<_> = ids_of.iter().filter(|(_, ids)| ids.len() > 1).collect();
+    assert!(twice.is_empty(), "notified under two ids: {twice:?}");
+    let total = c.receiver.requests().len();
+    eprintln!(
+        "failover: new leader {took:?} after SIGKILL; {sent_before} notifications before the \
+         kill, {total} in all for {} agents ({} repeated with the same id)",
+        c.agents.len(),
+        total - c.agents.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_the_leader_in_a_storm_on_redis() {
+    failover_in_a_storm("store: redis, source: redis, key: \"{prefix}lease\"").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_the_leader_in_a_storm_on_postgres_through_pgbouncer() {
+    let (_bouncer, url) = database_behind_pgbouncer("ha_storm").await;
+    failover_in_a_storm(&format!("store: postgres, url: \"{url}\"")).await;
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill has no memory preconditions.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+}
+
+/// A leader stopped (SIGSTOP) for 2 × ttl while its worker waits to retry
+/// a notification, then resumed: meanwhile another replica took over the
+/// shared outbox and delivered it; the resumed one, whose lease ran out by
+/// its own clock, sends nothing more (its retry is fenced) and steps down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_sends_nothing_when_it_resumes() {
+    let c = Cluster::start(1, "store: redis, source: redis, key: \"{prefix}lease\"").await;
+    let old = c.leader().await;
+    let pid = c.replicas[old].as_ref().expect("leader").pid();
+    // The agent stopped beating as the cluster started: stale within 3 s.
+    // The receiver refuses the first two attempts; the leader's worker then
+    // waits to retry, and is stopped there.
+    c.receiver.answer_next(2, 500, None);
+    wait_until("two refused attempts", Duration::from_secs(15), || async {
+        c.receiver.requests().len() >= 2
+    })
+    .await;
+    signal(pid, libc::SIGSTOP);
+    let stopped = std::time::Instant::now();
+    let delivered = || {
+        c.receiver
+            .requests()
+            .iter()
+            .filter(|r| r.accepted)
+            .map(|r| r.header("webhook-id").to_string())
+            .collect::<Vec<_>>()
+    };
+    wait_until(
+        "the new leader delivers it",
+        Duration::from_secs(15),
+        || async { delivered().len() == 1 },
+    )
+    .await;
+    let new = c.leaders_but(Some(old)).await;
+    assert_eq!(new.len(), 1, "another replica leads: {new:?}");
+    let refused_id = c.receiver.requests()[0].header("webhook-id").to_string();
+    assert_eq!(
+        delivered(),
+        [refused_id],
+        "the same notification, the same id"
+    );
+    // The length of the pause is what is tested, not a wait for an event.
+    tokio::time::sleep_until((stopped + CLUSTER_TTL * 2).into()).await;
+    signal(pid, libc::SIGCONT);
+    let resumed = c.replicas[old].as_ref().expect("old leader");
+    wait_until(
+        "the resumed replica steps down",
+        Duration::from_secs(10),
+        || async { resumed.metric_sum("agent_supervisor_ha_leader", &[]).await == 0.0 },
+    )
+    .await;
+    holds_for("nothing more is sent", Duration::from_secs(4), || async {
+        c.receiver.requests().len() == 3
+    })
+    .await;
+    assert_eq!(
+        resumed.agent("a000").await.expect("agent")["state"],
+        "stale"
+    );
+    assert_eq!(c.leaders().await.len(), 1);
+}
+
+/// A silence posted to a follower is shared: the leader mutes the alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silence_posted_to_a_follower_mutes_the_alert_on_the_leader() {
+    let c = Cluster::start(1, "store: redis, source: redis, key: \"{prefix}lease\"").await;
+    let leader = c.leader().await;
+    let follower = (0..3).find(|i| *i != leader).expect("a follower");
+    let f = c.replicas[follower].as_ref().expect("follower");
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/silences", f.admin))
+        .json(&serde_json::json!({
+            "matchers": {"agent": "a000"}, "duration": "1h", "comment": "maintenance"
+        }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), 201);
+    let l = c.replicas[leader].as_ref().expect("leader");
+    wait_until(
+        "the leader has the silence",
+        Duration::from_secs(5),
+        || async {
+            c.beat();
+            let v: serde_json::Value =
+                serde_json::from_str(&l.get("/api/v1/silences").await).unwrap();
+            v["silences"].as_array().is_some_and(|s| s.len() == 1)
+        },
+    )
+    .await;
+    // The agent stops: the alert fires on the leader, silenced; nobody is
+    // told.
+    wait_until(
+        "the alert fires, silenced",
+        Duration::from_secs(15),
+        || async {
+            let v: serde_json::Value =
+                serde_json::from_str(&l.get("/api/v1/alerts").await).unwrap();
+            v["alerts"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1 && a[0]["silenced"] == true)
+        },
+    )
+    .await;
+    holds_for("nothing is sent", Duration::from_secs(3), || async {
+        c.receiver.requests().is_empty()
+    })
+    .await;
+}
+
+/// The lease store down for 3 × ttl: past fail_open_after (2 × ttl) every
+/// replica notifies on its own, as documented (a page per replica rather
+/// than none); when the store is back, one leader again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_lease_store_down_every_replica_fails_open() {
+    let mut store = RedisServer::start();
+    let c = Cluster::start(
+        1,
+        &format!(
+            "store: redis, url: \"{}\", key: \"{{prefix}}lease\"",
+            store.url
+        ),
+    )
+    .await;
+    store.stop();
+    let down = std::time::Instant::now();
+    wait_until(
+        "every replica fails open",
+        CLUSTER_TTL * 3 + Duration::from_secs(2),
+        || async {
+            c.beat();
+            c.total("agent_supervisor_ha_fail_open").await == 3.0
+        },
+    )
+    .await;
+    let failed_open = down.elapsed();
+    assert!(failed_open >= CLUSTER_TTL * 2, "{failed_open:?}");
+    // The agent stops: each replica notifies on its own.
+    let got = c.receiver.wait_requests(3, Duration::from_secs(15)).await;
+    for r in &got {
+        assert_eq!(r.json()["alerts"][0]["agent"], "a000");
+    }
+    store.restart();
+    wait_until("one leader again", Duration::from_secs(10), || async {
+        c.total("agent_supervisor_ha_fail_open").await == 0.0 && c.leaders().await.len() == 1
+    })
+    .await;
+    eprintln!("fail open: every replica notifying {failed_open:?} after the lease store stopped");
 }

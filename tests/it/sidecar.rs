@@ -229,6 +229,11 @@ impl Sidecar {
     }
 
     /// SIGKILL, and reaped.
+    /// Its process id (to signal it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.child().kill();
         let _ = self.child.child().wait();

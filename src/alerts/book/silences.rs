@@ -63,6 +63,34 @@ impl Book {
     /// Add a silence (from the API).
     /// Add an API silence; `false` (and nothing added) when
     /// [`MAX_API_SILENCES`] are active already.
+    /// API silences not expired at `now`.
+    pub fn api_silences_active(&self, now: Timestamp) -> usize {
+        self.silences.iter().filter(|s| !s.is_expired(now)).count()
+    }
+
+    /// Take the API silences as a store shared by several replicas has
+    /// them (expired ones left out, at most [`MAX_API_SILENCES`]); whether
+    /// they changed.
+    pub fn replace_api_silences(
+        &mut self,
+        mut silences: Vec<Silence>,
+        routing: &Routing,
+        now: Timestamp,
+    ) -> bool {
+        silences.retain(|s| !s.is_expired(now));
+        silences.sort_by(|a, b| a.id.cmp(&b.id));
+        silences.truncate(MAX_API_SILENCES);
+        let mut current = self.silences.clone();
+        current.retain(|s| !s.is_expired(now));
+        current.sort_by(|a, b| a.id.cmp(&b.id));
+        if current == silences {
+            return false;
+        }
+        self.silences = silences;
+        self.apply_silences(routing, now);
+        true
+    }
+
     pub fn add_silence(&mut self, s: Silence, routing: &Routing, now: Timestamp) -> bool {
         self.silences.retain(|x| x.id != s.id && !x.is_expired(now));
         if self.silences.len() >= MAX_API_SILENCES {
