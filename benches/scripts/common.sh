@@ -12,3 +12,27 @@ trap cleanup EXIT
 
 # A free TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Run the integration tests matching FILTER with the release binary
+# (AGENT_SUPERVISOR_BIN), after building it; further arguments are
+# NAME=VALUE settings for them. Their output goes to $work/test.log; on
+# failure the failing tests are printed. Sets `status` (their exit code).
+#   release_tests FILTER THREADS [NAME=VALUE...]
+release_tests() {
+  local filter=$1 threads=$2
+  shift 2
+  cargo build --quiet --release
+  status=0
+  env AGENT_SUPERVISOR_BIN="$PWD/target/release/agent-supervisor" "$@" \
+    cargo test --quiet --test it "$filter" -- --test-threads "$threads" >"$work/test.log" 2>&1 || status=$?
+  if [[ $status -ne 0 ]]; then
+    grep -E "^test |panicked at" "$work/test.log" || true
+  fi
+}
+
+# The line above each table: the date and the versions measured.
+versions_line() {
+  echo
+  echo "$(date -u +%F), $(target/release/agent-supervisor --version), $(redis-server --version | cut -d' ' -f1-3), $(psql --version)"
+  echo
+}

@@ -19,22 +19,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 down=${1:-600}
 
-cargo build --quiet --release
 # shellcheck source=benches/scripts/common.sh
 . benches/scripts/common.sh
 
 out="$work/faults.jsonl"
-status=0
-AGENT_SUPERVISOR_BIN="$PWD/target/release/agent-supervisor" \
-  FAULTS_OUT="$out" FAULTS_RECEIVER_DOWN_SECS="$down" \
-  cargo test --quiet --test it fault_ -- --test-threads 3 >"$work/test.log" 2>&1 || status=$?
-if [[ $status -ne 0 ]]; then
-  grep -E "^test |panicked at" "$work/test.log" || true
-fi
-
-echo
-echo "$(date -u +%F), $(target/release/agent-supervisor --version), $(redis-server --version | cut -d' ' -f1-3), $(psql --version)"
-echo
+release_tests fault_ 3 FAULTS_OUT="$out" FAULTS_RECEIVER_DOWN_SECS="$down"
+versions_line
 python3 - "$out" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])] if sys.argv[1] else []

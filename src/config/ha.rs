@@ -140,6 +140,21 @@ pub(super) fn parse(
         );
     }
     o.finish(p);
+    // Pushes reach the one replica they are sent to; only the leader
+    // notifies: a pushed agent on any other replica would never page.
+    for (i, src) in sources.iter().enumerate() {
+        if matches!(src.kind, SourceKindConfig::Push(_)) {
+            p.add(
+                super::index("sources", i),
+                format!(
+                    "push source `{}` cannot be used with ha: a push reaches one replica only, \
+                     and only the leader notifies; have the agents write their heartbeats to the \
+                     Redis or PostgreSQL the replicas share",
+                    src.name
+                ),
+            );
+        }
+    }
     let lease = lease?;
     let fail_open_after = fail_open_after.unwrap_or(lease.ttl.saturating_mul(2));
     if fail_open_after < lease.ttl {

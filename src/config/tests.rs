@@ -797,6 +797,13 @@ sources:
             .replica_id
             .ends_with(&format!("-{}", std::process::id()))
     );
+    problems_at(
+        &format!(
+            "{base}  - {{name: push, type: push}}\nha: {{lease: {{store: redis, source: redis}}}}"
+        ),
+        &no_env,
+        &["sources[2]"],
+    );
     for (ha, at) in [
         ("{lease: {store: redis, source: pg}}", "ha.lease.source"),
         ("{lease: {store: redis, source: nope}}", "ha.lease.source"),

@@ -410,6 +410,31 @@ fn shipped_manifests_keep_writes_inside_the_pod_and_metrics_to_monitoring() {
     );
 }
 
+/// The overlay for three replicas: the same Deployment with `replicas: 3`,
+/// and a config with `ha:` (lease on the agents' Redis, the pod's name as
+/// replica id) that the sidecar's parser accepts.
+#[test]
+fn the_ha_overlay_runs_three_replicas_with_a_lease_on_redis() {
+    let k = yaml("deploy/kubernetes/overlays/ha/kustomization.yaml");
+    assert_eq!(k["resources"][0], "../../base");
+    let ops = yaml("deploy/kubernetes/overlays/ha/replicas.yaml");
+    assert_eq!(ops[0]["path"], "/spec/replicas");
+    assert_eq!(ops[0]["value"], 3);
+    let ops = yaml("deploy/kubernetes/overlays/ha/config.yaml");
+    assert_eq!(ops[0]["path"], "/data/config.yaml");
+    let text = ops[0]["value"].as_str().expect("config text");
+    let lookup = |name: &str| match name {
+        "REDIS_URL" => Some("redis://redis:6379/0".to_string()),
+        "HOSTNAME" => Some("python-ai-services-5d9c-x2".to_string()),
+        _ => None,
+    };
+    let c = agent_supervisor::config::parse(text, Path::new("overlays/ha"), &lookup)
+        .unwrap_or_else(|e| panic!("config.yaml of the ha overlay: {e}"));
+    let ha = c.ha.expect("ha:");
+    assert_eq!(ha.replica_id, "python-ai-services-5d9c-x2");
+    assert_eq!(ha.lease.store.kind(), "redis");
+}
+
 #[test]
 fn kubernetes_configmap_holds_a_valid_config() {
     let cm = base("configmap.yaml");
@@ -458,7 +483,8 @@ struct Prometheus {
 impl Prometheus {
     /// Scrapes `target` (host:port) every second as job `agent-supervisor`
     /// and evaluates `rules` every second.
-    async fn start(target: &str, rules: &str) -> Prometheus {
+    async fn start(targets: &[&str], rules: &str) -> Prometheus {
+        let target = targets.join("\", \"");
         let binary = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
             .into_iter()
             .map(PathBuf::from)
@@ -604,8 +630,20 @@ agents:
         hook_url = hook.url("/")
     ))
     .await;
+    // A second sidecar, with ha: (a lease on the same Redis) and no push
+    // source, so the leader panel and the ha rules have data too.
+    let replica = spawn_app(&format!(
+        r#"
+sources:
+  - {{name: redis, type: redis, url: "{url}", interval: 500ms, timeout: 1s,
+      layout: keys, pattern: "{prefix}{{agent}}:last_seen"}}
+ha: {{lease: {{store: redis, source: redis, key: "{prefix}lease", ttl: 3s, renew_every: 1s}}}}
+"#
+    ))
+    .await;
     let target = app.base.trim_start_matches("http://").to_string();
-    let prom = Prometheus::start(&target, &rules_without_holds()).await;
+    let replica_target = replica.base.trim_start_matches("http://").to_string();
+    let prom = Prometheus::start(&[&target, &replica_target], &rules_without_holds()).await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -623,12 +661,15 @@ agents:
     // sources or the sidecar itself fire. (With `for: 0s`,
     // AgentSupervisorAbsent fires until the first scrape: poll until it has
     // resolved rather than racing it.)
-    const QUIET: [&str; 5] = [
+    const QUIET: [&str; 8] = [
         "SourceDown",
         "AgentSupervisorDown",
         "AgentSupervisorAbsent",
         "AgentSupervisorNotificationsStuck",
         "AgentSupervisorNotificationsDropped",
+        "AgentSupervisorNoLeader",
+        "AgentSupervisorHALeaseLost",
+        "AgentSupervisorTwoLeaders",
     ];
     let firing_names = |v: &Value| -> Vec<String> {
         v["data"]["alerts"]

@@ -9,8 +9,8 @@ use agent_supervisor::ha::LeaseClient;
 use agent_supervisor::secret::SecretUrl;
 
 use crate::harness::{
-    PgBouncer, RedisServer, holds_for, shared_postgres, shared_redis_url, start_pgbouncer,
-    unique_prefix, wait_for, wait_until,
+    AlertmanagerServer, FaultProxy, Mode, PgBouncer, RedisServer, holds_for, shared_postgres,
+    shared_redis_url, start_pgbouncer, unique_prefix, wait_for, wait_until,
 };
 use crate::receiver::Receiver;
 use crate::sidecar::{Launch, Sidecar};
@@ -132,6 +132,69 @@ async fn database_behind_pgbouncer(test: &str) -> (PgBouncer, String) {
     (bouncer, url)
 }
 
+/// Where the cluster tests keep the lease: a private redis-server, or a new
+/// PostgreSQL database behind a transaction-mode PgBouncer; either reached
+/// through a fault proxy, so a test can take it away.
+#[derive(Clone, Copy, Debug)]
+enum Store {
+    Redis,
+    Postgres,
+}
+
+struct LeaseStoreUnderTest {
+    /// The `lease:` mapping's store part (`{prefix}` is the cluster's).
+    lease: String,
+    proxy: FaultProxy,
+    _redis: Option<RedisServer>,
+    _bouncer: Option<PgBouncer>,
+}
+
+impl Store {
+    async fn start(self, test: &str) -> LeaseStoreUnderTest {
+        match self {
+            Store::Redis => {
+                let redis = RedisServer::start();
+                let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+                LeaseStoreUnderTest {
+                    lease: format!(
+                        "store: redis, url: \"redis://{}\", key: \"{{prefix}}lease\"",
+                        proxy.host_port()
+                    ),
+                    proxy,
+                    _redis: Some(redis),
+                    _bouncer: None,
+                }
+            }
+            Store::Postgres => {
+                let (bouncer, url) = database_behind_pgbouncer(test).await;
+                let proxy = FaultProxy::start(([127, 0, 0, 1], bouncer.port).into()).await;
+                let url = url.replace(&format!("127.0.0.1:{}", bouncer.port), &proxy.host_port());
+                LeaseStoreUnderTest {
+                    lease: format!("store: postgres, url: \"{url}\""),
+                    proxy,
+                    _redis: None,
+                    _bouncer: Some(bouncer),
+                }
+            }
+        }
+    }
+}
+
+/// The test functions of a scenario, one per store.
+macro_rules! on_both_stores {
+    ($scenario:ident, $redis:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $redis() {
+            $scenario(Store::Redis).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $postgres() {
+            $scenario(Store::Postgres).await;
+        }
+    };
+}
+
 #[tokio::test]
 async fn the_postgres_lease_works_through_pgbouncer_in_transaction_mode() {
     let (_bouncer, via) = database_behind_pgbouncer("ha_lease").await;
@@ -153,6 +216,10 @@ struct Cluster {
     redis: std::sync::Mutex<redis::Connection>,
     prefix: String,
     agents: Vec<String>,
+    /// Agents that no longer beat.
+    stopped: std::sync::Mutex<BTreeSet<String>>,
+    /// The config every replica runs (with its own replica_id).
+    config: String,
     _dir: tempfile::TempDir,
 }
 
@@ -161,6 +228,13 @@ const CLUSTER_TTL: Duration = Duration::from_secs(2);
 const CLUSTER_RENEW: Duration = Duration::from_millis(500);
 
 impl Cluster {
+    /// A cluster of `agents` agents with its lease on a new `store`.
+    async fn on(store: Store, test: &str, agents: usize) -> (LeaseStoreUnderTest, Cluster) {
+        let s = store.start(test).await;
+        let c = Cluster::start(agents, &s.lease).await;
+        (s, c)
+    }
+
     /// `lease` is the `lease:` mapping's store part (`store: redis, source:
     /// redis, key: ...`).
     async fn start(agents: usize, lease: &str) -> Cluster {
@@ -192,17 +266,14 @@ ha:
             redis: std::sync::Mutex::new(conn),
             prefix,
             agents: (0..agents).map(|i| format!("a{i:03}")).collect(),
+            stopped: Default::default(),
+            config,
             _dir: tempfile::tempdir().unwrap(),
         };
         c.beat();
         let mut c = c;
-        for name in ["r1", "r2", "r3"] {
-            let cfg = config.replace("ha:\n", &format!("ha:\n  replica_id: {name}\n"));
-            let dir = c._dir.path().join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            c.replicas.push(Some(
-                Sidecar::start_in(&dir, name, &cfg, Launch::default()).await,
-            ));
+        for _ in 0..3 {
+            c.add_replica().await;
             c.beat();
         }
         wait_until("one replica leads", Duration::from_secs(10), || async {
@@ -227,11 +298,33 @@ ha:
         c
     }
 
-    /// Every agent beats now.
+    /// One more replica, `r<n>`.
+    async fn add_replica(&mut self) {
+        let name = format!("r{}", self.replicas.len() + 1);
+        let cfg = self
+            .config
+            .replace("ha:\n", &format!("ha:\n  replica_id: {name}\n"));
+        let dir = self._dir.path().join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        self.replicas.push(Some(
+            Sidecar::start_in(&dir, &name, &cfg, Launch::default()).await,
+        ));
+    }
+
+    /// Every agent not stopped beats now.
     fn beat(&self) {
         let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+        let stopped = self.stopped.lock().unwrap().clone();
+        let live: Vec<&String> = self
+            .agents
+            .iter()
+            .filter(|a| !stopped.contains(*a))
+            .collect();
+        if live.is_empty() {
+            return;
+        }
         let mut cmd = redis::cmd("MSET");
-        for a in &self.agents {
+        for a in live {
             cmd.arg(format!("{}{a}", self.prefix)).arg(now);
         }
         cmd.exec(&mut *self.redis.lock().unwrap()).expect("MSET");
@@ -298,9 +391,8 @@ ha:
 /// Three sidecars watching the same Redis, with the lease on it: one agent
 /// stops, and the receiver gets exactly one notification, from the one
 /// replica that leads.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_one_agent_failure_one_notification() {
-    let c = Cluster::start(1, "store: redis, source: redis, key: \"{prefix}lease\"").await;
+async fn one_failure_one_notification(store: Store) {
+    let (_store, c) = Cluster::on(store, "ha_one", 1).await;
     // It stops: stale 3 s later on every replica; one notification.
     let got = c.receiver.wait_requests(1, Duration::from_secs(15)).await;
     assert_eq!(
@@ -323,12 +415,18 @@ async fn three_replicas_one_agent_failure_one_notification() {
     assert_eq!(c.leaders().await.len(), 1);
 }
 
+on_both_stores!(
+    one_failure_one_notification,
+    three_replicas_one_agent_failure_one_notification_on_redis,
+    three_replicas_one_agent_failure_one_notification_on_postgres
+);
+
 /// SIGKILL the leader while it delivers a storm of 500 notifications: a
 /// new leader within ttl + renew_every, which goes on from the shared
 /// state: every agent notified, each under one webhook-id only (a repeat
 /// of what the old leader sent but had not recorded carries the same id).
-async fn failover_in_a_storm(lease: &str) {
-    let mut c = Cluster::start(500, lease).await;
+async fn failover_in_a_storm(store: Store) {
+    let (_store, mut c) = Cluster::on(store, "ha_storm", 500).await;
     // The agents stop; the storm starts 3 s later. Kill the leader in its
     // middle.
     let old = c.leader().await;
@@ -348,7 +446,7 @@ async fn failover_in_a_storm(lease: &str) {
     let took = killed.elapsed();
     assert_ne!(new, old);
     assert!(
-        took < CLUSTER_TTL + CLUSTER_RENEW + Duration::from_millis(600),
+        took < CLUSTER_TTL + CLUSTER_RENEW + Duration::from_millis(300),
         "a new leader {took:?} after the kill (ttl {CLUSTER_TTL:?} + renew_every {CLUSTER_RENEW:?})"
     );
     wait_until("every agent notified", Duration::from_secs(60), || async {
@@ -371,16 +469,11 @@ async fn failover_in_a_storm(lease: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_the_leader_in_a_storm_on_redis() {
-    failover_in_a_storm("store: redis, source: redis, key: \"{prefix}lease\"").await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_the_leader_in_a_storm_on_postgres_through_pgbouncer() {
-    let (_bouncer, url) = database_behind_pgbouncer("ha_storm").await;
-    failover_in_a_storm(&format!("store: postgres, url: \"{url}\"")).await;
-}
+on_both_stores!(
+    failover_in_a_storm,
+    sigkill_the_leader_in_a_storm_on_redis,
+    sigkill_the_leader_in_a_storm_on_postgres_through_pgbouncer
+);
 
 fn signal(pid: u32, sig: libc::c_int) {
     // SAFETY: kill has no memory preconditions.
@@ -391,9 +484,8 @@ fn signal(pid: u32, sig: libc::c_int) {
 /// a notification, then resumed: meanwhile another replica took over the
 /// shared outbox and delivered it; the resumed one, whose lease ran out by
 /// its own clock, sends nothing more (its retry is fenced) and steps down.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_paused_past_its_lease_sends_nothing_when_it_resumes() {
-    let c = Cluster::start(1, "store: redis, source: redis, key: \"{prefix}lease\"").await;
+async fn paused_leader(store: Store) {
+    let (_store, c) = Cluster::on(store, "ha_paused", 1).await;
     let old = c.leader().await;
     let pid = c.replicas[old].as_ref().expect("leader").pid();
     // The agent stopped beating as the cluster started: stale within 3 s.
@@ -449,10 +541,15 @@ async fn a_leader_paused_past_its_lease_sends_nothing_when_it_resumes() {
     assert_eq!(c.leaders().await.len(), 1);
 }
 
+on_both_stores!(
+    paused_leader,
+    a_leader_paused_past_its_lease_sends_nothing_when_it_resumes_on_redis,
+    a_leader_paused_past_its_lease_sends_nothing_when_it_resumes_on_postgres
+);
+
 /// A silence posted to a follower is shared: the leader mutes the alert.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silence_posted_to_a_follower_mutes_the_alert_on_the_leader() {
-    let c = Cluster::start(1, "store: redis, source: redis, key: \"{prefix}lease\"").await;
+async fn silence_on_a_follower(store: Store) {
+    let (_store, c) = Cluster::on(store, "ha_silence", 1).await;
     let leader = c.leader().await;
     let follower = (0..3).find(|i| *i != leader).expect("a follower");
     let f = c.replicas[follower].as_ref().expect("follower");
@@ -497,21 +594,19 @@ async fn a_silence_posted_to_a_follower_mutes_the_alert_on_the_leader() {
     .await;
 }
 
+on_both_stores!(
+    silence_on_a_follower,
+    a_silence_posted_to_a_follower_mutes_the_alert_on_the_leader_on_redis,
+    a_silence_posted_to_a_follower_mutes_the_alert_on_the_leader_on_postgres
+);
+
 /// The lease store down for 3 × ttl: past fail_open_after (2 × ttl) every
 /// replica notifies on its own, as documented (a page per replica rather
 /// than none); when the store is back, one leader again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_lease_store_down_every_replica_fails_open() {
-    let mut store = RedisServer::start();
-    let c = Cluster::start(
-        1,
-        &format!(
-            "store: redis, url: \"{}\", key: \"{{prefix}}lease\"",
-            store.url
-        ),
-    )
-    .await;
-    store.stop();
+async fn fail_open(store: Store) {
+    let (s, c) = Cluster::on(store, "ha_open", 1).await;
+    // The store goes away: every connection to it reset, new ones too.
+    s.proxy.set(Mode::Reset);
     let down = std::time::Instant::now();
     wait_until(
         "every replica fails open",
@@ -529,10 +624,238 @@ async fn with_the_lease_store_down_every_replica_fails_open() {
     for r in &got {
         assert_eq!(r.json()["alerts"][0]["agent"], "a000");
     }
-    store.restart();
+    s.proxy.set(Mode::Pass);
     wait_until("one leader again", Duration::from_secs(10), || async {
         c.total("agent_supervisor_ha_fail_open").await == 0.0 && c.leaders().await.len() == 1
     })
     .await;
     eprintln!("fail open: every replica notifying {failed_open:?} after the lease store stopped");
+}
+
+on_both_stores!(
+    fail_open,
+    with_the_lease_store_down_every_replica_fails_open_on_redis,
+    with_the_lease_store_down_every_replica_fails_open_on_postgres
+);
+
+/// Failover time, measured: an agent fails while the receiver refuses
+/// every attempt (the notification stays pending in the shared outbox);
+/// the leader is SIGKILLed and the receiver accepts again: the time from
+/// the kill to the new leader's first delivered notification. Repeated
+/// `HA_FAILOVERS` times (default 1), a new replica joining after each kill.
+/// Before that, the store's load with three idle replicas: commands (Redis)
+/// or transactions (PostgreSQL) per second per replica. With `HA_OUT`, one
+/// JSON line per store is appended there (benches/scripts/failover.sh).
+async fn failover_times(store: &str, lease: &str, load: impl AsyncFn() -> u64) {
+    let kills: usize = std::env::var("HA_FAILOVERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut c = Cluster::start(kills, lease).await;
+    // Every agent beats while the cluster settles, then the store's load
+    // of three replicas doing nothing but lead and follow.
+    let window = Duration::from_secs(5);
+    let before = load().await;
+    let start = std::time::Instant::now();
+    holds_for("all healthy", window, || async {
+        c.beat();
+        true
+    })
+    .await;
+    let per_replica = (load().await - before) as f64 / start.elapsed().as_secs_f64() / 3.0;
+    let mut times = Vec::new();
+    for k in 0..kills {
+        let agent = c.agents[k].clone();
+        c.receiver.answer_next(1_000_000, 500, None);
+        c.stopped.lock().unwrap().insert(agent.clone());
+        let refused_before = c.receiver.requests().len();
+        wait_until(
+            "the leader tries and is refused",
+            Duration::from_secs(20),
+            || async {
+                c.beat();
+                c.receiver.requests()[refused_before..]
+                    .iter()
+                    .any(|r| !r.accepted && r.body_text().contains(&agent))
+            },
+        )
+        .await;
+        let old = c.leader().await;
+        c.replicas[old].take().expect("leader").kill();
+        let killed = std::time::Instant::now();
+        c.receiver.answer_normally();
+        let delivered = wait_for(
+            "the new leader delivers",
+            Duration::from_secs(20),
+            || async {
+                c.beat();
+                c.receiver
+                    .requests()
+                    .iter()
+                    .find(|r| r.accepted && r.body_text().contains(&agent))
+                    .map(|r| r.at)
+            },
+        )
+        .await;
+        let took = delivered.duration_since(killed);
+        assert!(
+            took < CLUSTER_TTL + CLUSTER_RENEW + Duration::from_secs(1),
+            "failover took {took:?}"
+        );
+        times.push(took.as_secs_f64());
+        c.add_replica().await;
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let max = times[times.len() - 1];
+    eprintln!(
+        "{store}: failover (kill to first delivery) median {median:.2}s, max {max:.2}s over \
+         {kills} kill(s); store load {per_replica:.1}/s per replica"
+    );
+    if let Ok(out) = std::env::var("HA_OUT") {
+        use std::io::Write as _;
+        let line = serde_json::json!({
+            "store": store, "kills": kills, "median_s": median, "max_s": max,
+            "times_s": times, "load_per_replica_per_s": per_replica,
+            "ttl_s": CLUSTER_TTL.as_secs_f64(), "renew_every_s": CLUSTER_RENEW.as_secs_f64(),
+        });
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .unwrap();
+        writeln!(f, "{line}").unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_failover_time_and_store_load_on_redis() {
+    let store = RedisServer::start();
+    let url = store.url.clone();
+    let lease = format!("store: redis, url: \"{url}\", key: \"{{prefix}}lease\"");
+    failover_times("redis", &lease, async || {
+        let client = redis::Client::open(url.as_str()).expect("client");
+        let mut conn = client.get_connection().expect("connection");
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query(&mut conn)
+            .expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("total_commands_processed")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ha_failover_time_and_store_load_on_postgres_through_pgbouncer() {
+    let (_bouncer, url) = database_behind_pgbouncer("ha_failover").await;
+    let db = url
+        .rsplit('/')
+        .next()
+        .and_then(|d| d.split('?').next())
+        .expect("db")
+        .to_string();
+    let lease = format!("store: postgres, url: \"{url}\"");
+    let admin = shared_postgres().admin_url.clone();
+    failover_times("postgres", &lease, async || {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+            .await
+            .expect("connect");
+        let n: i64 =
+            sqlx::query_scalar("select xact_commit from pg_stat_database where datname = $1")
+                .bind(&db)
+                .fetch_one(&mut conn)
+                .await
+                .expect("pg_stat_database");
+        u64::try_from(n).unwrap_or(0)
+    })
+    .await;
+}
+
+/// The other shape of several replicas, without `ha:`: each sidecar pushes
+/// its alerts to one Alertmanager (`alertmanager_api`), which merges them
+/// (same labels) and notifies once. Three sidecars, one agent failure: one
+/// notification at Alertmanager's webhook receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_sidecars_pushing_to_one_alertmanager_make_one_notification() {
+    let hook = Receiver::start().await;
+    let am = AlertmanagerServer::start_with(&format!(
+        "route:\n  receiver: hook\n  group_by: ['alertname', 'agent']\n  group_wait: 2s\n  \
+         group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    \
+         webhook_configs: [{{url: '{}', send_resolved: false}}]\n",
+        hook.url("/am")
+    ))
+    .await;
+    let redis_url = shared_redis_url();
+    let prefix = unique_prefix("am3");
+    let client = redis::Client::open(redis_url.as_str()).expect("redis client");
+    let mut conn = client.get_connection().expect("redis connection");
+    let mut beat = || {
+        let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+        redis::cmd("SET")
+            .arg(format!("{prefix}worker"))
+            .arg(now)
+            .exec(&mut conn)
+            .expect("SET");
+    };
+    let config = format!(
+        r#"
+startup_grace: 0s
+defaults: {{stale_after: 3s}}
+sources:
+  - {{name: redis, type: redis, url: "{redis_url}", interval: 1s, timeout: 1s, layout: keys, pattern: "{prefix}{{agent}}"}}
+receivers: [{{name: am, type: alertmanager_api, url: "{am}"}}]
+routing: {{group_wait: 0s, group_interval: 1s, repeat_interval: 1h, receivers: [am]}}
+"#,
+        am = am.url()
+    );
+    beat();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidecars = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        sidecars.push(Sidecar::start_in(&d, name, &config, Launch::default()).await);
+        beat();
+    }
+    for s in &sidecars {
+        wait_until(
+            "the sidecar sees the agent healthy",
+            Duration::from_secs(10),
+            || async {
+                s.agent("worker")
+                    .await
+                    .is_some_and(|a| a["state"] == "healthy")
+            },
+        )
+        .await;
+    }
+    // It stops: every sidecar sends the alert to Alertmanager.
+    for s in &sidecars {
+        wait_until(
+            "the sidecar sent its alert",
+            Duration::from_secs(15),
+            || async {
+                s.metric_sum(
+                    "agent_supervisor_notifications_total",
+                    &["receiver=\"am\"", "result=\"success\""],
+                )
+                .await
+                    >= 1.0
+            },
+        )
+        .await;
+    }
+    let got = hook.wait_requests(1, Duration::from_secs(15)).await;
+    assert_eq!(got[0].json()["alerts"][0]["labels"]["agent"], "worker");
+    holds_for(
+        "Alertmanager notifies once",
+        Duration::from_secs(4),
+        || async { hook.requests().len() == 1 },
+    )
+    .await;
+    let alerts = am.alerts().await;
+    assert_eq!(alerts.as_array().map(Vec::len), Some(1), "{alerts}");
 }

@@ -35,6 +35,11 @@ impl Request {
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
 
+    /// The body as text (lossy).
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     pub fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
@@ -145,6 +150,11 @@ impl Receiver {
             g.answers
                 .push_back((status, retry_after.map(str::to_string)));
         }
+    }
+
+    /// Forget the answers set with [`Self::answer_next`]: accept again.
+    pub fn answer_normally(&self) {
+        self.inner.lock().unwrap().answers.clear();
     }
 
     pub fn requests(&self) -> Vec<Request> {

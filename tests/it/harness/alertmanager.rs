@@ -48,6 +48,11 @@ impl AlertmanagerServer {
     /// free port and waits until `GET /-/ready` answers 200. Panics with the
     /// log tail if the binary is missing or the server does not come up.
     pub async fn start() -> AlertmanagerServer {
+        Self::start_with(ALERTMANAGER_CONFIG).await
+    }
+
+    /// The same with this `alertmanager.yml`.
+    pub async fn start_with(config_text: &str) -> AlertmanagerServer {
         let binary = alertmanager_binary();
         // reqwest is built without a default rustls provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -57,7 +62,7 @@ impl AlertmanagerServer {
             .unwrap_or_else(|e| panic!("cannot build an HTTP client for Alertmanager: {e}"));
         let dir = temp_dir("alertmanager");
         let config = dir.path().join("alertmanager.yml");
-        fs::write(&config, ALERTMANAGER_CONFIG)
+        fs::write(&config, config_text)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config.display()));
         let storage = dir.path().join("data");
         fs::create_dir(&storage)
