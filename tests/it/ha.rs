@@ -624,6 +624,8 @@ async fn fail_open(store: Store) {
     for r in &got {
         assert_eq!(r.json()["alerts"][0]["agent"], "a000");
     }
+    // Down for 3 x ttl in all (the length of the outage is what is tested).
+    tokio::time::sleep_until((down + CLUSTER_TTL * 3).into()).await;
     s.proxy.set(Mode::Pass);
     wait_until("one leader again", Duration::from_secs(10), || async {
         c.total("agent_supervisor_ha_fail_open").await == 0.0 && c.leaders().await.len() == 1
