@@ -23,11 +23,13 @@ bin=target/release/agent-supervisor
 . benches/scripts/common.sh
 
 port=$(free_port)
+aport=$(free_port)
 
 case "$mode" in
   push)
     cat > "$work/config.yaml" <<YAML
 listen: 127.0.0.1:$port
+admin_listen: 127.0.0.1:$aport
 state: {path: false}
 sources: [{name: push, type: push}]
 agents: [{match: "*", stale_after: 30s}]
@@ -53,6 +55,7 @@ PY
     ids=$(python3 -c "print(', '.join(f'agent_{i}' for i in range($n)))")
     cat > "$work/config.yaml" <<YAML
 listen: 127.0.0.1:$port
+admin_listen: 127.0.0.1:$aport
 state: {path: false}
 sources:
   - {name: svc, type: http, url: "http://127.0.0.1:$hport/health", interval: 10s, timeout: 2s,
@@ -72,7 +75,8 @@ done
 
 if [[ $mode == push ]]; then
   # N agents, each pushing every 10 s, spread over the interval.
-  python3 - "$port" "$n" "$((warmup + window + 5))" > "$work/pusher.log" 2>&1 <<'PY' &
+  # Pushes go to the admin listener.
+  python3 - "$aport" "$n" "$((warmup + window + 5))" > "$work/pusher.log" 2>&1 <<'PY' &
 import sys, time, http.client
 port, n, duration = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)

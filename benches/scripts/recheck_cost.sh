@@ -57,6 +57,7 @@ measure() {
   port=$(free_port)
   cat > "$work/config.yaml" <<YAML
 listen: 127.0.0.1:$port
+admin_listen: false
 state: {path: false}
 startup_grace: 0s
 recheck: {every: $every, max_per_second: 1000}
