@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fred::clients::Client;
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface};
-use fred::types::config::{Config as FredConfig, ReconnectPolicy};
+use fred::types::config::{Config as FredConfig, ReconnectPolicy, UnresponsiveConfig};
 use fred::types::{Builder, Value};
 
 use super::LeaseError;
@@ -77,6 +77,14 @@ impl RedisLease {
             .with_connection_config(|c| {
                 c.connection_timeout = timeout;
                 c.internal_command_timeout = timeout;
+                // A connection that stops answering (a partition) is closed
+                // and made again, not kept with commands queued behind
+                // unanswered ones.
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(timeout.saturating_mul(2)),
+                    interval: (timeout / 2)
+                        .clamp(Duration::from_millis(50), Duration::from_secs(1)),
+                };
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = timeout;

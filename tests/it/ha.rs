@@ -604,9 +604,25 @@ on_both_stores!(
 /// replica notifies on its own, as documented (a page per replica rather
 /// than none); when the store is back, one leader again.
 async fn fail_open(store: Store) {
+    fail_open_when(store, Mode::Reset).await;
+}
+
+/// The same when the store stops answering (a partition: connections
+/// hang, nothing is reset), then answers again.
+async fn fail_open_hung(store: Store) {
+    fail_open_when(store, Mode::Blackhole).await;
+}
+
+on_both_stores!(
+    fail_open_hung,
+    with_the_lease_store_hung_every_replica_fails_open_on_redis,
+    with_the_lease_store_hung_every_replica_fails_open_on_postgres
+);
+
+async fn fail_open_when(store: Store, gone: Mode) {
     let (s, c) = Cluster::on(store, "ha_open", 1).await;
-    // The store goes away: every connection to it reset, new ones too.
-    s.proxy.set(Mode::Reset);
+    // The store goes away: reset (every connection, new ones too) or hung.
+    s.proxy.set(gone);
     let down = std::time::Instant::now();
     wait_until(
         "every replica fails open",
