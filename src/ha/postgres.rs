@@ -88,9 +88,13 @@ impl PostgresLease {
             options = options.ssl_root_cert(ca);
         }
         let pool = PgPoolOptions::new()
-            .max_connections(1)
+            // Two: a state write (the engine) never makes a lease renewal
+            // (the lease task) wait for the connection.
+            .max_connections(2)
             .min_connections(0)
-            .acquire_timeout(timeout)
+            // Each call has its own bound (`bounded_by`); a state call may wait
+            // this long for a connection.
+            .acquire_timeout(super::state_timeout(timeout))
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(options);
         let t = quoted(table);

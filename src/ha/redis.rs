@@ -72,6 +72,7 @@ impl RedisLease {
             ))
         })?;
         config.fail_fast = true;
+        let slowest = super::state_timeout(timeout);
         let mut builder = Builder::from_config(config);
         builder
             .with_connection_config(|c| {
@@ -80,14 +81,17 @@ impl RedisLease {
                 // A connection that stops answering (a partition) is closed
                 // and made again, not kept with commands queued behind
                 // unanswered ones.
+                // Past the longest command (a state write).
                 c.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(timeout.saturating_mul(2)),
+                    max_timeout: Some(slowest.saturating_mul(2)),
                     interval: (timeout / 2)
                         .clamp(Duration::from_millis(50), Duration::from_secs(1)),
                 };
             })
+            // Each call is bounded by its own timeout (`bounded_by`); fred's
+            // must not cut a state write short at the lease's.
             .with_performance_config(|p| {
-                p.default_command_timeout = timeout;
+                p.default_command_timeout = slowest;
             })
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2));
         let client = builder
