@@ -884,37 +884,34 @@ routing: {{group_wait: 0s, group_interval: 1s, repeat_interval: 1h, receivers: [
 /// client's own command timeout once cut it at the lease's).
 #[tokio::test]
 async fn a_slow_store_fails_lease_calls_but_not_the_shared_state() {
-    {
-        let store = Store::Redis;
-        let s = store.start("ha_slow").await;
-        let lease = s.lease.replace("{prefix}", &unique_prefix("slow"));
-        let cfg_text = format!(
-            "ha: {{lease: {{{lease}, ttl: 2s, renew_every: 500ms}}}}\nsources: [{{name: r, type: redis, url: \"redis://127.0.0.1:1\", layout: keys, pattern: \"a:{{agent}}\"}}]"
-        );
-        let cfg =
-            agent_supervisor::config::parse(&cfg_text, std::path::Path::new("t.yaml"), &|_| None)
-                .unwrap_or_else(|e| panic!("{e}"))
-                .ha
-                .expect("ha");
-        assert_eq!(cfg.lease.timeout, Duration::from_millis(250));
-        let client = LeaseClient::new(&cfg).expect("client");
-        let epoch = wait_for("the lease", Duration::from_secs(10), || async {
-            client.try_acquire("me", TTL).await.ok().flatten()
-        })
-        .await;
-        s.proxy.set(Mode::Delay(Duration::from_millis(300)));
-        let state = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000));
-        assert!(
-            client
-                .save_state(epoch, state.clone())
-                .await
-                .expect("save within 2 s"),
-            "{store:?}"
-        );
-        assert!(
-            client.renew("me", epoch, TTL).await.is_err(),
-            "{store:?}: a lease call past its 250 ms"
-        );
-        client.close().await;
-    }
+    let store = Store::Redis;
+    let s = store.start("ha_slow").await;
+    let lease = s.lease.replace("{prefix}", &unique_prefix("slow"));
+    let cfg_text = format!(
+        "ha: {{lease: {{{lease}, ttl: 2s, renew_every: 500ms}}}}\nsources: [{{name: r, type: redis, url: \"redis://127.0.0.1:1\", layout: keys, pattern: \"a:{{agent}}\"}}]"
+    );
+    let cfg = agent_supervisor::config::parse(&cfg_text, std::path::Path::new("t.yaml"), &|_| None)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .ha
+        .expect("ha");
+    assert_eq!(cfg.lease.timeout, Duration::from_millis(250));
+    let client = LeaseClient::new(&cfg).expect("client");
+    let epoch = wait_for("the lease", Duration::from_secs(10), || async {
+        client.try_acquire("me", TTL).await.ok().flatten()
+    })
+    .await;
+    s.proxy.set(Mode::Delay(Duration::from_millis(300)));
+    let state = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000));
+    assert!(
+        client
+            .save_state(epoch, state.clone())
+            .await
+            .expect("save within 2 s"),
+        "{store:?}"
+    );
+    assert!(
+        client.renew("me", epoch, TTL).await.is_err(),
+        "{store:?}: a lease call past its 250 ms"
+    );
+    client.close().await;
 }
