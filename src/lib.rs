@@ -22,6 +22,9 @@
 //! - [`driver`]: the single task that owns the supervisor, wakes it at its
 //!   next deadline and hands its output to the sinks.
 //! - [`sinks`]: the `/metrics` encoder and the state store.
+//! - [`actions`]: remediation: the task that calls the service's admin
+//!   endpoints when the core's remediation state asks, and runs manual
+//!   calls.
 //! - [`alerts`]: alert notifications: the book (grouping, silences), the
 //!   engine task, the durable outbox, rendering per receiver type, signed
 //!   delivery, the alerts API.
@@ -39,6 +42,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod actions;
 pub mod alerts;
 pub mod app;
 pub mod auth;

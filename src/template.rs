@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use minijinja::Environment;
+use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 
 const NAME: &str = "body";
@@ -29,8 +29,24 @@ pub struct TemplateError(String);
 impl Template {
     /// Compile `source`.
     pub fn compile(source: &str) -> Result<Self, TemplateError> {
+        Self::build(source, UndefinedBehavior::Lenient)
+    }
+
+    /// Compile `source`; rendering it with a variable the context does not
+    /// have is an error rather than an empty string (action bodies: a
+    /// misspelt `{{ agnet }}` is caught when the config loads).
+    pub fn compile_strict(source: &str) -> Result<Self, TemplateError> {
+        Self::build(source, UndefinedBehavior::Strict)
+    }
+
+    fn build(source: &str, undefined: UndefinedBehavior) -> Result<Self, TemplateError> {
         let mut env = Environment::new();
-        env.add_filter("tojson", tojson);
+        env.set_undefined_behavior(undefined);
+        if undefined == UndefinedBehavior::Strict {
+            env.add_filter("tojson", tojson_defined);
+        } else {
+            env.add_filter("tojson", tojson);
+        }
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| TemplateError(e.to_string()))?;
         Ok(Self {
@@ -47,6 +63,18 @@ impl Template {
             .map_err(|e| TemplateError(e.to_string()))
     }
 
+    /// The variables the template reads that it does not set itself
+    /// (top-level names: `agent`, `labels`), sorted.
+    pub fn variables(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .env
+            .get_template(NAME)
+            .map(|t| t.undeclared_variables(false).into_iter().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
     /// The source text it was compiled from.
     pub fn source(&self) -> &str {
         &self.source
@@ -57,6 +85,18 @@ impl fmt::Debug for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Template").field(&self.source()).finish()
     }
+}
+
+/// `tojson` of a strict template: an undefined value (`labels.team` of an
+/// agent without that label) is an error, not `null`.
+fn tojson_defined(v: minijinja::Value) -> Result<minijinja::Value, minijinja::Error> {
+    if v.is_undefined() {
+        return Err(minijinja::Error::new(
+            minijinja::ErrorKind::UndefinedError,
+            "tojson of an undefined value",
+        ));
+    }
+    tojson(v)
 }
 
 fn tojson(v: minijinja::Value) -> Result<minijinja::Value, minijinja::Error> {
@@ -79,6 +119,21 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["text"], "a \"quoted\" <&> title");
         assert_eq!(t.source(), r#"{"text": {{ title|tojson }}}"#);
+    }
+
+    #[test]
+    fn strict_templates_refuse_unknown_variables() {
+        let lenient = Template::compile("{{ agnet }}").unwrap();
+        assert_eq!(lenient.render(json!({"agent": "a"})).unwrap(), "");
+        let strict = Template::compile_strict("{{ agnet }}").unwrap();
+        assert!(strict.render(json!({"agent": "a"})).is_err());
+        let strict = Template::compile_strict("{{ agent|tojson }}").unwrap();
+        assert_eq!(strict.render(json!({"agent": "a"})).unwrap(), "\"a\"");
+        let strict = Template::compile_strict("{{ labels.team|tojson }}").unwrap();
+        assert!(strict.render(json!({"labels": {}})).is_err());
+        let t = Template::compile_strict("{% set x = 1 %}{{ agnet|tojson }}{{ labels.a }}{{ x }}")
+            .unwrap();
+        assert_eq!(t.variables(), vec!["agnet", "labels"]);
     }
 
     #[test]

@@ -509,6 +509,7 @@ mod tests {
             ends_at: None,
             summary: String::new(),
             superseded_by: None,
+            remediation: None,
         }
     }
 

@@ -20,15 +20,16 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::book::{MAX_API_SILENCES, ReceiverPolicy, Route, Routing, Timing};
+use super::book::{Holds, MAX_API_SILENCES, ReceiverPolicy, Route, Routing, Timing};
 use super::deliver::{Outcome, Queue};
 use super::store::{AlertState, AlertStore, Pending};
 use crate::clock::Clock;
 use crate::config::alerting::{AlertingConfig, ReceiverKind};
 use crate::core::alert::{Alert, AlertKind, Matcher, Silence};
-use crate::core::snapshot::SourceStatus;
+use crate::core::remedy::{RemediationNote, RemedyView};
+use crate::core::snapshot::{AgentView, SourceStatus};
 use crate::core::time::after;
-use crate::core::{Policy, Snapshot, Timestamp};
+use crate::core::{AgentId, Policy, Snapshot, Timestamp};
 use crate::ha::{Leadership, LeaseClient, Role};
 use crate::liveness::Liveness;
 use crate::sinks::state::StateFile;
@@ -178,6 +179,41 @@ pub struct Engine {
     pub loaded: Option<u64>,
     /// New notifications, in the outbox, handed to the workers once saved.
     pub awaiting: Vec<Pending>,
+    /// Remediation: pages that wait for it, its notes on alerts.
+    pub remedy: watch::Receiver<Arc<RemedyView>>,
+}
+
+/// The holds of [`Book::reconcile_with_holds`]: the policy's `for:` and
+/// `down_after`, and remediation's (a page that waits for it, its notes).
+struct EngineHolds<'a> {
+    policy: &'a Policy,
+    remedy: &'a RemedyView,
+}
+
+impl Holds for EngineHolds<'_> {
+    fn agent(&self, agent: &str) -> Duration {
+        self.policy.alert_for(agent)
+    }
+
+    fn source(&self, source: &str) -> Duration {
+        self.policy.down_after(source)
+    }
+
+    fn agent_due(&self, agent: &AgentView) -> Timestamp {
+        let due = after(agent.since, self.agent(agent.id.as_str()));
+        match self.remedy.hold_until(self.policy, agent) {
+            Some(hold) => due.max(hold),
+            None => due,
+        }
+    }
+
+    fn remediation(&self, agent: &AgentId, since: Timestamp) -> Option<RemediationNote> {
+        self.remedy.note(agent, since)
+    }
+
+    fn acted_since(&self, agent: &AgentId, since: Timestamp) -> Option<String> {
+        self.remedy.acted_since(agent, since).map(str::to_string)
+    }
 }
 
 impl Engine {
@@ -279,6 +315,9 @@ impl Engine {
                     }
                     reconcile = true;
                 }
+                Ok(()) = self.remedy.changed() => {
+                    reconcile = true;
+                }
                 _ = sleep_until(save_at.unwrap_or(far)), if save_at.is_some() => {}
                 _ = sleep_until(wake) => {}
             }
@@ -299,12 +338,16 @@ impl Engine {
             }
             reconcile |= self.state.book.hold_ended(now);
             if reconcile {
-                let policy = &self.policy;
+                let remedy = self.remedy.borrow_and_update().clone();
+                let holds = EngineHolds {
+                    policy: &self.policy,
+                    remedy: &remedy,
+                };
                 let c = self.state.book.reconcile_with_holds(
                     &snap,
                     &self.routing,
                     gate_open,
-                    policy,
+                    &holds,
                     now,
                 );
                 if c.fired > 0 || c.resolved > 0 {

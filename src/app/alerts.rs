@@ -15,6 +15,7 @@ use crate::alerts::store::{AlertState, AlertStore};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::Snapshot;
+use crate::core::remedy::RemedyView;
 use crate::ha::{Leadership, LeaseClient};
 use crate::liveness::Liveness;
 use crate::sinks::state::{FileStore, StateError, StateFile};
@@ -25,6 +26,13 @@ use crate::telemetry::metrics::{LabelValue, Metrics};
 pub(super) struct Replicas {
     pub(super) leadership: Leadership,
     pub(super) shared: Option<Arc<LeaseClient>>,
+}
+
+/// What the engine follows: the core's snapshots, and remediation's view
+/// (pages it holds, its notes).
+pub(super) struct Inputs {
+    pub(super) snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub(super) remedy: watch::Receiver<Arc<RemedyView>>,
 }
 
 /// The alert engine, its receivers' workers and the API's handle.
@@ -38,13 +46,14 @@ impl AlertParts {
     pub(super) fn build(
         config: &Config,
         store: Option<&FileStore>,
-        snapshots: watch::Receiver<Arc<Snapshot>>,
+        inputs: Inputs,
         metrics: &Arc<Metrics>,
         clock: &Clock,
         liveness: &Liveness,
         replicas: Replicas,
     ) -> anyhow::Result<Self> {
         let Replicas { leadership, shared } = replicas;
+        let Inputs { snapshots, remedy } = inputs;
         let cfg = &config.alerting;
         let now = clock.now();
         // With a shared store, the alert state lives there, not in files.
@@ -111,6 +120,7 @@ impl AlertParts {
             shared,
             loaded: None,
             awaiting: Vec::new(),
+            remedy,
         };
         Ok(Self {
             engine,

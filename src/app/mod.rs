@@ -18,10 +18,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::actions::api::ActionsApi;
+use crate::actions::{ActionsCtx, ActionsHandle, ActionsTask};
 use crate::alerts::api::AlertsApi;
 use crate::auth::ReadAccess;
 use crate::clock::{Clock, instant_after};
 use crate::config::{Config, SourceKindConfig};
+use crate::core::remedy::RemedyView;
 use crate::core::{
     AgentId, ErrorKind, Observation, Persisted, Snapshot, SourceFailure, SourceId, SourceKind,
     Supervisor,
@@ -85,6 +88,13 @@ pub struct App {
     store: Option<(FileStore, watch::Receiver<Arc<Persisted>>)>,
     alerts: AlertParts,
     lease: Option<LeaseTask>,
+    /// Remediation, when `actions:` are configured.
+    actions: Option<(ActionsTask, ActionsHandle)>,
+    /// The remediation view (the actions task's, or a fixed empty one).
+    remedy: (
+        watch::Sender<Arc<RemedyView>>,
+        watch::Receiver<Arc<RemedyView>>,
+    ),
 }
 
 impl App {
@@ -175,15 +185,40 @@ impl App {
                 (leadership, Some(task), Some(client))
             }
         };
+        let (remedy_tx, remedy_rx) =
+            watch::channel(Arc::new(crate::actions::initial_view(&config.remediation)));
         let alerts = AlertParts::build(
             &config,
             store.as_ref().map(|(s, _)| s),
-            snapshot_rx.clone(),
+            alerts::Inputs {
+                snapshots: snapshot_rx.clone(),
+                remedy: remedy_rx.clone(),
+            },
             &metrics,
             &clock,
             &liveness,
-            alerts::Replicas { leadership, shared },
+            alerts::Replicas {
+                leadership: leadership.clone(),
+                shared,
+            },
         )?;
+        let actions = if config.remediation.actions.is_empty() {
+            None
+        } else {
+            Some(crate::actions::build(
+                &config.remediation,
+                ActionsCtx {
+                    policy: config.policy(),
+                    snapshots: snapshot_rx.clone(),
+                    alerts: alerts.handle.view.clone(),
+                    leadership,
+                    view: remedy_tx.clone(),
+                    metrics: metrics.clone(),
+                    clock: clock.clone(),
+                    liveness: liveness.clone(),
+                },
+            )?)
+        };
 
         let (listener, addr) = bind(config.listeners.listen).await?;
         let admin = match config.listeners.admin_listen {
@@ -206,6 +241,8 @@ impl App {
             store,
             alerts,
             lease,
+            actions,
+            remedy: (remedy_tx, remedy_rx),
         })
     }
 
@@ -237,6 +274,8 @@ impl App {
             store,
             alerts,
             lease,
+            actions,
+            remedy: (_remedy_tx, remedy_rx),
         } = self;
         let mut tasks = Tasks::new(cancel.clone());
 
@@ -310,6 +349,7 @@ impl App {
             metrics: metrics.clone(),
             liveness: liveness.clone(),
             rendered: Default::default(),
+            remedy: remedy_rx,
         };
         // Alerts stop with the core: after the sources, so the last snapshot
         // is judged and the outbox saved.
@@ -327,7 +367,20 @@ impl App {
             let cc = core_cancel.clone();
             tasks.spawn("ha-lease".into(), lease.run(cc));
         }
+        // Actions stop with the alerts (they read the same snapshots).
+        let actions_handle = match actions {
+            Some((task, handle)) => {
+                let cc = core_cancel.clone();
+                tasks.spawn("actions".into(), task.run(cc));
+                Some(handle)
+            }
+            None => None,
+        };
         let api_token = config.alerting.api_token.clone().map(Arc::new);
+        let actions_api = ActionsApi {
+            handle: actions_handle,
+            token: api_token.clone(),
+        };
         let alerts_api = AlertsApi {
             handle: alerts.handle,
             token: api_token.clone(),
@@ -340,7 +393,7 @@ impl App {
         let Routers {
             public,
             admin: admin_routes,
-        } = routers(http_state, push, alerts_api, read);
+        } = routers(http_state, push, alerts_api, actions_api, read);
         let limits = ServerLimits::for_this_process(1 + usize::from(admin.is_some()));
         let hc = cancel.clone();
         tasks.spawn("http".into(), async move {

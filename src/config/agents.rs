@@ -1,14 +1,20 @@
 //! `agents:`: rules that give matching agents their threshold, labels,
-//! `expected` and `for`.
+//! `expected`, `for` and `remediate`.
 
 use serde_json::Value;
 
+use super::actions::{self, RemediationConfig};
 use super::values;
 use super::walk::{Obj, Problems};
 use crate::core::{AgentRule, Labels};
 
-/// One `agents:` entry.
-pub(super) fn rule(item: &Value, path: &str, p: &mut Problems) -> Option<AgentRule> {
+/// One `agents:` entry; its `remediate:` names actions of `remediation`.
+pub(super) fn rule(
+    item: &Value,
+    path: &str,
+    remediation: &RemediationConfig,
+    p: &mut Problems,
+) -> Option<AgentRule> {
     let mut o = Obj::new(Some(item), path, p);
     let pattern = o.required_string("match", p);
     let stale_after = o.positive_duration("stale_after", p);
@@ -21,10 +27,11 @@ pub(super) fn rule(item: &Value, path: &str, p: &mut Problems) -> Option<AgentRu
         }
         labels.insert(k.to_string(), v);
     });
+    let remedy = actions::remedy(&mut o, &labels, remediation, p);
     o.finish(p);
     let pattern = pattern?;
     let rule = match AgentRule::new(&pattern, stale_after, labels, expected) {
-        Ok(rule) => rule.with_alert_for(alert_for),
+        Ok(rule) => rule.with_alert_for(alert_for).with_remediation(remedy),
         Err(e) => {
             p.add(
                 format!("{path}.match"),

@@ -15,8 +15,11 @@
 //! - `sources/`: `sources:`, one file per source type;
 //! - `agents`: `agents:` rules;
 //! - [`alerting`]: receivers, routing, silences and delivery;
+//! - [`actions`]: `actions:`, `remediation:` and an agent rule's
+//!   `remediate:`;
 //! - [`schema`]: the JSON Schema of the file, for editors and CI.
 
+pub mod actions;
 mod agents;
 pub mod alerting;
 mod env;
@@ -87,6 +90,9 @@ pub struct Config {
     pub recheck: RecheckConfig,
     /// Several replicas, one leader; `None`: this replica notifies alone.
     pub ha: Option<ha::HaConfig>,
+    /// `actions:` and `remediation:`: calls to the service's admin
+    /// endpoints.
+    pub remediation: actions::RemediationConfig,
 }
 
 /// `recheck:`: stale and missing checks of a polled source are re-read with
@@ -178,9 +184,11 @@ pub enum Sections {
 }
 
 /// The top-level keys [`Sections::SourcesOnly`] leaves out.
-const SERVING_KEYS: [&str; 8] = [
+const SERVING_KEYS: [&str; 10] = [
     "read_token",
     "ha",
+    "actions",
+    "remediation",
     "external_url",
     "api_token",
     "receivers",
@@ -233,6 +241,7 @@ pub fn parse_sections(
         for key in SERVING_KEYS {
             root.remove(key);
         }
+        actions::strip_remediate(&mut tree);
     }
     let mut p = Problems::default();
     env::substitute(&mut tree, "", lookup, &mut p);
@@ -317,10 +326,11 @@ fn convert(tree: &Value, sections: Sections, p: &mut Problems) -> Option<Config>
     };
 
     let sources = sources::parse(&mut root, p);
+    let remediation = actions::parse(&mut root, p);
 
     let mut agents = Vec::new();
     for (i, item) in root.list("agents", p).iter().enumerate() {
-        if let Some(rule) = agents::rule(item, &index("agents", i), p) {
+        if let Some(rule) = agents::rule(item, &index("agents", i), &remediation, p) {
             agents.push(rule);
         }
     }
@@ -359,6 +369,7 @@ fn convert(tree: &Value, sections: Sections, p: &mut Problems) -> Option<Config>
         alerting,
         recheck,
         ha,
+        remediation,
     })
 }
 

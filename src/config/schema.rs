@@ -155,6 +155,126 @@ struct ConfigFile {
     delivery: Option<Delivery>,
     recheck: Option<Recheck>,
     ha: Option<Ha>,
+    /// Named HTTP calls to the watched service's admin endpoints: what an
+    /// agent rule's `remediate` calls, and what can be run by hand
+    /// (POST /api/v1/agents/{id}/actions/{name}).
+    actions: Option<Vec<Action>>,
+    remediation: Option<Remediation>,
+}
+
+/// One named HTTP call.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Action {
+    /// Unique; 1 to 64 letters, digits, `_`, `-` or `.`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_.-]{1,64}$|\$\{"))]
+    name: String,
+    /// GET, POST, PUT, PATCH or DELETE. Default POST.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "action_method")]
+    method: Option<String>,
+    /// http(s) URL; `{agent}` and `{<label>}` are filled in
+    /// (percent-encoded) with the agent's id and labels.
+    url: String,
+    /// Request headers; values are secrets (never printed).
+    headers: Option<BTreeMap<String, String>>,
+    /// The body as a minijinja template with the variables agent, labels,
+    /// state, reason, since, action and attempt; strict (an unknown
+    /// variable is an error); JSON unless a Content-Type header says
+    /// otherwise (use `|tojson`).
+    body: Option<String>,
+    /// Bound on the call. Default 5s; at most 20s.
+    timeout: Option<Duration>,
+    /// Statuses that mean the call worked. Default any 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "status_codes")]
+    expect: Option<Vec<u16>>,
+}
+
+/// `method` of an action, in any case.
+fn action_method(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "get", "post", "put", "patch", "delete", null]
+    })
+}
+
+int_schema! {
+    int_attempts: 1, 10;
+    int_per_minute: 1, 10_000;
+    int_breaker: 1, 100_000;
+    int_history: 1, 10_000;
+}
+
+/// What holds for every automatic action call.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Remediation {
+    /// Log and record what would be called; call nothing (pages are not
+    /// held). Default false.
+    dry_run: Option<bool>,
+    /// Action calls a minute, all agents together; past it calls wait.
+    /// Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_per_minute")]
+    max_per_minute: Option<u64>,
+    /// Circuit breaker: more agents than this needing an action at once
+    /// is a fleet-wide problem; none is acted on and their alerts fire.
+    /// Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_breaker")]
+    max_agents: Option<u64>,
+    /// Attempts kept for GET /api/v1/actions. Default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_history")]
+    history: Option<u64>,
+}
+
+/// An agent state remediation acts on.
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum RemedyState {
+    Stale,
+    Failing,
+    Missing,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum PageMode {
+    AfterRemediation,
+    AtOnce,
+}
+
+/// Call an action to fix a matching agent before paging.
+#[derive(JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct Remediate {
+    /// The action called (a name in `actions`).
+    action: String,
+    /// States it is called on. Default [stale].
+    on: Option<Vec<RemedyState>>,
+    /// How long the agent stays in such a state before the first call;
+    /// also how long a fleet-wide problem has to show before any agent is
+    /// acted on. Default 10s.
+    after: Option<Duration>,
+    /// Calls per incident and per `window`. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_attempts")]
+    max_attempts: Option<u64>,
+    /// Default 1h.
+    window: Option<Duration>,
+    /// Wait after a failed call; doubles each time. Default 10s.
+    backoff: Option<Duration>,
+    /// A call worked when the agent is healthy within this. Default 30s.
+    verify_within: Option<Duration>,
+    /// after_remediation (default): the alert fires only once remediation
+    /// gave up; at_once: it fires as usual and remediation notes what it
+    /// tried.
+    page: Option<PageMode>,
+    /// An action (GET) whose answer is attached to the page.
+    report: Option<String>,
 }
 
 /// Several replicas, one leader: a lease on Redis or PostgreSQL decides
@@ -494,6 +614,8 @@ struct AgentRule {
     alert_for: Option<Duration>,
     /// Labels on agent_supervisor_agent_info and on alerts (not `agent`).
     labels: Option<BTreeMap<String, String>>,
+    /// Call an action to fix the agent before paging.
+    remediate: Option<Remediate>,
 }
 
 /// What every receiver has.

@@ -844,3 +844,147 @@ sources:
         problems_at(&format!("{base}ha: {ha}"), &no_env, &[at]);
     }
 }
+
+const ACTIONS: &str = r#"
+sources: [{name: push, type: push}]
+actions:
+  - name: restart_agent
+    url: "http://127.0.0.1:8000/admin/agents/{agent}/restart?team={team}"
+    headers: { Authorization: "Bearer s3cret" }
+    body: '{"agent": {{ agent|tojson }}, "attempt": {{ attempt }}, "team": {{ labels.team|tojson }}}'
+    timeout: 3s
+    expect: [200, 202]
+  - name: agent_status
+    method: get
+    url: "https://127.0.0.1:8000/admin/agents/{agent}/status"
+remediation: { max_per_minute: 4, max_agents: 3 }
+agents:
+  - match: "trading_*"
+    labels: { team: trading }
+    remediate:
+      action: restart_agent
+      on: [stale, failing]
+      after: 30s
+      max_attempts: 3
+      backoff: 5s
+      verify_within: 20s
+      page: at_once
+      report: agent_status
+"#;
+
+#[test]
+fn actions_and_remediation_parse_with_their_defaults() {
+    let c = parse_ok(ACTIONS);
+    let r = &c.remediation;
+    assert_eq!(r.limits.max_per_minute, 4);
+    assert_eq!(r.limits.max_agents, 3);
+    assert!(!r.limits.dry_run);
+    let restart = r.action("restart_agent").unwrap();
+    assert_eq!(restart.method, reqwest::Method::POST);
+    assert_eq!(restart.timeout, Duration::from_secs(3));
+    assert!(restart.expects(202) && !restart.expects(204));
+    let labels = crate::core::Labels::from([("team".to_string(), "a b/c".to_string())]);
+    assert_eq!(
+        restart.url.fill("trading/1 x", &labels),
+        "http://127.0.0.1:8000/admin/agents/trading%2F1%20x/restart?team=a%20b%2Fc"
+    );
+    let status = r.action("agent_status").unwrap();
+    assert_eq!(status.method, reqwest::Method::GET);
+    assert!(status.expects(200) && status.expects(299) && !status.expects(300));
+    let policy = c.policy();
+    let rule = policy.remedy_for("trading_1").unwrap();
+    assert_eq!(
+        rule.on,
+        vec![crate::core::State::Stale, crate::core::State::Failing]
+    );
+    assert_eq!(rule.page, crate::core::remedy::PageMode::AtOnce);
+    assert_eq!(rule.report.as_deref(), Some("agent_status"));
+    // 30s + 3 × (3s + 20s) + 5s + 10s backoffs + 5s report + 10s margin.
+    assert_eq!(rule.hold_max, Duration::from_secs(30 + 69 + 15 + 5 + 10));
+    assert!(policy.remedy_for("other").is_none());
+    // Defaults.
+    let c = parse_ok(
+        "sources: [{name: push, type: push}]\nactions: [{name: r, url: 'http://h/{agent}'}]\n\
+         agents: [{match: '*', remediate: {action: r}}]",
+    );
+    let rule = c.policy().remedy_for("x").cloned().unwrap();
+    assert_eq!(rule.on, vec![crate::core::State::Stale]);
+    assert_eq!(rule.after, Duration::from_secs(10));
+    assert_eq!(rule.max_attempts, 2);
+    assert_eq!(rule.page, crate::core::remedy::PageMode::AfterRemediation);
+    assert_eq!(c.remediation.limits.max_agents, 5);
+    // Secrets stay out of Debug.
+    assert!(!format!("{c:?}").contains("s3cret"));
+}
+
+#[test]
+fn check_config_names_a_missing_action_a_template_that_does_not_render_and_a_bad_url() {
+    let text = r#"
+sources: [{name: push, type: push}]
+actions:
+  - name: restart_agent
+    url: "ftp://127.0.0.1/admin/{agent}"
+  - name: broken_body
+    url: "http://127.0.0.1/admin/{agent}"
+    body: '{"agent": {{ agnet|tojson }}}'
+  - name: not_json
+    url: "http://127.0.0.1/admin/{agent}"
+    body: '{"agent": {{ agent }}}'
+  - name: bad_syntax
+    url: "http://127.0.0.1/admin/{agent}"
+    body: '{{ agent '
+  - name: post_status
+    url: "http://127.0.0.1/admin/{agent}/status?region={region}"
+agents:
+  - match: "a_*"
+    remediate: { action: restart }
+  - match: "b_*"
+    remediate: { action: post_status, report: post_status, on: [unknown], page: later }
+"#;
+    let got = problems_at(
+        text,
+        &no_env,
+        &[
+            "actions[0].url",
+            "actions[1].body",
+            "actions[2].body",
+            "actions[3].body",
+            "agents[0].remediate.action",
+            "agents[1].remediate.on[0]",
+            "agents[1].remediate.page",
+            "agents[1].remediate.report",
+            "agents[1].remediate.action",
+        ],
+    );
+    let text_of = |path: &str| {
+        got.iter()
+            .find(|p| p.path == path)
+            .map(|p| p.message.clone())
+            .unwrap()
+    };
+    assert!(text_of("actions[0].url").contains("scheme must be http:// or https://"));
+    assert!(
+        text_of("actions[1].body").contains("the template reads agnet, not a variable"),
+        "{got:#?}"
+    );
+    assert!(text_of("actions[2].body").contains("not JSON"), "{got:#?}");
+    assert!(text_of("actions[3].body").contains("not a valid template"));
+    assert!(
+        text_of("agents[0].remediate.action")
+            .contains("no action named `restart` (actions: broken_body, not_json, bad_syntax"),
+        "{got:#?}"
+    );
+    assert!(text_of("agents[1].remediate.report").contains("read with GET"));
+    assert!(
+        text_of("agents[1].remediate.action").contains("{region}, a label this rule does not set")
+    );
+}
+
+#[test]
+fn a_sources_only_config_ignores_actions_and_remediate() {
+    let text = "sources: [{name: push, type: push}]\nactions: [{name: r, url: 'ftp://x'}]\n\
+                agents: [{match: '*', remediate: {action: nope}}]";
+    let c = parse_sections(text, Path::new("t.yaml"), &no_env, Sections::SourcesOnly)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.policy().remedy_for("x").is_none());
+}

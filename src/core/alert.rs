@@ -9,6 +9,7 @@ use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::core::remedy::RemediationNote;
 use crate::core::snapshot::{AgentView, SourceView};
 use crate::core::{AgentId, SourceId, State, Timestamp};
 
@@ -131,6 +132,10 @@ pub struct Alert {
     /// then failing): that alert's kind. It did not recover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<AlertKind>,
+    /// What remediation tried (a page after it gave up), or the action the
+    /// agent recovered after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remediation: Option<RemediationNote>,
 }
 
 impl Alert {
@@ -207,6 +212,7 @@ impl Alert {
             ends_at: None,
             summary,
             superseded_by: None,
+            remediation: None,
         })
     }
 
@@ -237,6 +243,7 @@ impl Alert {
                 source.name, source.checks
             ),
             superseded_by: None,
+            remediation: None,
         })
     }
 
@@ -277,9 +284,15 @@ impl Alert {
     /// while it fires; once resolved, that it recovered, when, and after how
     /// long (whatever summary an older version stored with it).
     pub fn text(&self) -> Cow<'_, str> {
-        match self.status {
-            AlertStatus::Firing => Cow::Borrowed(&self.summary),
-            AlertStatus::Resolved => Cow::Owned(self.recovered_summary()),
+        let note = self
+            .remediation
+            .as_ref()
+            .map(|r| r.summary.as_str())
+            .filter(|s| !s.is_empty());
+        match (self.status, note) {
+            (AlertStatus::Firing, None) => Cow::Borrowed(&self.summary),
+            (AlertStatus::Firing, Some(note)) => Cow::Owned(format!("{}; {note}", self.summary)),
+            (AlertStatus::Resolved, _) => Cow::Owned(self.recovered_summary()),
         }
     }
 
@@ -303,9 +316,14 @@ impl Alert {
                         next.condition()
                     ),
                     None => format!(
-                        "{subject} recovered at {} after {} {condition}",
+                        "{subject} recovered at {} after {} {condition}{}",
                         clock_time(end),
-                        human_secs(lasted)
+                        human_secs(lasted),
+                        self.remediation
+                            .as_ref()
+                            .and_then(|r| r.recovered_after.as_ref())
+                            .map(|a| format!(", after {a}"))
+                            .unwrap_or_default()
                     ),
                 }
             }
@@ -586,6 +604,7 @@ mod tests {
             ends_at: None,
             summary: String::new(),
             superseded_by: None,
+            remediation: None,
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod alert;
 pub mod model;
 pub mod policy;
+pub mod remedy;
 pub mod snapshot;
 pub mod supervisor;
 pub mod time;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use globset::{Glob, GlobMatcher};
 
 use super::model::{AgentId, CheckKey, SourceId};
+use super::remedy::RemedyRule;
 
 /// Agent labels from config (`team`, `severity`); they go on `agent_info`.
 pub type Labels = BTreeMap<String, String>;
@@ -41,6 +42,9 @@ pub struct AgentRule {
     /// alert fires (`for:`); `None` leaves it to the default (zero, or
     /// twice the probe interval for a service check).
     pub alert_for: Option<Duration>,
+    /// What is called on the service to fix a matching agent
+    /// (`remediate:`).
+    pub remediate: Option<Arc<RemedyRule>>,
 }
 
 impl AgentRule {
@@ -59,7 +63,14 @@ impl AgentRule {
             labels: Arc::new(labels),
             expected,
             alert_for: None,
+            remediate: None,
         })
+    }
+
+    /// The same rule with a remediation.
+    pub fn with_remediation(mut self, remedy: Option<RemedyRule>) -> Self {
+        self.remediate = remedy.map(Arc::new);
+        self
     }
 
     /// The same rule with a `for:` hold on its alerts.
@@ -170,6 +181,11 @@ impl Policy {
             .and_then(|r| r.alert_for)
             .or_else(|| self.service_for.get(&AgentId::new(agent)).copied())
             .unwrap_or(Duration::ZERO)
+    }
+
+    /// The remediation of an agent's rule, if it has one.
+    pub fn remedy_for(&self, agent: &str) -> Option<&Arc<RemedyRule>> {
+        self.rule_for(agent).and_then(|r| r.remediate.as_ref())
     }
 
     /// How long `source` is down before its alert fires.

@@ -18,8 +18,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::actions::api::{self as actions_api, ActionsApi};
 use crate::alerts::api::{self as alerts_api, AlertsApi};
 use crate::auth;
+use crate::core::remedy::RemedyView;
 use crate::core::snapshot::AgentView;
 use crate::core::{Snapshot, State as AgentState};
 use crate::liveness::Liveness;
@@ -35,6 +37,8 @@ pub struct HttpState {
     pub liveness: Liveness,
     /// `/metrics`' per-agent text, rendered once per snapshot.
     pub rendered: Arc<crate::sinks::metrics::Rendered>,
+    /// Remediation: an agent's open case and last report.
+    pub remedy: watch::Receiver<Arc<RemedyView>>,
 }
 
 /// What the two listeners serve: `public` (on `listen`) only reads;
@@ -52,6 +56,7 @@ pub fn routers(
     state: HttpState,
     push: Option<PushState>,
     alerts: AlertsApi,
+    actions: ActionsApi,
     read: auth::ReadAccess,
 ) -> Routers {
     let reads = Router::new()
@@ -62,12 +67,14 @@ pub fn routers(
         .route("/api/v1/agents/{id}", get(agent))
         .route("/api/v1/sources", get(sources))
         .with_state(state)
-        .merge(alerts_api::reads(alerts.clone()));
+        .merge(alerts_api::reads(alerts.clone()))
+        .merge(actions_api::reads(actions.clone()));
     let writes = Router::new()
         .route("/api/v1/heartbeats/{agent}", post(push::receive))
         .layer(DefaultBodyLimit::max(push::MAX_BODY))
         .with_state(push)
-        .merge(alerts_api::writes(alerts));
+        .merge(alerts_api::writes(alerts))
+        .merge(actions_api::writes(actions));
     let guard = |read_only| Guard {
         read: read.clone(),
         read_only,
@@ -97,8 +104,8 @@ async fn guarded(State(g): State<Guard>, req: Request, next: Next) -> Response {
         return (
             StatusCode::FORBIDDEN,
             Json(json!({
-                "error": "this listener only serves reads; pushes and silence changes go to \
-                          admin_listen"
+                "error": "this listener only serves reads; pushes, silence changes and \
+                          actions go to admin_listen"
             })),
         )
             .into_response();
@@ -198,7 +205,19 @@ async fn agents(State(s): State<HttpState>, Query(q): Query<AgentsQuery>) -> Res
 async fn agent(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     let snap = latest(&s);
     match snap.agent(&id) {
-        Some(a) => Json(json!({ "taken_at": snap.taken_at, "agent": a })).into_response(),
+        Some(a) => {
+            let remedy = s.remedy.borrow().clone();
+            let mut answer = json!({ "taken_at": snap.taken_at, "agent": a });
+            // What remediation does about it, and what the service itself
+            // last said about it (the report).
+            if let Some(case) = remedy.cases.get(&a.id) {
+                answer["remediation"] = json!(case);
+            }
+            if let Some(report) = remedy.reports.get(&a.id) {
+                answer["report"] = json!(report);
+            }
+            Json(answer).into_response()
+        }
         None => (
             StatusCode::NOT_FOUND,
             Json(json!({ "error": format!("no agent `{id}`") })),

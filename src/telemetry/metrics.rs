@@ -111,7 +111,74 @@ pub struct Metrics {
     state_set_aside: IntCounterVec,
     state_save_errors: IntCounterVec,
     ha: HaMetrics,
+    actions: ActionMetrics,
     max_agent_series: usize,
+}
+
+/// Results of an action call (`actions_total{result}`): a closed set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActionResult {
+    /// Answered with an expected status.
+    Success,
+    /// An unexpected status, or no answer.
+    Failure,
+    /// No answer within the action's timeout.
+    Timeout,
+    /// `dry_run`: not sent.
+    DryRun,
+}
+
+impl ActionResult {
+    pub const ALL: [ActionResult; 4] = [
+        ActionResult::Success,
+        ActionResult::Failure,
+        ActionResult::Timeout,
+        ActionResult::DryRun,
+    ];
+}
+
+impl LabelValue for ActionResult {
+    fn label(self) -> &'static str {
+        match self {
+            ActionResult::Success => "success",
+            ActionResult::Failure => "failure",
+            ActionResult::Timeout => "timeout",
+            ActionResult::DryRun => "dry_run",
+        }
+    }
+}
+
+struct ActionMetrics {
+    calls: IntCounterVec,
+    duration: HistogramVec,
+    breaker_open: IntGauge,
+}
+
+impl ActionMetrics {
+    fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            calls: IntCounterVec::new(
+                opts(
+                    "actions_total",
+                    "Calls of an action (remediation, reports, by hand) by result: success, failure, timeout, dry_run.",
+                ),
+                &["action", "result"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "action_duration_seconds",
+                    "Duration of each action call, until its answer or its timeout.",
+                )
+                .namespace(NS)
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0]),
+                &["action"],
+            )?,
+            breaker_open: IntGauge::with_opts(opts(
+                "remediation_breaker_open",
+                "1 while more agents need an action at once than remediation.max_agents: none is acted on.",
+            ))?,
+        })
+    }
 }
 
 /// The `ha_*` families, registered only when `ha:` is configured (a
@@ -321,6 +388,7 @@ impl Metrics {
             state_set_aside,
             state_save_errors,
             ha: HaMetrics::new()?,
+            actions: ActionMetrics::new()?,
             max_agent_series,
         })
     }
@@ -347,6 +415,45 @@ impl Metrics {
 
     pub fn ha_lease_error(&self) {
         self.ha.lease_errors.inc();
+    }
+
+    /// Register the action families (once, when `actions:` is configured),
+    /// with a zero series for every action and result.
+    pub fn register_actions<'a>(
+        &self,
+        actions: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), prometheus::Error> {
+        for c in [
+            Box::new(self.actions.calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(self.actions.duration.clone()),
+            Box::new(self.actions.breaker_open.clone()),
+        ] {
+            self.registry.register(c)?;
+        }
+        for a in actions {
+            for r in ActionResult::ALL {
+                self.actions.calls.with_label_values(&[a, r.label()]);
+            }
+        }
+        Ok(())
+    }
+
+    /// One action call and how long it took.
+    pub fn action_called(&self, action: &str, result: ActionResult, took: Duration) {
+        self.actions
+            .calls
+            .with_label_values(&[action, result.label()])
+            .inc();
+        if result != ActionResult::DryRun {
+            self.actions
+                .duration
+                .with_label_values(&[action])
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn remediation_breaker(&self, open: bool) {
+        self.actions.breaker_open.set(i64::from(open));
     }
 
     /// Create the per-source series up front, so a source that never

@@ -28,9 +28,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::core::alert::{Alert, AlertKind, AlertStatus, Notification, Silence};
+use crate::core::remedy::RemediationNote;
 use crate::core::snapshot::{AgentView, SourceStatus, SourceView};
 use crate::core::time::after;
-use crate::core::{Policy, Snapshot, State, Timestamp};
+use crate::core::{AgentId, Policy, Snapshot, State, Timestamp};
 
 /// An alert that fires, with what the book decided about it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -112,10 +113,28 @@ impl Default for Book {
 }
 
 /// How long an alert's condition must last before it fires: the `for:` of
-/// an agent's rule (or a service check's default), a source's `down_after`.
+/// an agent's rule (or a service check's default), a source's `down_after`;
+/// and what remediation adds: a page that waits for it, its note on the
+/// alert, the action an agent recovered after.
 pub trait Holds {
     fn agent(&self, agent: &str) -> Duration;
     fn source(&self, source: &str) -> Duration;
+
+    /// When an agent's alert may fire: its `for:` after it entered its
+    /// state, or later while remediation runs.
+    fn agent_due(&self, agent: &AgentView) -> Timestamp {
+        after(agent.since, self.agent(agent.id.as_str()))
+    }
+
+    /// What remediation says about an agent's incident since `since`.
+    fn remediation(&self, _agent: &AgentId, _since: Timestamp) -> Option<RemediationNote> {
+        None
+    }
+
+    /// The action an agent was called with at or after `since`.
+    fn acted_since(&self, _agent: &AgentId, _since: Timestamp) -> Option<String> {
+        None
+    }
 }
 
 impl Holds for Policy {
@@ -205,14 +224,19 @@ impl Book {
         let mut covered_agents: HashSet<&str> = HashSet::new();
         let mut covered_sources: HashSet<&str> = HashSet::new();
         let mut gone = Vec::new();
+        let mut annotate = Vec::new();
         for (fp, a) in &self.active {
             let keep = match (&a.alert.agent, &a.alert.source) {
                 (Some(agent), _) => {
                     let id = agent.as_str();
-                    if let Some((key, (kind, _))) = agents.get_key_value(id)
+                    if let Some((key, (kind, view))) = agents.get_key_value(id)
                         && *kind == a.alert.kind
                     {
                         covered_agents.insert(*key);
+                        let note = holds.remediation(agent, view.since);
+                        if note.is_some() && note != a.alert.remediation {
+                            annotate.push((fp.clone(), note));
+                        }
                         true
                     } else {
                         held_agents.contains(id) || !gate_open
@@ -233,6 +257,15 @@ impl Book {
                 gone.push(fp.clone());
             }
         }
+        // A note from remediation on an alert that fired already (`page:
+        // at_once`): the API and its next notification show it.
+        for (fp, note) in annotate {
+            if let Some(a) = self.active.get_mut(&fp) {
+                let mut alert = (*a.alert).clone();
+                alert.remediation = note;
+                a.alert = Arc::new(alert);
+            }
+        }
         for fp in gone {
             if let Some(a) = self.active.remove(&fp) {
                 changes.resolved += 1;
@@ -247,7 +280,16 @@ impl Book {
                     .filter(|kind| *kind != a.alert.kind);
                 let resolved = match next {
                     Some(kind) => (*a.alert).clone().superseded(now, kind),
-                    None => (*a.alert).clone().resolved(now),
+                    None => {
+                        let mut alert = (*a.alert).clone();
+                        if let Some(agent) = &alert.agent
+                            && let Some(action) = holds.acted_since(agent, alert.starts_at)
+                        {
+                            alert.remediation.get_or_insert_default().recovered_after =
+                                Some(action);
+                        }
+                        alert.resolved(now)
+                    }
                 };
                 self.leave_groups(&a.groups, &resolved, routing, true, now);
             }
@@ -259,12 +301,13 @@ impl Book {
             if covered_agents.contains(id) {
                 continue;
             }
-            let due = after(agent.since, holds.agent(id));
+            let due = holds.agent_due(agent);
             if due > now {
                 self.pending_until = Some(self.pending_until.map_or(due, |t| t.min(due)));
                 continue;
             }
-            if let Some(a) = Alert::for_agent(agent, now) {
+            if let Some(mut a) = Alert::for_agent(agent, now) {
+                a.remediation = holds.remediation(&agent.id, agent.since);
                 fresh.push(a);
             }
         }

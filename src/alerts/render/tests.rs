@@ -35,6 +35,7 @@ fn alert(i: usize, kind: AlertKind) -> Alert {
         ends_at: None,
         summary: format!("Agent {agent} is stale: last heartbeat 2m 6s ago (threshold 60s) <&>"),
         superseded_by: None,
+        remediation: None,
     }
 }
 
@@ -53,6 +54,7 @@ fn source_down() -> Alert {
         ends_at: None,
         summary: "Source postgres cannot be read (timeout)".into(),
         superseded_by: None,
+        remediation: None,
     }
 }
 

@@ -141,7 +141,7 @@ pub(super) fn is_json_type(ct: &str) -> bool {
 }
 
 /// The error and its causes, without the URL (which may hold a secret).
-pub(super) fn chain(e: &reqwest::Error) -> String {
+pub(crate) fn chain(e: &reqwest::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {

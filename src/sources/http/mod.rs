@@ -61,7 +61,9 @@ pub(crate) mod components;
 mod fetch;
 
 use components::component_reading;
-use fetch::{chain, fmt_duration, is_json_type};
+/// A reqwest error and its causes, without the URL (it may hold a secret).
+pub(crate) use fetch::chain;
+use fetch::{fmt_duration, is_json_type};
 
 const SYSTEM: &str = "http";
 
