@@ -422,7 +422,12 @@ async fn call(client: &reqwest::Client, action: &ActionConfig, spec: &CallSpec) 
                 ok,
                 status: Some(status),
                 error: (!ok).then(|| {
-                    let quoted = cut_marked(text.trim(), MAX_ERROR_ANSWER).replace('\n', " ");
+                    // The answer as sent, on one line.
+                    let raw: String = String::from_utf8_lossy(&buf)
+                        .chars()
+                        .map(|c| if c.is_control() { ' ' } else { c })
+                        .collect();
+                    let quoted = cut_marked(raw.trim(), MAX_ERROR_ANSWER);
                     if quoted.is_empty() {
                         format!("answer {status}")
                     } else {

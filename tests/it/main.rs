@@ -18,6 +18,7 @@ mod quiet;
 mod receiver;
 mod redis_e2e;
 mod redis_source;
+mod remediation;
 mod scenarios;
 mod sidecar;
 mod support;

@@ -425,6 +425,9 @@ pub(super) fn pagerduty(
     if let Some(x) = a.threshold_seconds.filter(|x| x.is_finite()) {
         details.insert("threshold_seconds".into(), json!(x));
     }
+    if let Some(r) = &a.remediation {
+        details.insert("remediation".into(), json!(r));
+    }
     details.insert("group_key".into(), json!(n.group_key));
 
     let mut payload = Map::new();

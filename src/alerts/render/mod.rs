@@ -230,7 +230,7 @@ pub fn generic_json(n: &Notification) -> Value {
         .alerts
         .iter()
         .map(|a| {
-            json!({
+            let mut v = json!({
                 "fingerprint": a.fingerprint,
                 "kind": a.kind.as_str(),
                 "status": a.status.as_str(),
@@ -243,7 +243,13 @@ pub fn generic_json(n: &Notification) -> Value {
                 "starts_at": rfc3339(a.starts_at),
                 "ends_at": opt_time(a.ends_at),
                 "summary": a.text(),
-            })
+            });
+            // What remediation tried, and what the service said (only when
+            // remediation is configured for the agent).
+            if let Some(r) = &a.remediation {
+                v["remediation"] = json!(r);
+            }
+            v
         })
         .collect();
     json!({
@@ -276,6 +282,17 @@ fn annotations(a: &Alert) -> BTreeMap<String, String> {
     }
     if let Some(t) = a.last_seen {
         m.insert("last_seen".into(), rfc3339(t));
+    }
+    if let Some(r) = &a.remediation {
+        if !r.summary.is_empty() {
+            m.insert("remediation".into(), r.summary.clone());
+        }
+        if !r.attempts.is_empty() {
+            m.insert("remediation_attempts".into(), r.attempts.join("\n"));
+        }
+        if let Some(report) = &r.report {
+            m.insert("report".into(), report.clone());
+        }
     }
     m
 }

@@ -1029,3 +1029,55 @@ fn truncate_counts_characters_and_never_splits_one() {
     assert_eq!(truncate("🔥🔥🔥🔥", 2).chars().count(), 2);
     assert_eq!(truncate("x", 0), "");
 }
+
+#[test]
+fn remediation_notes_reach_every_format() {
+    use crate::core::remedy::RemediationNote;
+    let mut n = notification();
+    n.alerts.truncate(1);
+    n.alerts[0].remediation = Some(RemediationNote {
+        summary: "remediation failed: 2 × restart_agent, last answer 500".into(),
+        attempts: vec!["10:00:00Z restart_agent #1: failed (answer 500)".into()],
+        report: Some("{\n  \"stuck\": true\n}".into()),
+        recovered_after: None,
+    });
+    let text = n.alerts[0].text().into_owned();
+    assert!(
+        text.ends_with("; remediation failed: 2 × restart_agent, last answer 500"),
+        "{text}"
+    );
+    let g = generic_json(&n);
+    assert_eq!(
+        g["alerts"][0]["remediation"]["report"],
+        "{\n  \"stuck\": true\n}"
+    );
+    assert_eq!(g["alerts"][0]["summary"], text.as_str());
+    let am = alertmanager_v4(&n, &RenderCtx::default());
+    let ann = &am["alerts"][0]["annotations"];
+    assert_eq!(
+        ann["remediation"],
+        "remediation failed: 2 × restart_agent, last answer 500"
+    );
+    assert_eq!(ann["report"], "{\n  \"stuck\": true\n}");
+    assert!(
+        ann["remediation_attempts"]
+            .as_str()
+            .unwrap()
+            .contains("#1: failed")
+    );
+    // Resolved after an action: said so.
+    let mut a = n.alerts[0].clone();
+    a.remediation = Some(RemediationNote {
+        recovered_after: Some("restart_agent".into()),
+        ..RemediationNote::default()
+    });
+    let resolved = a.resolved(ts(12, 5, 0));
+    assert!(
+        resolved.text().ends_with(", after restart_agent"),
+        "{}",
+        resolved.text()
+    );
+    // No remediation: no key at all.
+    let plain = generic_json(&notification());
+    assert!(plain["alerts"][0].get("remediation").is_none());
+}

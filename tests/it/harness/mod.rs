@@ -59,7 +59,7 @@ pub use process::{
 };
 pub use proxy::{FaultProxy, Mode};
 pub use redis::{RedisServer, redis_ping, shared_redis_url, unique_prefix};
-pub use service::{PythonService, ServiceSetup};
+pub use service::{AdminCall, PythonService, RestartMode, ServiceSetup};
 pub use wait::{holds_for, poll_until, wait_for, wait_until, wait_until_sync};
 
 /// Reads an environment variable holding a URL; unset and empty are the same.

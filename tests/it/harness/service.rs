@@ -6,7 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use super::process::{
@@ -35,6 +36,53 @@ pub struct ServiceSetup {
     pub beat_every: f64,
     /// Seconds the app's start-up takes before it serves.
     pub startup_delay: f64,
+}
+
+/// What the app's `POST /admin/agents/{id}/restart` does for one agent
+/// (`POST /test/agents/{id}/restart_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartMode {
+    /// The default: cancels the agent's task (stuck or not), writes one
+    /// heartbeat, starts a fresh task; 200 with `last_seen`.
+    Fix,
+    /// 200 `{"status": "restarted"}`, and nothing changes.
+    Noop,
+    /// 500 `{"detail": "restart failed: ..."}`.
+    Error,
+    /// Never answers (until the client gives up).
+    Hang,
+}
+
+impl RestartMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            RestartMode::Fix => "fix",
+            RestartMode::Noop => "noop",
+            RestartMode::Error => "error",
+            RestartMode::Hang => "hang",
+        }
+    }
+}
+
+/// One call the app received on `/admin/...`, recorded before it did
+/// anything (`GET /test/calls`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct AdminCall {
+    pub method: String,
+    /// e.g. `/admin/agents/a1/restart`.
+    pub path: String,
+    pub agent: String,
+    /// When the app received it, epoch seconds.
+    pub at: f64,
+    /// The request body as text (empty if none).
+    pub body: String,
+    /// The `Authorization` header's value.
+    pub authorization: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Calls {
+    calls: Vec<AdminCall>,
 }
 
 /// A uvicorn process serving the app on 127.0.0.1, with its own temporary
@@ -230,22 +278,129 @@ impl PythonService {
     }
 
     async fn admin(&self, id: &str, action: &str) -> Value {
-        let url = format!("{}/admin/agents/{id}/{action}", self.base);
-        let response = self
-            .client
-            .post(&url)
+        self.test_request(
+            reqwest::Method::POST,
+            &format!("/admin/agents/{id}/{action}"),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /test/agents/{agent}/stick`: the agent's task stays alive but
+    /// stops beating; `/health` still says "active". The agent must be
+    /// running.
+    pub async fn stick(&self, agent: &str) {
+        self.test_request(
+            reqwest::Method::POST,
+            &format!("/test/agents/{agent}/stick"),
+            None,
+        )
+        .await;
+    }
+
+    /// `POST /test/agents/{agent}/restart_mode`: what the agent's
+    /// `/admin/agents/{agent}/restart` does from now on.
+    pub async fn set_restart_mode(&self, agent: &str, mode: RestartMode) {
+        self.test_request(
+            reqwest::Method::POST,
+            &format!("/test/agents/{agent}/restart_mode"),
+            Some(json!({ "mode": mode.as_str() })),
+        )
+        .await;
+    }
+
+    /// `POST /test/agents/{agent}/report_size`: the agent's status report
+    /// (`GET /admin/agents/{agent}/status`) gets a `padding` field of
+    /// `bytes` characters (0: none).
+    pub async fn set_report_size(&self, agent: &str, bytes: usize) {
+        self.test_request(
+            reqwest::Method::POST,
+            &format!("/test/agents/{agent}/report_size"),
+            Some(json!({ "bytes": bytes })),
+        )
+        .await;
+    }
+
+    /// `POST /test/health`: the top-level `"status"` of `/health` (`"ok"`,
+    /// the default, or `"error"`); the status code is unchanged.
+    pub async fn set_health(&self, status: &str) {
+        self.test_request(
+            reqwest::Method::POST,
+            "/test/health",
+            Some(json!({ "status": status })),
+        )
+        .await;
+    }
+
+    /// `POST /test/health`: the status code `/health` answers with (200 by
+    /// default); its body is unchanged. Note that [`PythonService::health`]
+    /// (and so the start-up wait) wants a 200.
+    pub async fn set_health_http_status(&self, code: u16) {
+        self.test_request(
+            reqwest::Method::POST,
+            "/test/health",
+            Some(json!({ "http_status": code })),
+        )
+        .await;
+    }
+
+    /// `GET /test/calls`: every `/admin/...` call the app received since it
+    /// started or since [`PythonService::clear_calls`], in order.
+    pub async fn calls(&self) -> Vec<AdminCall> {
+        let body = self
+            .test_request(reqwest::Method::GET, "/test/calls", None)
+            .await;
+        serde_json::from_value::<Calls>(body.clone())
+            .unwrap_or_else(|e| panic!("GET /test/calls: unexpected shape ({e}): {body}"))
+            .calls
+    }
+
+    /// `DELETE /test/calls`: forgets the recorded calls.
+    pub async fn clear_calls(&self) {
+        self.test_request(reqwest::Method::DELETE, "/test/calls", None)
+            .await;
+    }
+
+    /// A request to the service (test control or admin); panics (with the
+    /// log tail) unless it answers 200 with JSON.
+    async fn test_request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.client.request(method.clone(), &url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
             .send()
             .await
-            .unwrap_or_else(|e| panic!("POST {url}: {e}; log:\n{}", log_tail(&self.log)));
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}; log:\n{}", log_tail(&self.log)));
         let status = response.status();
-        let body = response.text().await.unwrap_or_default();
-        assert_eq!(status, reqwest::StatusCode::OK, "POST {url}: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("POST {url}: not JSON ({e}): {body}"))
+        let text = response.text().await.unwrap_or_default();
+        assert_eq!(status, reqwest::StatusCode::OK, "{method} {url}: {text}");
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {url}: not JSON ({e}): {text}"))
     }
 
     /// Base URL, `http://127.0.0.1:PORT` (no trailing slash).
     pub fn url(&self) -> String {
         self.base.clone()
+    }
+
+    /// Base URL, `http://127.0.0.1:PORT` (no trailing slash).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// A URL under `/admin/`: `admin_url("agents/a1/restart")` (or
+    /// `"/agents/a1/restart"`) is
+    /// `http://127.0.0.1:PORT/admin/agents/a1/restart`; a template such as
+    /// `"agents/{agent}/restart"` is kept as it is.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}/admin/{}", self.base, path.trim_start_matches('/'))
     }
 
     /// Pid of the running uvicorn process, if it is running.
