@@ -15,9 +15,11 @@
 pub mod api;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -31,12 +33,13 @@ use crate::config::actions::{ActionConfig, RemediationConfig, body_context, rend
 use crate::core::alert::Alert;
 use crate::core::model::cut_marked;
 use crate::core::remedy::{
-    Attempt, CallResult, CallSpec, Remedies, RemedyEvent, RemedyView, Trigger,
+    Attempt, CallResult, CallSpec, PersistedRemedies, Remedies, RemedyEvent, RemedyView, Trigger,
 };
 use crate::core::snapshot::AgentView;
 use crate::core::{Policy, Snapshot};
 use crate::ha::{Leadership, Role};
 use crate::liveness::Liveness;
+use crate::sinks::state::{StateError, StateFile, read_json, write_json};
 use crate::telemetry::metrics::{ActionResult, Metrics};
 
 /// Capacity of the manual-call channel.
@@ -78,6 +81,8 @@ pub struct ActionsHandle {
 }
 
 pub struct ActionsTask {
+    /// The state directory (`actions.json`), if state is kept.
+    pub dir: Option<PathBuf>,
     pub remedies: Remedies,
     pub config: Arc<RemediationConfig>,
     pub client: reqwest::Client,
@@ -110,6 +115,26 @@ pub struct ActionsCtx {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub liveness: Liveness,
+    /// The state directory, and what a previous run saved there.
+    pub store: Option<(PathBuf, Option<PersistedRemedies>)>,
+}
+
+/// The remediation state file in the state directory.
+pub const STATE_FILE: &str = "actions.json";
+const STATE_VERSION: u32 = 1;
+/// Changes to the saved remediation state are written at most this often
+/// (and once at shutdown).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Serialize)]
+struct OnDisk<'a> {
+    version: u32,
+    remedies: &'a PersistedRemedies,
+}
+
+/// What a previous run saved in `dir`, if anything (blocking).
+pub fn load(dir: &Path) -> Result<Option<PersistedRemedies>, StateError> {
+    read_json(&dir.join(STATE_FILE), STATE_VERSION, Some("remedies"))
 }
 
 /// Build the task and the API's handle.
@@ -127,7 +152,18 @@ pub fn build(
     ctx.metrics
         .register_actions(config.actions.iter().map(|a| a.name.as_str()))
         .map_err(|e| anyhow::anyhow!("registering the action metrics: {e}"))?;
-    let remedies = Remedies::new(ctx.policy, config.limits.clone());
+    let mut remedies = Remedies::new(ctx.policy, config.limits.clone());
+    let (dir, restored) = match ctx.store {
+        Some((dir, restored)) => (Some(dir), restored),
+        None => (None, None),
+    };
+    if let Some(saved) = restored {
+        info!(
+            attempts = saved.attempts.len(),
+            "Restored the remediation state."
+        );
+        remedies.restore(saved, ctx.clock.now());
+    }
     let (manual_tx, manual_rx) = mpsc::channel(MANUAL_CAPACITY);
     let handle = ActionsHandle {
         view: ctx.view.subscribe(),
@@ -146,6 +182,7 @@ pub fn build(
         metrics: ctx.metrics,
         clock: ctx.clock,
         liveness: ctx.liveness,
+        dir,
     };
     Ok((task, handle))
 }
@@ -157,6 +194,8 @@ impl ActionsTask {
         let mut waiting: HashMap<u64, oneshot::Sender<ManualAnswer>> = HashMap::new();
         let mut role = self.leadership.subscribe();
         let mut breaker_open = false;
+        let mut saved = self.remedies.revision();
+        let mut last_save = Instant::now() - SAVE_EVERY;
         self.snapshots.mark_changed();
         loop {
             let wake = self
@@ -246,8 +285,44 @@ impl ActionsTask {
                 }
                 changed
             });
+            if self.remedies.revision() != saved && last_save + SAVE_EVERY <= Instant::now() {
+                saved = self.remedies.revision();
+                last_save = Instant::now();
+                self.save().await;
+            }
         }
         inflight.abort_all();
+        if self.remedies.revision() != saved {
+            self.save().await;
+        }
+    }
+
+    /// Write `actions.json` (atomically; a failure keeps the previous
+    /// file, is logged and counted).
+    async fn save(&self) {
+        let Some(dir) = self.dir.clone() else {
+            return;
+        };
+        let state = self.remedies.persist();
+        let written = tokio::task::spawn_blocking(move || {
+            write_json(
+                &dir,
+                STATE_FILE,
+                &OnDisk {
+                    version: STATE_VERSION,
+                    remedies: &state,
+                },
+            )
+        })
+        .await;
+        let error = match written {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.metrics.state_save_failed(StateFile::Actions);
+        error!(error = %error, file = STATE_FILE,
+            "Cannot save the remediation state; calls made may be made again after a restart.");
     }
 
     /// Spawn `calls` (each bounded by its action's timeout).

@@ -111,7 +111,12 @@ impl App {
         let (store, persist_tx) = match &config.state.path {
             Some(dir) => {
                 let store = FileStore::open(dir).context("opening the state store")?;
-                for file in [StateFile::State, StateFile::Alerts, StateFile::Outbox] {
+                for file in [
+                    StateFile::State,
+                    StateFile::Alerts,
+                    StateFile::Outbox,
+                    StateFile::Actions,
+                ] {
                     metrics.register_state_file(file);
                 }
                 if let Some(saved) = alerts::loaded(store.load(), StateFile::State, &metrics) {
@@ -216,6 +221,13 @@ impl App {
                     metrics: metrics.clone(),
                     clock: clock.clone(),
                     liveness: liveness.clone(),
+                    store: store.as_ref().map(|(s, _)| {
+                        let saved = crate::actions::load(s.dir());
+                        (
+                            s.dir().to_path_buf(),
+                            alerts::loaded(saved, StateFile::Actions, &metrics).flatten(),
+                        )
+                    }),
                 },
             )?)
         };

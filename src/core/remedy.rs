@@ -145,6 +145,8 @@ pub enum Outcome {
     Succeeded,
     /// `dry_run: true`: logged, not called.
     DryRun,
+    /// The sidecar restarted before the call answered or was verified.
+    Interrupted,
 }
 
 impl Outcome {
@@ -157,6 +159,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Succeeded => "succeeded",
             Outcome::DryRun => "dry_run",
+            Outcome::Interrupted => "interrupted",
         }
     }
 }
@@ -449,6 +452,17 @@ pub enum RemedyEvent {
     },
 }
 
+/// What the state store keeps across restarts: the calls made within each
+/// agent's window (so `max_attempts` per `window` holds through a restart,
+/// a SIGKILL included), the recent attempts, and the last action per agent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PersistedRemedies {
+    pub starts: BTreeMap<AgentId, Vec<Timestamp>>,
+    pub attempts: Vec<Attempt>,
+    pub last_action: BTreeMap<AgentId, (String, Timestamp)>,
+    pub next_id: u64,
+}
+
 struct Case {
     rule: Arc<RemedyRule>,
     since: Timestamp,
@@ -480,6 +494,8 @@ pub struct Remedies {
     next_id: u64,
     breaker_open: bool,
     events: Vec<RemedyEvent>,
+    /// Bumped whenever what [`Remedies::persist`] returns changes.
+    revision: u64,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -501,7 +517,61 @@ impl Remedies {
             next_id: 1,
             breaker_open: false,
             events: Vec::new(),
+            revision: 0,
         }
+    }
+
+    /// What to save; see [`PersistedRemedies`].
+    pub fn persist(&self) -> PersistedRemedies {
+        PersistedRemedies {
+            starts: self
+                .starts
+                .iter()
+                .map(|(k, v)| (k.clone(), v.iter().copied().collect()))
+                .collect(),
+            attempts: {
+                let mut all: Vec<Attempt> =
+                    self.log.iter().chain(self.open.values()).cloned().collect();
+                all.sort_by_key(|a| a.id);
+                all
+            },
+            last_action: self
+                .last_action
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            next_id: self.next_id,
+        }
+    }
+
+    /// Changes whenever [`Remedies::persist`] would return something new.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Take up what a previous run saved. Calls it made stay counted in
+    /// their agents' windows; cases start afresh from the restored agent
+    /// states (an agent still stuck is acted on again only within its
+    /// rule's budget).
+    pub fn restore(&mut self, saved: PersistedRemedies, now: Timestamp) {
+        self.starts = saved
+            .starts
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().filter(|t| *t <= now).collect()))
+            .collect();
+        let mut log: Vec<Attempt> = saved.attempts;
+        for a in &mut log {
+            if matches!(a.outcome, Outcome::Calling | Outcome::Verifying) {
+                a.outcome = Outcome::Interrupted;
+            }
+        }
+        log.sort_by_key(|a| a.id);
+        let keep = log.len().saturating_sub(self.limits.history.max(1));
+        self.log = log.into_iter().skip(keep).collect();
+        self.last_action = saved.last_action.into_iter().collect();
+        let newest = self.log.back().map_or(0, |a| a.id);
+        self.next_id = saved.next_id.max(newest + 1).max(1);
+        self.expire(now);
     }
 
     pub fn limits(&self) -> &Limits {
@@ -525,13 +595,16 @@ impl Remedies {
     ) -> Vec<CallSpec> {
         let mut calls = Vec::new();
         self.expire(now);
-        // Open, update and close cases from what the snapshot says.
-        let mut seen = std::collections::HashSet::new();
+        // Open, update and close cases from what the snapshot says. Most
+        // agents are healthy with no case: they cost one comparison.
         for agent in &snap.agents {
+            let has_case = self.cases.contains_key(&agent.id);
+            if !has_case && matches!(agent.state, State::Healthy | State::Unknown) {
+                continue;
+            }
             let Some(rule) = self.policy.remedy_for(agent.id.as_str()).cloned() else {
                 continue;
             };
-            seen.insert(agent.id.clone());
             match agent.state {
                 State::Healthy => {
                     if let Some(case) = self.cases.remove(&agent.id) {
@@ -572,10 +645,11 @@ impl Remedies {
                 }
             }
         }
+        // Agents forgotten by the core.
         let gone: Vec<AgentId> = self
             .cases
             .keys()
-            .filter(|id| !seen.contains(*id))
+            .filter(|id| snap.agent(id.as_str()).is_none())
             .cloned()
             .collect();
         for id in gone {
@@ -583,8 +657,10 @@ impl Remedies {
                 self.close_quietly(case, now);
             }
         }
-        self.reports.retain(|id, _| seen.contains(id));
-        self.last_action.retain(|id, _| seen.contains(id));
+        self.reports
+            .retain(|id, _| snap.agent(id.as_str()).is_some());
+        self.last_action
+            .retain(|id, _| snap.agent(id.as_str()).is_some());
 
         // The circuit breaker: agents in a state their rule acts on, with
         // data to judge them by.
@@ -730,6 +806,7 @@ impl Remedies {
         let number = made + 1;
         self.minute.push_back(now);
         self.starts.entry(id.clone()).or_default().push_back(now);
+        self.revision += 1;
         let dry_run = self.limits.dry_run;
         self.open.insert(
             attempt,
@@ -785,11 +862,7 @@ impl Remedies {
         let Some(case) = self.cases.get(id) else {
             return String::new();
         };
-        let attempts: Vec<&Attempt> = case
-            .attempts
-            .iter()
-            .filter_map(|a| self.attempt(*a))
-            .collect();
+        let attempts = self.incident_attempts(id, case.since);
         let last = attempts
             .last()
             .map(|a| match (&a.error, a.status) {
@@ -803,6 +876,19 @@ impl Remedies {
             attempts.len(),
             case.rule.action
         )
+    }
+
+    /// The automatic calls on `id` since its incident began (`since`),
+    /// oldest first, including those a previous run made before a restart.
+    fn incident_attempts(&self, id: &AgentId, since: Timestamp) -> Vec<&Attempt> {
+        let mut list: Vec<&Attempt> = self
+            .log
+            .iter()
+            .chain(self.open.values())
+            .filter(|a| &a.agent == id && a.trigger == Trigger::Auto && a.at >= since)
+            .collect();
+        list.sort_by_key(|a| a.id);
+        list
     }
 
     fn attempt(&self, id: u64) -> Option<&Attempt> {
@@ -918,6 +1004,7 @@ impl Remedies {
         }
         edit(&mut a);
         self.log.push_back(a);
+        self.revision += 1;
         while self.log.len() > self.limits.history.max(1) {
             self.log.pop_front();
         }
@@ -936,6 +1023,7 @@ impl Remedies {
         if !result.dry_run && trigger != Trigger::Report {
             self.last_action
                 .insert(agent.clone(), (action.clone(), a.at));
+            self.revision += 1;
         }
         if trigger == Trigger::Report
             && let Some(body) = result.body.clone().filter(|_| !result.dry_run)
@@ -1146,10 +1234,10 @@ impl Remedies {
                         state: c.state,
                         phase: c.phase,
                         blocked: c.blocked.clone(),
-                        attempts: c
-                            .attempts
-                            .iter()
-                            .filter_map(|a| self.attempt(*a).cloned())
+                        attempts: self
+                            .incident_attempts(id, c.since)
+                            .into_iter()
+                            .cloned()
                             .collect(),
                         note: c.note.clone(),
                     },

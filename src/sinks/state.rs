@@ -30,6 +30,9 @@ pub enum StateFile {
     Alerts,
     /// `outbox.json`: undelivered notifications.
     Outbox,
+    /// `actions.json`: remediation calls within their windows, recent
+    /// attempts.
+    Actions,
 }
 
 impl LabelValue for StateFile {
@@ -38,6 +41,7 @@ impl LabelValue for StateFile {
             StateFile::State => "state.json",
             StateFile::Alerts => "alerts.json",
             StateFile::Outbox => "outbox.json",
+            StateFile::Actions => "actions.json",
         }
     }
 }

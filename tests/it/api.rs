@@ -300,7 +300,18 @@ async fn scrape_passes_promtool_check_metrics() {
     let promtool = which("promtool").unwrap_or_else(|| {
         panic!("promtool not found: install the Debian package `prometheus` (.ci/run does)")
     });
-    let app = spawn_app(PUSH_ONLY).await;
+    // With an action configured (never called: its rule waits an hour),
+    // so the action families are checked too.
+    let config = format!(
+        "{PUSH_ONLY}actions: [{{name: restart_agent, url: 'http://127.0.0.1:9/{{agent}}'}}]\n\
+         remediation: {{max_agents: 5}}\n"
+    )
+    .replace(
+        "labels: {team: trading, severity: critical}}",
+        "labels: {team: trading, severity: critical}, \
+         remediate: {action: restart_agent, after: 1h}}",
+    );
+    let app = spawn_app(&config).await;
     app.push("fast_stale", None, None).await;
     app.push("ok_1", None, None).await;
     app.push("bad_1", Some(json!({"status": "down"})), None)
@@ -333,6 +344,12 @@ async fn scrape_passes_promtool_check_metrics() {
     );
     assert!(out.status.success(), "promtool: {text}\n---\n{body}");
     assert!(text.trim().is_empty(), "promtool warnings: {text}");
+    for series in [
+        r#"agent_supervisor_actions_total{action="restart_agent",result="timeout"}"#,
+        "agent_supervisor_remediation_breaker_open",
+    ] {
+        assert_eq!(sample(&body, series), Some(0.0), "{series}\n{body}");
+    }
     app.shutdown().await;
 }
 

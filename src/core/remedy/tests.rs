@@ -469,3 +469,42 @@ fn attempt_lines_say_what_happened() {
         "10:01:01Z restart_agent #2: failed (timed out after 2s)"
     );
 }
+
+#[test]
+fn calls_made_before_a_restart_still_count_in_the_window() {
+    let mut r = remedies_with(
+        RemedyRule {
+            report: None,
+            ..rule()
+        },
+        Limits::default(),
+    );
+    let stale = snap(&[("agent_a", State::Stale, at(0))]);
+    let first = r.step(&stale, true, &not_silenced, at(10));
+    let rev = r.revision();
+    r.call_done(first[0].attempt, ok(), at(10));
+    assert!(r.revision() > rev);
+    // The process dies while verifying; what it saved before is restored.
+    let saved = r.persist();
+    let json = serde_json::to_string(&saved).unwrap();
+    let mut again = remedies_with(
+        RemedyRule {
+            report: None,
+            ..rule()
+        },
+        Limits::default(),
+    );
+    again.restore(serde_json::from_str(&json).unwrap(), at(40));
+    // Still stale: one more call (max_attempts is 2), then it pages.
+    let second = again.step(&stale, true, &not_silenced, at(50));
+    assert_eq!(second.len(), 1);
+    assert!(second[0].attempt > first[0].attempt, "ids are not reused");
+    again.call_done(second[0].attempt, failed(500), at(50));
+    assert!(again.step(&stale, true, &not_silenced, at(500)).is_empty());
+    let view = again.view(at(500));
+    assert!(matches!(view.cases["agent_a"].phase, Phase::Done { .. }));
+    assert_eq!(
+        view.acted_since(&"agent_a".into(), at(0)),
+        Some("restart_agent")
+    );
+}
