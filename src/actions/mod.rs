@@ -400,7 +400,17 @@ fn log_event(event: &RemedyEvent) {
 /// Make one call; never longer than the action's timeout.
 async fn call(client: &reqwest::Client, action: &ActionConfig, spec: &CallSpec) -> CallResult {
     let started = Instant::now();
-    let url = action.url.fill(spec.agent.as_str(), &spec.labels);
+    let url = match action.url.fill(spec.agent.as_str(), &spec.labels) {
+        Ok(u) => u,
+        Err(e) => {
+            warn!(agent = %spec.agent, action = %action.name, error = %e,
+                "Action not called: its URL cannot be made for this agent.");
+            return CallResult {
+                error: Some(e),
+                ..CallResult::default()
+            };
+        }
+    };
     let ctx = body_context(
         spec.agent.as_str(),
         &spec.labels,

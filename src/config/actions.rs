@@ -109,8 +109,11 @@ impl ActionUrl {
     }
 
     /// The URL for one agent: `{agent}` its id, `{<label>}` its label (empty
-    /// when it has none), each percent-encoded.
-    pub fn fill(&self, agent: &str, labels: &Labels) -> String {
+    /// when it has none), each percent-encoded, `/` included: a value is
+    /// one path segment. Agent ids come from outside (keys, rows, pushes),
+    /// so `.` and `..`, which URL parsing would resolve as dot segments
+    /// (`/admin/agents/../restart` is `/admin/restart`), are refused.
+    pub fn fill(&self, agent: &str, labels: &Labels) -> Result<String, String> {
         let mut out = self.template.expose_secret().to_string();
         for name in &self.placeholders {
             let value = if name == "agent" {
@@ -118,10 +121,15 @@ impl ActionUrl {
             } else {
                 labels.get(name).map(String::as_str).unwrap_or("")
             };
+            if value == "." || value == ".." {
+                return Err(format!(
+                    "`{value}` cannot fill {{{name}}}: it would be a dot segment of the URL's path"
+                ));
+            }
             let encoded = percent_encoding::utf8_percent_encode(value, SEGMENT).to_string();
             out = out.replacen(&format!("{{{name}}}"), &encoded, 1);
         }
-        out
+        Ok(out)
     }
 
     pub fn redacted(&self) -> &str {
@@ -338,11 +346,13 @@ fn action(item: &Value, path: &str, p: &mut Problems) -> Option<ActionConfig> {
 
 /// Render `action`'s body with example values and `labels`.
 fn try_render(action: &ActionConfig, labels: &Labels) -> Result<(), String> {
+    // Outside text with quotes: a template that embeds values without
+    // `|tojson` breaks on it here, not when an agent id carries them.
     let ctx = body_context(
-        "example_agent",
+        "example \"agent\" <1>",
         labels,
         "stale",
-        "no heartbeat for 1m 30s (threshold 60s)",
+        "no heartbeat for 1m 30s (threshold 60s): \"quoted\"\n",
         "2026-01-01T00:00:00Z",
         &action.name,
         1,

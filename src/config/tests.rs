@@ -885,8 +885,16 @@ fn actions_and_remediation_parse_with_their_defaults() {
     assert!(restart.expects(202) && !restart.expects(204));
     let labels = crate::core::Labels::from([("team".to_string(), "a b/c".to_string())]);
     assert_eq!(
-        restart.url.fill("trading/1 x", &labels),
+        restart.url.fill("trading/1 x", &labels).unwrap(),
         "http://127.0.0.1:8000/admin/agents/trading%2F1%20x/restart?team=a%20b%2Fc"
+    );
+    // An id that would be a dot segment is refused; one that merely holds
+    // dots, slashes or braces stays one segment.
+    assert!(restart.url.fill("..", &labels).is_err());
+    assert!(restart.url.fill(".", &labels).is_err());
+    assert_eq!(
+        restart.url.fill("../{team}", &labels).unwrap(),
+        "http://127.0.0.1:8000/admin/agents/..%2F%7Bteam%7D/restart?team=a%20b%2Fc"
     );
     let status = r.action("agent_status").unwrap();
     assert_eq!(status.method, reqwest::Method::GET);
@@ -933,6 +941,9 @@ actions:
   - name: bad_syntax
     url: "http://127.0.0.1/admin/{agent}"
     body: '{{ agent '
+  - name: quoted_not_escaped
+    url: "http://127.0.0.1/admin/{agent}"
+    body: '{"agent": "{{ agent }}"}'
   - name: post_status
     url: "http://127.0.0.1/admin/{agent}/status?region={region}"
 agents:
@@ -949,6 +960,7 @@ agents:
             "actions[1].body",
             "actions[2].body",
             "actions[3].body",
+            "actions[4].body",
             "agents[0].remediate.action",
             "agents[1].remediate.on[0]",
             "agents[1].remediate.page",
@@ -969,6 +981,7 @@ agents:
     );
     assert!(text_of("actions[2].body").contains("not JSON"), "{got:#?}");
     assert!(text_of("actions[3].body").contains("not a valid template"));
+    assert!(text_of("actions[4].body").contains("|tojson"), "{got:#?}");
     assert!(
         text_of("agents[0].remediate.action")
             .contains("no action named `restart` (actions: broken_body, not_json, bad_syntax"),

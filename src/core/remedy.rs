@@ -368,8 +368,9 @@ pub struct RemediationNote {
 impl RemedyView {
     /// Until when an agent's page waits for remediation, if it does:
     /// its rule pages `after_remediation`, its state is one the rule acts
-    /// on, and its case is open (or not seen yet: the view may lag the
-    /// snapshot by a moment, so a case not seen yet is presumed open).
+    /// on, and its case is open and may act (or not seen yet: the view may
+    /// lag the snapshot by a moment, so a case not seen yet is presumed
+    /// open).
     pub fn hold_until(&self, policy: &Policy, agent: &AgentView) -> Option<Timestamp> {
         if self.dry_run {
             return None;
@@ -378,9 +379,12 @@ impl RemedyView {
         if rule.page != PageMode::AfterRemediation || !rule.on.contains(&agent.state) {
             return None;
         }
+        // Ended, or blocked because this replica does not lead: nothing
+        // will be tried here, so nothing is waited for (a follower pages
+        // nobody anyway; a replica failing open pages at once).
         if let Some(case) = self.cases.get(&agent.id)
             && case.since == agent.since
-            && !case.phase.open()
+            && (!case.phase.open() || case.blocked == Some(Block::NotLeader))
         {
             return None;
         }

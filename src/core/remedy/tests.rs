@@ -235,12 +235,14 @@ fn five_agents_are_within_the_bound() {
 #[test]
 fn nothing_is_called_on_unknown_data_a_down_source_a_failing_service_silence_or_a_follower() {
     let stale = || snap(&[("agent_a", State::Stale, at(0))]);
-    // Not the leader.
+    // Not the leader: nothing waits for what this replica will not try.
     let mut r = remedies();
     assert!(r.step(&stale(), false, &not_silenced, at(10)).is_empty());
+    let view = r.view(at(10));
+    assert_eq!(view.cases["agent_a"].blocked, Some(Block::NotLeader));
     assert_eq!(
-        r.view(at(10)).cases["agent_a"].blocked,
-        Some(Block::NotLeader)
+        view.hold_until(&r.policy, stale().agent("agent_a").unwrap()),
+        None
     );
     // Silenced.
     let mut r = remedies();
