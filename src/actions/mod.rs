@@ -400,17 +400,6 @@ fn log_event(event: &RemedyEvent) {
 /// Make one call; never longer than the action's timeout.
 async fn call(client: &reqwest::Client, action: &ActionConfig, spec: &CallSpec) -> CallResult {
     let started = Instant::now();
-    let url = match action.url.fill(spec.agent.as_str(), &spec.labels) {
-        Ok(u) => u,
-        Err(e) => {
-            warn!(agent = %spec.agent, action = %action.name, error = %e,
-                "Action not called: its URL cannot be made for this agent.");
-            return CallResult {
-                error: Some(e),
-                ..CallResult::default()
-            };
-        }
-    };
     let ctx = body_context(
         spec.agent.as_str(),
         &spec.labels,
@@ -422,11 +411,17 @@ async fn call(client: &reqwest::Client, action: &ActionConfig, spec: &CallSpec) 
         &action.name,
         spec.number,
     );
-    let body = match render_body(action, &ctx) {
-        Ok(b) => b,
+    // The URL (an id that cannot be a path segment) or the body (a value a
+    // strict template cannot render) may not be made for this agent.
+    let request = action
+        .url
+        .fill(spec.agent.as_str(), &spec.labels)
+        .and_then(|url| Ok((url, render_body(action, &ctx)?)));
+    let (url, body) = match request {
+        Ok(r) => r,
         Err(e) => {
             warn!(agent = %spec.agent, action = %action.name, error = %e,
-                "Action not called: its body does not render.");
+                "Action not called: its request cannot be made for this agent.");
             return CallResult {
                 error: Some(e),
                 ..CallResult::default()
