@@ -31,6 +31,8 @@ struct Options {
     dry_run: bool,
     max_agents: usize,
     group_wait: Duration,
+    /// The rule's `page`.
+    page: &'static str,
 }
 
 impl Default for Options {
@@ -40,6 +42,7 @@ impl Default for Options {
             dry_run: false,
             max_agents: 5,
             group_wait: Duration::from_secs(1),
+            page: "after_remediation",
         }
     }
 }
@@ -90,7 +93,7 @@ agents:
       max_attempts: 2
       backoff: {backoff}ms
       verify_within: {verify}ms
-      page: after_remediation
+      page: {page}
       report: agent_status
 receivers:
   - {{name: hook, type: webhook, url: "{hook}"}}
@@ -101,6 +104,7 @@ routing: {{group_wait: {group_wait}ms, group_interval: 2s, repeat_interval: 1h, 
         backoff = BACKOFF.as_millis(),
         verify = VERIFY.as_millis(),
         group_wait = o.group_wait.as_millis(),
+        page = o.page,
     )
 }
 
@@ -687,4 +691,33 @@ async fn a_sigkilled_sidecar_does_not_call_more_than_max_attempts_after_its_rest
         "{summary}"
     );
     s.hold_quiet(1, 2, Duration::from_secs(4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_page_at_once_the_alert_fires_and_resolves_saying_what_fixed_it() {
+    // Told at once (no group_wait): the restart comes `after` (1 s) later.
+    let s = Stack::start(Options {
+        page: "at_once",
+        group_wait: Duration::ZERO,
+        ..Options::default()
+    })
+    .await;
+    let stuck = agent_id(0);
+    s.service.stick(&stuck).await;
+    // Paged as soon as it is stale, then resolved once the restart worked.
+    let got = s.wait_notifications(2).await;
+    assert_eq!(got[0]["status"], "firing", "{got:#?}");
+    assert_eq!(got[1]["status"], "resolved", "{got:#?}");
+    let summary = got[1]["alerts"][0]["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!("{stuck} recovered at "))
+            && summary.ends_with(", after restart_agent"),
+        "{summary}"
+    );
+    assert_eq!(
+        got[1]["alerts"][0]["remediation"]["recovered_after"],
+        "restart_agent"
+    );
+    assert_eq!(s.calls(&stuck, "/restart").await.len(), 1);
+    s.hold_quiet(2, 1, Duration::from_secs(3)).await;
 }
