@@ -375,6 +375,15 @@ async fn a_stuck_agent_is_restarted_and_recovers_without_a_page() {
     assert_eq!(s.calls(&other, "/status").await.len(), 1);
     let listed = s.attempts(&other, "agent_status").await;
     assert_eq!(listed.len(), 1, "{listed:#?}");
+    // A large answer is kept to 4 KiB, marked where cut.
+    s.service.set_report_size(&other, 20_000).await;
+    let (code, v) = s
+        .run_action(&s.sidecar.admin, &other, "agent_status", Some(API_TOKEN))
+        .await;
+    assert_eq!(code, 200, "{v}");
+    let answer = v["answer"].as_str().unwrap();
+    assert!(answer.len() <= 4096, "{} bytes", answer.len());
+    assert!(answer.ends_with('…') && answer.contains(&other), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
