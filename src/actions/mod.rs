@@ -191,6 +191,8 @@ impl ActionsTask {
     pub async fn run(mut self, cancel: CancellationToken) {
         self.liveness.register("actions", Duration::from_secs(10));
         let mut inflight: JoinSet<(u64, CallResult)> = JoinSet::new();
+        // The attempt each call task makes.
+        let mut tasks: HashMap<tokio::task::Id, u64> = HashMap::new();
         let mut waiting: HashMap<u64, oneshot::Sender<ManualAnswer>> = HashMap::new();
         let mut role = self.leadership.subscribe();
         let mut breaker_open = false;
@@ -207,20 +209,32 @@ impl ActionsTask {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
-                    match joined {
-                        Ok((attempt, result)) => {
-                            let body = result.body.clone();
-                            let now = self.clock.now();
-                            let more = self.remedies.call_done(attempt, result, now);
-                            self.start(more, &mut inflight);
-                            if let Some(reply) = waiting.remove(&attempt)
-                                && let Some(a) = self.remedies.attempt_by_id(attempt)
-                            {
-                                let _ = reply.send(ManualAnswer::Done(Box::new(a.clone()), body));
-                            }
+                Some(joined) = inflight.join_next_with_id(), if !inflight.is_empty() => {
+                    // A call task that panicked is a failed call, not an
+                    // attempt left open for ever.
+                    let done = match joined {
+                        Ok((id, done)) => {
+                            tasks.remove(&id);
+                            Some(done)
                         }
-                        Err(e) => error!(error = %e, "An action call task failed."),
+                        Err(e) => {
+                            error!(error = %e, "An action call task failed.");
+                            tasks.remove(&e.id()).map(|attempt| (attempt, CallResult {
+                                error: Some(format!("the call failed inside the sidecar: {e}")),
+                                ..CallResult::default()
+                            }))
+                        }
+                    };
+                    if let Some((attempt, result)) = done {
+                        let body = result.body.clone();
+                        let now = self.clock.now();
+                        let more = self.remedies.call_done(attempt, result, now);
+                        self.start(more, &mut inflight, &mut tasks);
+                        if let Some(reply) = waiting.remove(&attempt)
+                            && let Some(a) = self.remedies.attempt_by_id(attempt)
+                        {
+                            let _ = reply.send(ManualAnswer::Done(Box::new(a.clone()), body));
+                        }
                     }
                 }
                 Some(call) = self.manual.recv() => {
@@ -235,7 +249,7 @@ impl ActionsTask {
                             }
                             Some(spec) => {
                                 waiting.insert(spec.attempt, call.reply);
-                                self.start(vec![spec], &mut inflight);
+                                self.start(vec![spec], &mut inflight, &mut tasks);
                             }
                         }
                     }
@@ -267,7 +281,14 @@ impl ActionsTask {
                     .any(|s| s.is_active(now) && s.matchers.matches(&alert))
             };
             let calls = self.remedies.step(&snap, may_act, &silenced, now);
-            self.start(calls, &mut inflight);
+            if !calls.is_empty() && self.remedies.revision() != saved {
+                // Durable before acted on (DESIGN §2 rule 3): a crash right
+                // after cannot make these calls a second time.
+                saved = self.remedies.revision();
+                last_save = Instant::now();
+                self.save().await;
+            }
+            self.start(calls, &mut inflight, &mut tasks);
             for event in self.remedies.take_events() {
                 log_event(&event);
                 match event {
@@ -326,7 +347,12 @@ impl ActionsTask {
     }
 
     /// Spawn `calls` (each bounded by its action's timeout).
-    fn start(&self, calls: Vec<CallSpec>, inflight: &mut JoinSet<(u64, CallResult)>) {
+    fn start(
+        &self,
+        calls: Vec<CallSpec>,
+        inflight: &mut JoinSet<(u64, CallResult)>,
+        tasks: &mut HashMap<tokio::task::Id, u64>,
+    ) {
         for spec in calls {
             let Some(action) = self.config.action(&spec.action).cloned() else {
                 // Checked when the config loads; a manual call names one
@@ -336,7 +362,8 @@ impl ActionsTask {
             };
             let client = self.client.clone();
             let metrics = self.metrics.clone();
-            inflight.spawn(async move {
+            let attempt = spec.attempt;
+            let handle = inflight.spawn(async move {
                 let result = call(&client, &action, &spec).await;
                 let label = if result.dry_run {
                     ActionResult::DryRun
@@ -354,6 +381,7 @@ impl ActionsTask {
                 metrics.action_called(&action.name, label, result.duration);
                 (spec.attempt, result)
             });
+            tasks.insert(handle.id(), attempt);
         }
     }
 }

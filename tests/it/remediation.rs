@@ -681,7 +681,7 @@ async fn a_sigkilled_sidecar_does_not_call_more_than_max_attempts_after_its_rest
     let stuck = agent_id(0);
     s.service.set_restart_mode(&stuck, RestartMode::Noop).await;
     s.service.stick(&stuck).await;
-    // The first call is made and saved (at most a second later).
+    // The first call is made (its start saved before it is made).
     let saved = s.dir.path().join("state/actions.json");
     let ok = poll_until(SEE, Duration::from_millis(20), || async {
         s.calls(&stuck, "/restart").await.len() == 1
