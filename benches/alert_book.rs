@@ -29,30 +29,30 @@ fn storm(n: usize) -> Snapshot {
         ("team".to_string(), "trading".to_string()),
         ("severity".to_string(), "critical".to_string()),
     ]));
-    let agents = (0..n)
-        .map(|i| AgentView {
-            id: AgentId::new(format!("agent_{i:07}").as_str()),
-            state: State::Stale,
-            since: now,
-            reason: "no heartbeat".into(),
-            expected: false,
-            labels: labels.clone(),
-            checks: vec![CheckView {
-                source: "redis".into(),
+    let beat = Some(now - chrono::TimeDelta::seconds(90));
+    let agents: Vec<(AgentView, Vec<_>)> = (0..n)
+        .map(|i| {
+            let view = AgentView {
+                id: AgentId::new(format!("agent_{i:07}").as_str()),
                 state: State::Stale,
                 since: now,
                 reason: "no heartbeat".into(),
-                last_seen: Some(now - chrono::TimeDelta::seconds(90)),
-                age_seconds: Some(90.0),
-                threshold_seconds: 30.0,
-                status: None,
-                depends_on: None,
-            }],
+                expected: false,
+                labels: labels.clone(),
+                checks: vec![CheckView {
+                    source: "redis".into(),
+                    state: State::Stale,
+                    since: now,
+                    reason: "no heartbeat".into(),
+                    threshold_seconds: 30.0,
+                    status: None,
+                    depends_on: None,
+                }],
+            };
+            (view, vec![beat])
         })
         .collect();
-    let mut s = Snapshot::empty(now);
-    s.agents = agents;
-    s
+    Snapshot::of(now, agents)
 }
 
 fn routing() -> Routing {

@@ -20,37 +20,34 @@ fn fleet(n: usize) -> Snapshot {
         ("team".to_string(), "trading".to_string()),
         ("severity".to_string(), "critical".to_string()),
     ]));
-    let agents = (0..n)
+    let agents: Vec<(AgentView, Vec<Option<chrono::DateTime<Utc>>>)> = (0..n)
         .map(|i| {
             let state = if i % 100 == 0 {
                 State::Stale
             } else {
                 State::Healthy
             };
-            AgentView {
+            let view = AgentView {
                 id: AgentId::new(format!("agent_{i:07}").as_str()),
                 state,
                 since: now,
-                reason: String::new(),
+                reason: "".into(),
                 expected: false,
                 labels: labels.clone(),
                 checks: vec![CheckView {
                     source: "redis".into(),
                     state,
                     since: now,
-                    reason: String::new(),
-                    last_seen: Some(now),
-                    age_seconds: Some(1.0),
+                    reason: "".into(),
                     threshold_seconds: 30.0,
                     status: None,
                     depends_on: None,
                 }],
-            }
+            };
+            (view, vec![Some(now)])
         })
         .collect();
-    let mut s = Snapshot::empty(now);
-    s.agents = agents;
-    s
+    Snapshot::of(now, agents)
 }
 
 /// The same families through the crate's registry.
@@ -77,7 +74,7 @@ fn crate_registry(snap: &Snapshot) -> Registry {
         &["agent", "team", "severity"],
     )
     .unwrap();
-    for a in &snap.agents {
+    for a in snap.views() {
         let id = a.id.as_str();
         for s in State::ALL {
             state

@@ -11,7 +11,9 @@
 //!   state transition and otherwise at most once a second; the alert engine
 //!   follows them (level-triggered, so nothing it needs can be dropped);
 //! - state to the store: a `watch` (latest wins), at most once per
-//!   `state.flush_interval`, and once more at shutdown.
+//!   `state.flush_interval`, and once more at shutdown. It carries a
+//!   [`StateHandoff`] the writer empties: the copy of a fleet's state lives
+//!   only until it is written, not for the whole interval.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,12 +47,21 @@ const PERSIST_DATA_EVERY: Duration = Duration::from_secs(60);
 /// rebuilding it during a storm of transitions in a large fleet).
 const SNAPSHOT_AFTER_TRANSITION: Duration = Duration::from_millis(100);
 
+/// What the core hands the state writer: the state to save, taken out by
+/// the writer (so nothing holds it once written).
+pub type StateHandoff = Arc<std::sync::Mutex<Option<Persisted>>>;
+
+/// A handoff holding `state`.
+pub fn handoff(state: Option<Persisted>) -> StateHandoff {
+    Arc::new(std::sync::Mutex::new(state))
+}
+
 pub struct Driver {
     pub sup: Supervisor,
     pub rx: mpsc::Receiver<Observation>,
     pub confirm_txs: HashMap<SourceId, mpsc::Sender<Vec<AgentId>>>,
     pub snapshot_tx: watch::Sender<Arc<Snapshot>>,
-    pub persist_tx: Option<watch::Sender<Arc<Persisted>>>,
+    pub persist_tx: Option<watch::Sender<StateHandoff>>,
     pub persist_every: Duration,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
@@ -150,7 +161,7 @@ impl Driver {
 
     fn persist(&self) {
         if let Some(tx) = &self.persist_tx {
-            tx.send_replace(Arc::new(self.sup.persist()));
+            tx.send_replace(handoff(Some(self.sup.persist())));
         }
     }
 

@@ -89,16 +89,19 @@ pub fn metrics_text(data: &[u8]) -> Option<(String, Vec<String>)> {
     }
     let (source, team, ids) = (parts[0], parts[1], &parts[2..]);
     let now = chrono::Utc::now();
-    let mut snap = Snapshot::empty(now);
+    let mut beats = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for (i, id) in ids.iter().enumerate() {
         if !seen.insert(*id) {
             continue;
         }
         let state = State::ALL[i % State::ALL.len()];
-        snap.agents
-            .push(AgentView::with_one_check(id, state, source, team, now));
+        beats.push((
+            AgentView::with_one_check(id, state, source, team, now),
+            vec![Some(now)],
+        ));
     }
+    let snap = Snapshot::of(now, beats);
     let mut out = String::new();
     crate::sinks::metrics::render_agents(&snap, 1 + ids.len() / 2, &mut out);
     Some((out, seen.into_iter().map(str::to_string).collect()))

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use crate::app::{Polled, source_kinds};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::core::snapshot::SourceStatus;
+use crate::core::snapshot::{SourceStatus, age_seconds};
 use crate::core::{
     ErrorKind, Observation, Snapshot, SourceFailure, SourceId, SourceKind, State, Supervisor,
 };
@@ -84,9 +84,9 @@ pub async fn scan(config: &Config, timeout: Duration) -> anyhow::Result<Snapshot
 
 /// Exit code for a snapshot (see the module doc).
 pub fn exit_code(snap: &Snapshot) -> i32 {
-    if snap.agents.iter().any(|a| a.state.is_alerting()) {
+    if snap.views().iter().any(|a| a.state.is_alerting()) {
         EXIT_CRITICAL
-    } else if snap.agents.iter().any(|a| a.state == State::Unknown)
+    } else if snap.views().iter().any(|a| a.state == State::Unknown)
         || snap.sources.iter().any(|s| s.status == SourceStatus::Down)
     {
         EXIT_UNKNOWN
@@ -109,30 +109,25 @@ fn agents(n: usize) -> String {
 pub fn render_table(snap: &Snapshot, push: &[SourceId]) -> String {
     let mut out = String::new();
     let rows: Vec<[String; 6]> = snap
-        .agents
         .iter()
         .map(|a| {
-            let worst = a
-                .checks
-                .iter()
-                .max_by_key(|c| c.state.severity())
-                .or(a.checks.first());
+            let worst = a.checks().max_by_key(|(c, _)| c.state.severity());
             [
                 a.id.to_string(),
                 a.state.to_string(),
                 worst
-                    .and_then(|c| c.age_seconds)
+                    .and_then(|(_, t)| age_seconds(t, snap.taken_at))
                     .map(|s| format!("{s:.1}s"))
                     .unwrap_or_else(|| "-".into()),
                 worst
-                    .map(|c| format!("{}s", c.threshold_seconds))
+                    .map(|(c, _)| format!("{}s", c.threshold_seconds))
                     .unwrap_or_else(|| "-".into()),
                 a.checks
                     .iter()
                     .map(|c| c.source.to_string())
                     .collect::<Vec<_>>()
                     .join(","),
-                a.reason.clone(),
+                a.reason.to_string(),
             ]
         })
         .collect();
@@ -196,39 +191,39 @@ mod tests {
 
     fn snap_with_checks(states: &[State], source_down: bool, checks: usize) -> Snapshot {
         let now = Utc::now();
-        Snapshot {
-            taken_at: now,
-            agents: states
-                .iter()
-                .enumerate()
-                .map(|(i, s)| AgentView {
+        let agents = states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let view = AgentView {
                     id: format!("a{i}").as_str().into(),
                     state: *s,
                     since: now,
-                    reason: String::new(),
+                    reason: "".into(),
                     expected: false,
                     labels: Arc::new(Labels::new()),
                     checks: vec![],
-                })
-                .collect(),
-            sources: vec![SourceView {
-                name: SourceId::from("redis"),
-                kind: "redis".into(),
-                status: if source_down {
-                    SourceStatus::Down
-                } else {
-                    SourceStatus::Up
-                },
-                since: now,
-                last_success: None,
-                last_scan_started: None,
-                error: source_down.then(|| SourceFailure {
-                    kind: ErrorKind::ConnectionRefused,
-                    message: "redis: connection refused (redis://127.0.0.1:6379)".into(),
-                }),
-                checks,
-            }],
-        }
+                };
+                (view, vec![])
+            })
+            .collect();
+        Snapshot::of(now, agents).with_sources(vec![SourceView {
+            name: SourceId::from("redis"),
+            kind: "redis".into(),
+            status: if source_down {
+                SourceStatus::Down
+            } else {
+                SourceStatus::Up
+            },
+            since: now,
+            last_success: None,
+            last_scan_started: None,
+            error: source_down.then(|| SourceFailure {
+                kind: ErrorKind::ConnectionRefused,
+                message: "redis: connection refused (redis://127.0.0.1:6379)".into(),
+            }),
+            checks,
+        }])
     }
 
     #[test]

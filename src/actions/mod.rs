@@ -35,7 +35,7 @@ use crate::core::model::cut_marked;
 use crate::core::remedy::{
     Attempt, CallResult, CallSpec, PersistedRemedies, Remedies, RemedyEvent, RemedyView, Trigger,
 };
-use crate::core::snapshot::AgentView;
+use crate::core::snapshot::Entry;
 use crate::core::{Policy, Snapshot};
 use crate::ha::{Leadership, Role};
 use crate::liveness::Liveness;
@@ -272,7 +272,7 @@ impl ActionsTask {
             // replicas would each restart the agent.
             let may_act = self.leadership.may_notify()
                 && matches!(self.leadership.role(), Role::Alone | Role::Leader { .. });
-            let silenced = |agent: &AgentView| {
+            let silenced = |agent: Entry<'_>| {
                 let Some(alert) = Alert::for_agent(agent, now) else {
                     return false;
                 };

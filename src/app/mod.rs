@@ -26,10 +26,9 @@ use crate::clock::{Clock, instant_after};
 use crate::config::{Config, SourceKindConfig};
 use crate::core::remedy::RemedyView;
 use crate::core::{
-    AgentId, ErrorKind, Observation, Persisted, Snapshot, SourceFailure, SourceId, SourceKind,
-    Supervisor,
+    AgentId, ErrorKind, Observation, Snapshot, SourceFailure, SourceId, SourceKind, Supervisor,
 };
-use crate::driver::{CONFIRM_CAPACITY, Driver, OBSERVATION_CAPACITY};
+use crate::driver::{CONFIRM_CAPACITY, Driver, OBSERVATION_CAPACITY, StateHandoff, handoff};
 use crate::ha::{Leadership, LeaseClient, LeaseTask};
 use crate::http::{HttpState, Routers, ServerLimits, routers};
 use crate::liveness::Liveness;
@@ -85,7 +84,7 @@ pub struct App {
     polled: Vec<(SourceId, Polled, mpsc::Receiver<Vec<AgentId>>)>,
     push: Option<PushState>,
     snapshot_rx: watch::Receiver<Arc<Snapshot>>,
-    store: Option<(FileStore, watch::Receiver<Arc<Persisted>>)>,
+    store: Option<(FileStore, watch::Receiver<StateHandoff>)>,
     alerts: AlertParts,
     lease: Option<LeaseTask>,
     /// Remediation, when `actions:` are configured.
@@ -126,7 +125,7 @@ impl App {
                         info!(checks = n, path = %store.path().display(), "Restored state.");
                     }
                 }
-                let (tx, rx) = watch::channel(Arc::new(sup.persist()));
+                let (tx, rx) = watch::channel(handoff(None));
                 (Some((store, rx)), Some(tx))
             }
             None => (None, None),

@@ -1,39 +1,41 @@
 //! The state writer: saves what the core publishes for the state store.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::core::Persisted;
+use crate::driver::StateHandoff;
 use crate::sinks::state::{FileStore, StateFile};
 use crate::telemetry::metrics::Metrics;
 
 /// Write the latest state at most once per `every`, and the last one as
-/// soon as the core stops (closes `rx`), without waiting out `every`.
+/// soon as the core stops (closes `rx`), without waiting out `every`. The
+/// state is taken out of its handoff: once written, nothing holds it.
 pub(super) async fn write_state(
     store: FileStore,
-    mut rx: watch::Receiver<Arc<Persisted>>,
+    mut rx: watch::Receiver<StateHandoff>,
     every: Duration,
     metrics: Arc<Metrics>,
 ) {
-    let mut saved: Option<Arc<Persisted>> = None;
     let mut failing = false;
     loop {
         fail::fail_point!("state-writer");
         let closed = rx.changed().await.is_err();
-        let latest = rx.borrow_and_update().clone();
-        if saved.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &latest)) {
+        let latest = rx
+            .borrow_and_update()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(value) = latest {
             let st = store.clone();
-            let value = latest.clone();
             match tokio::task::spawn_blocking(move || st.save(&value)).await {
                 Ok(Ok(())) => {
                     if failing {
                         info!("State store writable again.");
                     }
                     failing = false;
-                    saved = Some(latest);
                 }
                 Ok(Err(e)) => {
                     metrics.state_save_failed(StateFile::State);
@@ -69,19 +71,21 @@ async fn closed_channel<T>(mut rx: watch::Receiver<T>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::Persisted;
+    use crate::driver::handoff;
 
     #[tokio::test]
     async fn the_last_state_is_written_at_once_when_the_core_stops() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
-        let (tx, rx) = watch::channel(Arc::new(Persisted::default()));
+        let (tx, rx) = watch::channel(handoff(None));
         let writer = tokio::spawn(write_state(
             store.clone(),
             rx,
             Duration::from_secs(3600),
             Arc::new(Metrics::new(0).unwrap()),
         ));
-        tx.send(Arc::new(Persisted::default())).unwrap();
+        tx.send(handoff(Some(Persisted::default()))).unwrap();
         drop(tx);
         tokio::time::timeout(Duration::from_secs(5), writer)
             .await

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::core::remedy::RemediationNote;
-use crate::core::snapshot::{AgentView, SourceView};
+use crate::core::snapshot::{Entry, SourceView};
 use crate::core::{AgentId, SourceId, State, Timestamp};
 
 /// What an alert is about (DESIGN §5). Closed set: it is a label value.
@@ -167,17 +167,16 @@ impl Alert {
     }
 
     /// The firing alert for an agent in an alerting state, if it is one.
-    pub fn for_agent(agent: &AgentView, now: Timestamp) -> Option<Alert> {
+    pub fn for_agent(agent: Entry<'_>, now: Timestamp) -> Option<Alert> {
         let kind = AlertKind::for_state(agent.state)?;
-        // The check that decided the agent's state.
-        let check = agent
-            .checks
-            .iter()
-            .filter(|c| c.state == agent.state)
-            .min_by_key(|c| c.since);
-        let age = check
-            .and_then(|c| c.last_seen)
-            .map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
+        // The check that decided the agent's state, and its last heartbeat.
+        let decided = agent
+            .checks()
+            .filter(|(c, _)| c.state == agent.state)
+            .min_by_key(|(c, _)| c.since);
+        let check = decided.map(|(c, _)| c);
+        let last_seen = decided.and_then(|(_, t)| t);
+        let age = last_seen.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
         let threshold = check.map(|c| c.threshold_seconds);
         let source = check.map(|c| c.source.clone());
         let summary = match (kind, age, threshold) {
@@ -205,7 +204,7 @@ impl Alert {
             agent: Some(agent.id.clone()),
             source,
             labels: (*agent.labels).clone(),
-            last_seen: check.and_then(|c| c.last_seen),
+            last_seen,
             age_seconds: age,
             threshold_seconds: threshold,
             starts_at: agent.since,

@@ -3,6 +3,17 @@
 //! the alert pipeline and config through [`alert`] types (alerts, matchers,
 //! silences, notifications).
 
+/// A [`Text`] most checks share, allocated once for the whole process:
+/// `shared!("heartbeat within threshold")`. (Declared before the modules
+/// that use it.)
+macro_rules! shared {
+    ($s:literal) => {{
+        static TEXT: std::sync::LazyLock<$crate::core::Text> =
+            std::sync::LazyLock::new(|| std::sync::Arc::from($s));
+        $crate::core::Text::clone(&TEXT)
+    }};
+}
+
 pub mod alert;
 pub mod model;
 pub mod policy;

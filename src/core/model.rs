@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 /// the local clock (sources correct for their datastore's offset).
 pub type Timestamp = DateTime<Utc>;
 
+/// Text shared rather than copied: a check's or an agent's reason, a
+/// status detail. Every snapshot and state file carries it; cloning it bumps
+/// a count instead of allocating, so a fleet's reasons are held once.
+pub type Text = Arc<str>;
+
 /// A logical agent's id (`trading_coordinator`, `market_analyst:42`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -201,7 +206,7 @@ pub struct Status {
     /// For a reported status, what was reported (`error: db pool
     /// exhausted`, `HTTP 500`); otherwise the whole story in a few words
     /// (`not reachable: connection refused`, `no answer within 2s`).
-    pub detail: String,
+    pub detail: Text,
     /// Whether something answered. Not part of the API (the check's reason
     /// says it); absent from older data, where it means reported.
     #[serde(default, skip_serializing)]
@@ -264,7 +269,7 @@ impl Status {
     }
 
     /// A status the service, a pushed body or a row reported.
-    pub fn reported(healthy: bool, detail: impl Into<String>) -> Self {
+    pub fn reported(healthy: bool, detail: impl Into<Text>) -> Self {
         Self {
             healthy,
             detail: detail.into(),
@@ -274,7 +279,7 @@ impl Status {
 
     /// A failing status from a probe that had no usable answer; `detail`
     /// says it all (`not reachable: connection refused`).
-    pub fn unanswered(origin: StatusOrigin, detail: impl Into<String>) -> Self {
+    pub fn unanswered(origin: StatusOrigin, detail: impl Into<Text>) -> Self {
         Self {
             healthy: false,
             detail: detail.into(),
@@ -285,12 +290,14 @@ impl Status {
     /// The reason of a check failing with this status: `reported unhealthy:
     /// HTTP 500` only when something reported it, the probe's own words
     /// (`not reachable: connection refused`) when nothing did.
-    pub fn failing_reason(&self) -> String {
+    pub fn failing_reason(&self) -> Text {
         match (self.origin, self.detail.is_empty()) {
-            (StatusOrigin::Reported, true) => "reported unhealthy".to_string(),
-            (StatusOrigin::Reported, false) => format!("reported unhealthy: {}", self.detail),
-            (StatusOrigin::NoAnswer, true) => "no answer".to_string(),
-            (StatusOrigin::BadAnswer, true) => "unusable answer".to_string(),
+            (StatusOrigin::Reported, true) => shared!("reported unhealthy"),
+            (StatusOrigin::Reported, false) => {
+                format!("reported unhealthy: {}", self.detail).into()
+            }
+            (StatusOrigin::NoAnswer, true) => shared!("no answer"),
+            (StatusOrigin::BadAnswer, true) => shared!("unusable answer"),
             (StatusOrigin::NoAnswer | StatusOrigin::BadAnswer, false) => self.detail.clone(),
         }
     }
@@ -456,23 +463,23 @@ mod tests {
     fn reported_unhealthy_only_when_something_reported() {
         let r = Status::reported(false, "error: db pool exhausted");
         assert_eq!(
-            r.failing_reason(),
+            &*r.failing_reason(),
             "reported unhealthy: error: db pool exhausted"
         );
         assert_eq!(
-            Status::reported(false, "").failing_reason(),
+            &*Status::reported(false, "").failing_reason(),
             "reported unhealthy"
         );
         let refused =
             Status::unanswered(StatusOrigin::NoAnswer, "not reachable: connection refused");
         assert_eq!(
-            refused.failing_reason(),
+            &*refused.failing_reason(),
             "not reachable: connection refused"
         );
         let hung = Status::unanswered(StatusOrigin::NoAnswer, "no answer within 2s");
-        assert_eq!(hung.failing_reason(), "no answer within 2s");
+        assert_eq!(&*hung.failing_reason(), "no answer within 2s");
         let big = Status::unanswered(StatusOrigin::BadAnswer, "body too large");
-        assert_eq!(big.failing_reason(), "body too large");
+        assert_eq!(&*big.failing_reason(), "body too large");
     }
 
     #[test]

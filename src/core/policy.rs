@@ -168,7 +168,7 @@ impl Policy {
             },
             None => Resolved {
                 stale_after: self.defaults.stale_after,
-                labels: Arc::new(Labels::new()),
+                labels: no_labels(),
                 expected: false,
             },
         }
@@ -204,6 +204,12 @@ impl Policy {
             .map(|r| AgentId::new(r.pattern.as_str()))
             .collect()
     }
+}
+
+/// The labels of an agent no rule matches: one empty set for all of them.
+fn no_labels() -> Arc<Labels> {
+    static NONE: std::sync::LazyLock<Arc<Labels>> = std::sync::LazyLock::new(Arc::default);
+    NONE.clone()
 }
 
 #[cfg(test)]

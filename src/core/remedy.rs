@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{AgentId, State, Timestamp};
 use super::policy::{Labels, Policy};
-use super::snapshot::{AgentView, Snapshot, SourceStatus};
+use super::snapshot::{AgentView, Entry, Snapshot, SourceStatus};
 use super::time::after;
 
 /// Whether an agent's page waits for its remediation.
@@ -594,14 +594,14 @@ impl Remedies {
         &mut self,
         snap: &Snapshot,
         may_act: bool,
-        silenced: &dyn Fn(&AgentView) -> bool,
+        silenced: &dyn Fn(Entry<'_>) -> bool,
         now: Timestamp,
     ) -> Vec<CallSpec> {
         let mut calls = Vec::new();
         self.expire(now);
         // Open, update and close cases from what the snapshot says. Most
         // agents are healthy with no case: they cost one comparison.
-        for agent in &snap.agents {
+        for agent in snap.views() {
             let has_case = self.cases.contains_key(&agent.id);
             if !has_case && matches!(agent.state, State::Healthy | State::Unknown) {
                 continue;
@@ -738,7 +738,7 @@ impl Remedies {
         id: &AgentId,
         snap: &Snapshot,
         may_act: bool,
-        silenced: &dyn Fn(&AgentView) -> bool,
+        silenced: &dyn Fn(Entry<'_>) -> bool,
         now: Timestamp,
         calls: &mut Vec<CallSpec>,
     ) {
@@ -747,7 +747,7 @@ impl Remedies {
         };
         let block = if !may_act {
             Some(Block::NotLeader)
-        } else if let Some(b) = blocked_by_sources(agent, snap) {
+        } else if let Some(b) = blocked_by_sources(&agent, snap) {
             Some(b)
         } else if silenced(agent) {
             Some(Block::Silenced)
@@ -828,7 +828,7 @@ impl Remedies {
             agent: id.clone(),
             labels: agent.labels.clone(),
             state: agent.state,
-            reason: agent.reason.clone(),
+            reason: agent.reason.to_string(),
             since: agent.since,
             action: rule.action.clone(),
             trigger: Trigger::Auto,
@@ -1159,7 +1159,7 @@ impl Remedies {
             agent: view.id.clone(),
             labels: view.labels.clone(),
             state: view.state,
-            reason: view.reason.clone(),
+            reason: view.reason.to_string(),
             since: view.since,
             action: action.to_string(),
             trigger: Trigger::Manual,

@@ -1,19 +1,36 @@
 //! Read-only views of the core's state: for the API, `/metrics`, the `scan`
 //! table, and the state store.
+//!
+//! A snapshot shares its agents with the next one: each [`AgentView`] is an
+//! `Arc` the core keeps and hands out again as long as the agent did not
+//! change, so a snapshot of a fleet costs a pointer per agent plus the
+//! agents that changed, however many snapshots the API, `/metrics`, the
+//! alert engine and remediation still hold. Nothing in a view depends on
+//! when the snapshot was taken: a check's age is computed when it is served
+//! ([`AgentAt`]).
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 
-use super::model::{AgentId, SourceFailure, SourceId, State, Status, Timestamp};
+use super::model::{AgentId, SourceFailure, SourceId, State, Status, Text, Timestamp};
 use super::policy::Labels;
 
 /// Everything the core knows, as of `taken_at`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Snapshot {
     pub taken_at: Timestamp,
-    /// Sorted by id.
-    pub agents: Vec<AgentView>,
+    /// Sorted by id; shared with the core and other snapshots.
+    agents: Vec<Arc<AgentView>>,
+    /// Every check's last heartbeat as of `taken_at` (local clock): the
+    /// checks of `agents`, agent after agent, each in its order. Kept
+    /// apart from the views, so that a heartbeat, the one thing that
+    /// changes for every agent all the time, costs a slot here rather than
+    /// a new view.
+    beats: Vec<Option<Timestamp>>,
+    /// Where each agent's checks start in `beats`.
+    first_beat: Vec<u32>,
     /// In config order.
     pub sources: Vec<SourceView>,
 }
@@ -23,15 +40,104 @@ impl Snapshot {
         Self {
             taken_at,
             agents: Vec::new(),
+            beats: Vec::new(),
+            first_beat: Vec::new(),
             sources: Vec::new(),
         }
     }
 
-    pub fn agent(&self, id: &str) -> Option<&AgentView> {
+    /// Room for `agents` agents.
+    pub fn with_capacity(taken_at: Timestamp, agents: usize) -> Self {
+        Self {
+            agents: Vec::with_capacity(agents),
+            beats: Vec::with_capacity(agents),
+            first_beat: Vec::with_capacity(agents),
+            ..Self::empty(taken_at)
+        }
+    }
+
+    /// A snapshot of `agents`, each with its checks' last heartbeats (one
+    /// per check, `None` where missing), in any order.
+    pub fn of(taken_at: Timestamp, mut agents: Vec<(AgentView, Vec<Option<Timestamp>>)>) -> Self {
+        agents.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let mut snap = Self::with_capacity(taken_at, agents.len());
+        for (view, beats) in agents {
+            snap.push(Arc::new(view), beats);
+        }
+        snap
+    }
+
+    /// The same snapshot with these sources.
+    pub fn with_sources(mut self, sources: Vec<SourceView>) -> Self {
+        self.sources = sources;
+        self
+    }
+
+    /// Add `view`, whose id sorts after every agent's already here, with
+    /// its checks' last heartbeats (padded with `None` or cut to one per
+    /// check).
+    pub fn push(
+        &mut self,
+        view: Arc<AgentView>,
+        beats: impl IntoIterator<Item = Option<Timestamp>>,
+    ) {
+        debug_assert!(self.agents.last().is_none_or(|a| a.id < view.id));
+        self.first_beat
+            .push(u32::try_from(self.beats.len()).unwrap_or(u32::MAX));
+        let n = view.checks.len();
+        self.beats
+            .extend(beats.into_iter().chain(std::iter::repeat(None)).take(n));
+        self.agents.push(view);
+    }
+
+    pub fn len(&self) -> usize {
+        self.agents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.agents.is_empty()
+    }
+
+    /// The `i`-th agent by id.
+    pub fn get(&self, i: usize) -> Option<Entry<'_>> {
+        let view = self.agents.get(i)?;
+        let from = self.first_beat[i] as usize;
+        let beats = self
+            .beats
+            .get(from..from + view.checks.len())
+            .unwrap_or(&[]);
+        Some(Entry { view, beats })
+    }
+
+    /// Every agent, by id.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Entry<'_>> + ExactSizeIterator {
+        self.agents
+            .iter()
+            .zip(&self.first_beat)
+            .map(|(view, &from)| Entry {
+                view,
+                beats: self
+                    .beats
+                    .get(from as usize..from as usize + view.checks.len())
+                    .unwrap_or(&[]),
+            })
+    }
+
+    /// The views alone, by id.
+    pub fn views(&self) -> &[Arc<AgentView>] {
+        &self.agents
+    }
+
+    /// Index of the first agent whose id sorts after `id`.
+    pub fn after(&self, id: &str) -> usize {
+        self.agents.partition_point(|a| a.id.as_str() <= id)
+    }
+
+    pub fn agent(&self, id: &str) -> Option<Entry<'_>> {
         self.agents
             .binary_search_by(|a| a.id.as_str().cmp(id))
             .ok()
-            .map(|i| &self.agents[i])
+            .and_then(|i| self.get(i))
     }
 
     /// Number of agents in each state, in [`State::ALL`] order.
@@ -46,13 +152,48 @@ impl Snapshot {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// One agent of a snapshot: its view and its checks' last heartbeats.
+/// Dereferences to the view.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry<'a> {
+    pub view: &'a Arc<AgentView>,
+    /// One per check of the view, in order.
+    pub beats: &'a [Option<Timestamp>],
+}
+
+impl std::ops::Deref for Entry<'_> {
+    type Target = AgentView;
+    fn deref(&self) -> &AgentView {
+        self.view
+    }
+}
+
+impl<'a> Entry<'a> {
+    /// The last heartbeat of check `i`.
+    pub fn last_seen(&self, i: usize) -> Option<Timestamp> {
+        self.beats.get(i).copied().flatten()
+    }
+
+    /// Each check with its last heartbeat.
+    pub fn checks(
+        &self,
+    ) -> impl DoubleEndedIterator<Item = (&'a CheckView, Option<Timestamp>)> + use<'a> {
+        let beats = self.beats;
+        self.view
+            .checks
+            .iter()
+            .enumerate()
+            .map(move |(i, c)| (c, beats.get(i).copied().flatten()))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AgentView {
     pub id: AgentId,
     pub state: State,
     pub since: Timestamp,
     /// Why the agent is in this state (the worst check's reason).
-    pub reason: String,
+    pub reason: Text,
     pub expected: bool,
     pub labels: Arc<Labels>,
     pub checks: Vec<CheckView>,
@@ -73,16 +214,14 @@ impl AgentView {
             id: AgentId::from(id),
             state,
             since: now,
-            reason: String::new(),
+            reason: Text::from(""),
             expected: false,
             labels: Arc::new(Labels::from([("team".to_string(), team.to_string())])),
             checks: vec![CheckView {
                 source: source.into(),
                 state,
                 since: now,
-                reason: String::new(),
-                last_seen: Some(now),
-                age_seconds: Some(0.0),
+                reason: Text::from(""),
                 threshold_seconds: 30.0,
                 status: None,
                 depends_on: None,
@@ -91,15 +230,12 @@ impl AgentView {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CheckView {
     pub source: SourceId,
     pub state: State,
     pub since: Timestamp,
-    pub reason: String,
-    pub last_seen: Option<Timestamp>,
-    /// `taken_at - last_seen`, in seconds.
-    pub age_seconds: Option<f64>,
+    pub reason: Text,
     pub threshold_seconds: f64,
     pub status: Option<Status>,
     /// The check this one depends on (its source's `depends_on`: the
@@ -107,6 +243,50 @@ pub struct CheckView {
     /// one is held `unknown`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub depends_on: Option<AgentId>,
+}
+
+/// `at - last_seen`, in seconds.
+pub fn age_seconds(last_seen: Option<Timestamp>, at: Timestamp) -> Option<f64> {
+    last_seen.map(|t| (at - t).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6)
+}
+
+/// An agent as the API serves it: its view, each check with its
+/// `last_seen` and `age_seconds` as of `at` (the snapshot's `taken_at`).
+pub struct AgentAt<'a> {
+    pub agent: Entry<'a>,
+    pub at: Timestamp,
+}
+
+impl Serialize for AgentAt<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let v = &self.agent;
+        let mut st = serializer.serialize_struct("AgentView", 7)?;
+        st.serialize_field("id", &v.id)?;
+        st.serialize_field("state", &v.state)?;
+        st.serialize_field("since", &v.since)?;
+        st.serialize_field("reason", &v.reason)?;
+        st.serialize_field("expected", &v.expected)?;
+        st.serialize_field("labels", &v.labels)?;
+        let checks: Vec<CheckAt<'_>> = v
+            .checks()
+            .map(|(check, last_seen)| CheckAt {
+                check,
+                last_seen,
+                age_seconds: age_seconds(last_seen, self.at),
+            })
+            .collect();
+        st.serialize_field("checks", &checks)?;
+        st.end()
+    }
+}
+
+#[derive(Serialize)]
+struct CheckAt<'a> {
+    #[serde(flatten)]
+    check: &'a CheckView,
+    last_seen: Option<Timestamp>,
+    /// `taken_at - last_seen`, in seconds.
+    age_seconds: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -145,7 +325,7 @@ pub struct PersistedCheck {
     pub state: State,
     pub since: Timestamp,
     #[serde(default)]
-    pub reason: String,
+    pub reason: Text,
     pub last_seen: Option<Timestamp>,
     pub raw_last_seen: Option<Timestamp>,
 }
@@ -156,5 +336,5 @@ pub struct PersistedAgent {
     pub state: State,
     pub since: Timestamp,
     #[serde(default)]
-    pub reason: String,
+    pub reason: Text,
 }

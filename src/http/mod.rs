@@ -8,6 +8,7 @@ mod serve;
 
 use std::sync::Arc;
 
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -22,7 +23,7 @@ use crate::actions::api::{self as actions_api, ActionsApi};
 use crate::alerts::api::{self as alerts_api, AlertsApi};
 use crate::auth;
 use crate::core::remedy::RemedyView;
-use crate::core::snapshot::AgentView;
+use crate::core::snapshot::AgentAt;
 use crate::core::{Snapshot, State as AgentState};
 use crate::liveness::Liveness;
 use crate::sources::push::{self, PushState};
@@ -116,13 +117,29 @@ async fn guarded(State(g): State<Guard>, req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Text shared with the `/metrics` cache, as a body chunk.
+struct SharedText(Arc<String>);
+
+impl AsRef<[u8]> for SharedText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 fn latest(s: &HttpState) -> Arc<Snapshot> {
     s.snapshot.borrow().clone()
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
     let snap = latest(&s);
-    let body = s.rendered.body(&s.metrics, &snap);
+    let (registry, agents) = s.rendered.parts(&s.metrics, &snap);
+    drop(snap);
+    // Two chunks: the per-agent text is shared by every scrape of the same
+    // snapshot, so it is sent from where it is rather than copied.
+    let chunks = [Bytes::from(registry), Bytes::from_owner(SharedText(agents))];
+    let body = Body::from_stream(futures::stream::iter(
+        chunks.map(Ok::<_, std::convert::Infallible>),
+    ));
     (
         [(
             header::CONTENT_TYPE,
@@ -172,18 +189,21 @@ const PAGE_MAX: usize = 1000;
 async fn agents(State(s): State<HttpState>, Query(q): Query<AgentsQuery>) -> Response {
     let snap = latest(&s);
     let limit = q.limit.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
-    let start = match &q.after {
-        Some(after) => snap
-            .agents
-            .partition_point(|a| a.id.as_str() <= after.as_str()),
-        None => 0,
-    };
-    let mut matching = snap.agents[start..]
+    let start = q.after.as_deref().map_or(0, |after| snap.after(after));
+    let mut matching = snap
         .iter()
+        .skip(start)
         .filter(|a| q.state.is_none_or(|st| a.state == st));
-    let list: Vec<&AgentView> = matching.by_ref().take(limit).collect();
+    let list: Vec<AgentAt<'_>> = matching
+        .by_ref()
+        .take(limit)
+        .map(|agent| AgentAt {
+            agent,
+            at: snap.taken_at,
+        })
+        .collect();
     let next = match (list.last(), matching.next()) {
-        (Some(last), Some(_)) => Some(last.id.as_str().to_string()),
+        (Some(last), Some(_)) => Some(last.agent.id.as_str().to_string()),
         _ => None,
     };
     let counts: serde_json::Map<String, serde_json::Value> = snap
@@ -207,7 +227,11 @@ async fn agent(State(s): State<HttpState>, Path(id): Path<String>) -> Response {
     match snap.agent(&id) {
         Some(a) => {
             let remedy = s.remedy.borrow().clone();
-            let mut answer = json!({ "taken_at": snap.taken_at, "agent": a });
+            let view = AgentAt {
+                agent: a,
+                at: snap.taken_at,
+            };
+            let mut answer = json!({ "taken_at": snap.taken_at, "agent": view });
             // What remediation does about it, and what the service itself
             // last said about it (the report).
             if let Some(case) = remedy.cases.get(&a.id) {

@@ -4,14 +4,14 @@
 //! 100k series).
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::core::{Snapshot, State};
 use crate::telemetry::metrics::{Metrics, NS};
 
 /// The whole `/metrics` body.
 pub fn render(metrics: &Metrics, snap: &Snapshot) -> String {
-    let mut out = String::with_capacity(4096 + snap.agents.len() * 900);
+    let mut out = String::with_capacity(4096 + text_capacity(metrics, snap));
     metrics.encode_registry(&mut out);
     render_agents(snap, metrics.max_agent_series(), &mut out);
     out
@@ -20,30 +20,42 @@ pub fn render(metrics: &Metrics, snap: &Snapshot) -> String {
 /// The per-agent families of the latest snapshot, rendered once per
 /// snapshot and shared by every scrape of it (concurrent scrapers wait for
 /// the one render instead of each doing it); the registry's own families,
-/// small and always current, are written per scrape.
+/// small and always current, are written per scrape. The snapshot is known
+/// by a weak reference: the text does not keep an old snapshot alive.
 #[derive(Default)]
 pub struct Rendered {
-    last: std::sync::Mutex<Option<(Arc<Snapshot>, Arc<String>)>>,
+    last: std::sync::Mutex<Option<(Weak<Snapshot>, Arc<String>)>>,
 }
 
 impl Rendered {
-    /// The whole `/metrics` body for `snap`.
-    pub fn body(&self, metrics: &Metrics, snap: &Arc<Snapshot>) -> String {
+    /// The two parts of the `/metrics` body for `snap`: the registry's
+    /// families, and the per-agent text shared by every scrape of `snap`
+    /// (served as it is, not copied into one string).
+    pub fn parts(&self, metrics: &Metrics, snap: &Arc<Snapshot>) -> (String, Arc<String>) {
         let agents = {
             let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
             match &*last {
-                Some((s, text)) if Arc::ptr_eq(s, snap) => text.clone(),
+                Some((s, text)) if Weak::ptr_eq(s, &Arc::downgrade(snap)) => text.clone(),
                 _ => {
-                    let mut text = String::with_capacity(snap.agents.len() * 900);
+                    // The old text first: it is not needed any more.
+                    *last = None;
+                    let mut text = String::with_capacity(text_capacity(metrics, snap));
                     render_agents(snap, metrics.max_agent_series(), &mut text);
+                    text.shrink_to_fit();
                     let text = Arc::new(text);
-                    *last = Some((snap.clone(), text.clone()));
+                    *last = Some((Arc::downgrade(snap), text.clone()));
                     text
                 }
             }
         };
-        let mut out = String::with_capacity(4096 + agents.len());
-        metrics.encode_registry(&mut out);
+        let mut registry = String::with_capacity(16 * 1024);
+        metrics.encode_registry(&mut registry);
+        (registry, agents)
+    }
+
+    /// The whole `/metrics` body for `snap`, as one string.
+    pub fn body(&self, metrics: &Metrics, snap: &Arc<Snapshot>) -> String {
+        let (mut out, agents) = self.parts(metrics, snap);
         out.push_str(&agents);
         out
     }
@@ -53,9 +65,16 @@ impl Rendered {
     fn holds(&self, snap: &Arc<Snapshot>) -> Option<Arc<String>> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         last.as_ref()
-            .filter(|(s, _)| Arc::ptr_eq(s, snap))
+            .filter(|(s, _)| Weak::ptr_eq(s, &Arc::downgrade(snap)))
             .map(|(_, t)| t.clone())
     }
+}
+
+/// About the size of the per-agent text: the agents rendered (at most
+/// `max_agent_series`) at ~640 bytes each (~615 with one label and a
+/// 10-character id), so that the text is written without growing.
+fn text_capacity(metrics: &Metrics, snap: &Snapshot) -> usize {
+    snap.len().min(metrics.max_agent_series()) * 640
 }
 
 /// Escape a label value per the text exposition format.
@@ -172,8 +191,8 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
         series(out, "agents", &[("state", state.as_str())], n as f64);
     }
 
-    let chosen: Vec<usize> = if snap.agents.len() <= max {
-        (0..snap.agents.len()).collect()
+    let chosen: Vec<usize> = if snap.len() <= max {
+        (0..snap.len()).collect()
     } else {
         // Configured or polled agents before agents only pushes created
         // (anyone who may push must not crowd real agents out), the ones
@@ -193,9 +212,9 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
         for (pushed, healthy) in [(false, false), (false, true), (true, false), (true, true)] {
             let room = max - idx.len();
             idx.extend(
-                (0..snap.agents.len())
+                (0..snap.len())
                     .filter(|&i| {
-                        let a = &snap.agents[i];
+                        let a = &snap.views()[i];
                         pushed_only(a) == pushed && (a.state == State::Healthy) == healthy
                     })
                     .take(room),
@@ -213,7 +232,7 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
     let _ = writeln!(
         out,
         "{NS}_agent_series_omitted {}",
-        snap.agents.len() - chosen.len()
+        snap.len() - chosen.len()
     );
 
     header(
@@ -224,7 +243,7 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
     const STATE_HEAD: &str = "agent_supervisor_agent_state{agent=\"";
     let state_tails = State::ALL.map(|s| (s, format!("\",state=\"{}\"}} ", s.as_str())));
     for &i in &chosen {
-        let a = &snap.agents[i];
+        let a = &snap.views()[i];
         for (s, tail) in &state_tails {
             let v = Val::Int(i64::from(*s == a.state));
             agent_line(out, STATE_HEAD, a.id.as_str(), tail, v);
@@ -232,7 +251,7 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
     }
     header(out, "agent_up", "1 when the agent is healthy, else 0.");
     for &i in &chosen {
-        let a = &snap.agents[i];
+        let a = &snap.views()[i];
         let up = Val::Int(i64::from(a.state == State::Healthy));
         agent_line(
             out,
@@ -251,9 +270,11 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
         "Last heartbeat of each check, as a Unix timestamp.",
     );
     for &i in &chosen {
-        let a = &snap.agents[i];
-        for c in &a.checks {
-            if let Some(t) = c.last_seen {
+        let Some(a) = snap.get(i) else {
+            continue;
+        };
+        for (c, last_seen) in a.checks() {
+            if let Some(t) = last_seen {
                 agent_line(
                     out,
                     "agent_supervisor_agent_last_seen_timestamp_seconds{agent=\"",
@@ -270,7 +291,7 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
         "Threshold after which each check's heartbeat is stale.",
     );
     for &i in &chosen {
-        let a = &snap.agents[i];
+        let a = &snap.views()[i];
         for c in &a.checks {
             agent_line(
                 out,
@@ -291,7 +312,7 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
     let mut info_tail = String::new();
     let mut info_of: Option<&Arc<crate::core::Labels>> = None;
     for &i in &chosen {
-        let a = &snap.agents[i];
+        let a = &snap.views()[i];
         if !info_of.is_some_and(|l| Arc::ptr_eq(l, &a.labels)) {
             info_tail.clear();
             info_tail.push('"');
@@ -354,7 +375,7 @@ mod tests {
     /// (generic `series()`, float formatter): what the fast renderer must
     /// agree with.
     fn reference_render(snap: &Snapshot, out: &mut String) {
-        for a in &snap.agents {
+        for a in snap.iter() {
             let id = a.id.as_str();
             for s in State::ALL {
                 let v = if s == a.state { 1.0 } else { 0.0 };
@@ -367,9 +388,9 @@ mod tests {
             }
             let up = if a.state == State::Healthy { 1.0 } else { 0.0 };
             series(out, "agent_up", &[("agent", id)], up);
-            for c in &a.checks {
+            for (c, last_seen) in a.checks() {
                 let labels = [("agent", id), ("source", c.source.as_str())];
-                if let Some(t) = c.last_seen {
+                if let Some(t) = last_seen {
                     let secs = t.timestamp_micros() as f64 / 1e6;
                     series(out, "agent_last_seen_timestamp_seconds", &labels, secs);
                 }
@@ -403,19 +424,19 @@ mod tests {
         let mut odd = agent("we\\ird\"id\nx", State::Failing);
         odd.checks[0].source = "so\"urce".into();
         odd.checks[0].threshold_seconds = 2.5;
-        odd.checks[0].last_seen = Some(
-            chrono::DateTime::parse_from_rfc3339("1969-12-31T23:59:58.250001Z")
-                .unwrap()
-                .with_timezone(&Utc),
+        let odd_seen = chrono::DateTime::parse_from_rfc3339("1969-12-31T23:59:58.250001Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let now = snap.taken_at;
+        snap = with_beats(
+            snap,
+            vec![
+                (agent("a", State::Healthy), Some(now)),
+                (agent("b", State::Stale), Some(now)),
+                (agent("never", State::Missing), None),
+                (odd, Some(odd_seen)),
+            ],
         );
-        let mut never = agent("never", State::Missing);
-        never.checks[0].last_seen = None;
-        snap.agents = vec![
-            agent("a", State::Healthy),
-            agent("b", State::Stale),
-            never,
-            odd,
-        ];
         let (mut fast, mut slow) = (String::new(), String::new());
         render_agents(&snap, 10, &mut fast);
         reference_render(&snap, &mut slow);
@@ -441,7 +462,7 @@ mod tests {
         let metrics = Metrics::new(10).unwrap();
         let cache = Rendered::default();
         let mut snap = Snapshot::empty(Utc::now());
-        snap.agents = vec![agent("a", State::Stale)];
+        snap = with_agents(snap, vec![agent("a", State::Stale)]);
         let snap = Arc::new(snap);
         // The registry's part (process_* included) is read each time; the
         // agent families after it are the cached text.
@@ -458,7 +479,7 @@ mod tests {
         assert!(Arc::ptr_eq(&kept, &cache.holds(&snap).unwrap()));
         assert!(first.contains("agent_supervisor_agent_up{agent=\"a\"} 0"));
         let mut next = Snapshot::empty(Utc::now());
-        next.agents = vec![agent("b", State::Healthy)];
+        next = with_agents(next, vec![agent("b", State::Healthy)]);
         let next = Arc::new(next);
         assert!(cache.body(&metrics, &next).contains("agent=\"b\""));
         assert!(cache.holds(&snap).is_none());
@@ -484,17 +505,35 @@ mod tests {
         };
         snap.sources = vec![source("redis", "redis"), source("push", "push")];
         let pushed = |id: &str| AgentView::with_one_check(id, State::Stale, "push", "t", now);
-        snap.agents = vec![
-            pushed("aaa-fake-1"),
-            pushed("aaa-fake-2"),
-            agent("real-healthy", State::Healthy),
-            agent("real-stale", State::Stale),
-        ];
+        snap = with_agents(
+            snap,
+            vec![
+                pushed("aaa-fake-1"),
+                pushed("aaa-fake-2"),
+                agent("real-healthy", State::Healthy),
+                agent("real-stale", State::Stale),
+            ],
+        );
         let mut out = String::new();
         render_agents(&snap, 2, &mut out);
         assert!(out.contains("agent_up{agent=\"real-stale\"}"), "{out}");
         assert!(out.contains("agent_up{agent=\"real-healthy\"}"), "{out}");
         assert!(!out.contains("aaa-fake"), "{out}");
+    }
+
+    /// `snap` with `agents`, each last seen when `snap` was taken.
+    fn with_agents(snap: Snapshot, agents: Vec<AgentView>) -> Snapshot {
+        let now = snap.taken_at;
+        with_beats(snap, agents.into_iter().map(|a| (a, Some(now))).collect())
+    }
+
+    /// `snap` with `agents`, each with its one check's last heartbeat.
+    fn with_beats(
+        snap: Snapshot,
+        agents: Vec<(AgentView, Option<crate::core::Timestamp>)>,
+    ) -> Snapshot {
+        let agents = agents.into_iter().map(|(a, t)| (a, vec![t])).collect();
+        Snapshot::of(snap.taken_at, agents).with_sources(snap.sources)
     }
 
     #[test]
@@ -507,11 +546,14 @@ mod tests {
     #[test]
     fn cardinality_bound_keeps_non_healthy_agents_first() {
         let mut snap = Snapshot::empty(Utc::now());
-        snap.agents = vec![
-            agent("a", State::Healthy),
-            agent("b", State::Healthy),
-            agent("c", State::Stale),
-        ];
+        snap = with_agents(
+            snap,
+            vec![
+                agent("a", State::Healthy),
+                agent("b", State::Healthy),
+                agent("c", State::Stale),
+            ],
+        );
         let mut out = String::new();
         render_agents(&snap, 2, &mut out);
         assert!(out.contains("agent_supervisor_agent_series_omitted 1"));
@@ -567,15 +609,15 @@ mod tests {
             threshold in proptest::num::f64::POSITIVE,
             max in 1usize..8,
         ) {
-            let mut snap = Snapshot::empty(Utc::now());
+            let mut agents = Vec::new();
             for (i, id) in ids.iter().enumerate() {
                 let mut a = agent(id, State::ALL[i % State::ALL.len()]);
                 a.labels = Arc::new(Labels::from([("team".to_string(), team.clone())]));
                 a.checks[0].source = source.as_str().into();
                 a.checks[0].threshold_seconds = threshold;
-                a.checks[0].last_seen = chrono::DateTime::from_timestamp_micros(micros);
-                snap.agents.push(a);
+                agents.push((a, chrono::DateTime::from_timestamp_micros(micros)));
             }
+            let snap = with_beats(Snapshot::empty(Utc::now()), agents);
             let mut out = String::new();
             render_agents(&snap, max, &mut out);
             let parsed = openmetrics_parser::prometheus::parse_prometheus(&out);

@@ -22,7 +22,7 @@
 //! (busy or stopping, with `Retry-After`).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::Json;
@@ -65,22 +65,23 @@ pub struct PushState {
 #[derive(Default)]
 pub struct Admitted {
     ids: HashSet<AgentId>,
-    /// The snapshot `ids` were last pruned against.
-    seen: Option<Arc<Snapshot>>,
+    /// The snapshot `ids` were last pruned against (weak: an old snapshot
+    /// is not kept alive for it).
+    seen: Weak<Snapshot>,
 }
 
 impl Admitted {
     /// Whether `agent` may be heard of: known (in `snap` or admitted), or
     /// new while fewer than `max` agents are known (it is admitted then).
     fn admit(&mut self, snap: &Arc<Snapshot>, agent: &str, max: usize) -> bool {
-        if !self.seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap)) {
+        if !Weak::ptr_eq(&self.seen, &Arc::downgrade(snap)) {
             self.ids.retain(|id| snap.agent(id.as_str()).is_none());
-            self.seen = Some(snap.clone());
+            self.seen = Arc::downgrade(snap);
         }
         if snap.agent(agent).is_some() || self.ids.contains(agent) {
             return true;
         }
-        if snap.agents.len() + self.ids.len() >= max {
+        if snap.len() + self.ids.len() >= max {
             return false;
         }
         self.ids.insert(AgentId::new(agent));
@@ -248,7 +249,7 @@ mod tests {
         assert!(Status::of_json(&json!(true), None).unwrap().healthy);
         let s = Status::of_json(&json!("error"), Some("db down")).unwrap();
         assert!(!s.healthy);
-        assert_eq!(s.detail, "error: db down");
+        assert_eq!(&*s.detail, "error: db down");
         assert!(Status::of_json(&json!(3), None).is_none());
     }
 

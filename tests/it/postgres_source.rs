@@ -152,7 +152,7 @@ fn assert_invalid(r: Option<&Reading>, reason_contains: &str, what: &str) {
 fn status_of(r: Option<&Reading>) -> Option<(bool, String)> {
     match r {
         Some(Reading::Heartbeat { status, .. }) => {
-            status.as_ref().map(|s| (s.healthy, s.detail.clone()))
+            status.as_ref().map(|s| (s.healthy, s.detail.to_string()))
         }
         other => panic!("expected a heartbeat, got {other:?}"),
     }

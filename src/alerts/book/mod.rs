@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::alert::{Alert, AlertKind, AlertStatus, Notification, Silence};
 use crate::core::remedy::RemediationNote;
-use crate::core::snapshot::{AgentView, SourceStatus, SourceView};
+use crate::core::snapshot::{AgentView, Entry, SourceStatus, SourceView};
 use crate::core::time::after;
 use crate::core::{AgentId, Policy, Snapshot, State, Timestamp};
 
@@ -196,13 +196,13 @@ impl Book {
         // What the snapshot says, by subject. Alerts of subjects that cannot
         // be judged (unknown agents, pending sources, everything before the
         // gate opens) are held: neither fired nor resolved.
-        let mut agents: HashMap<&str, (AlertKind, &AgentView)> = HashMap::new();
+        let mut agents: HashMap<&str, (AlertKind, Entry<'_>)> = HashMap::new();
         let mut held_agents: HashSet<&str> = HashSet::new();
-        for agent in &snap.agents {
+        for agent in snap.iter() {
             if agent.state == State::Unknown || !gate_open {
-                held_agents.insert(agent.id.as_str());
+                held_agents.insert(agent.view.id.as_str());
             } else if let Some(kind) = AlertKind::for_state(agent.state) {
-                agents.insert(agent.id.as_str(), (kind, agent));
+                agents.insert(agent.view.id.as_str(), (kind, agent));
             }
         }
         let mut sources: HashMap<&str, &SourceView> = HashMap::new();
@@ -306,7 +306,7 @@ impl Book {
                 self.pending_until = Some(self.pending_until.map_or(due, |t| t.min(due)));
                 continue;
             }
-            if let Some(mut a) = Alert::for_agent(agent, now) {
+            if let Some(mut a) = Alert::for_agent(*agent, now) {
                 a.remediation = holds.remediation(&agent.id, agent.since);
                 fresh.push(a);
             }

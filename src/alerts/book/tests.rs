@@ -34,8 +34,6 @@ fn agent(id: &str, state: State, since: Timestamp, labels: &[(&str, &str)]) -> A
             state,
             since,
             reason: "why".into(),
-            last_seen: Some(since - chrono::Duration::seconds(30)),
-            age_seconds: None,
             threshold_seconds: 30.0,
             status: None,
             depends_on: None,
@@ -56,21 +54,23 @@ fn source(name: &str, status: SourceStatus) -> SourceView {
     }
 }
 
+/// A snapshot of `agents`, each last seen 30 s before its `since`.
 fn snap(agents: Vec<AgentView>, up: bool) -> Snapshot {
-    let mut agents = agents;
-    agents.sort_by(|a, b| a.id.cmp(&b.id));
-    Snapshot {
-        taken_at: t0(),
-        agents,
-        sources: vec![source(
-            "redis",
-            if up {
-                SourceStatus::Up
-            } else {
-                SourceStatus::Down
-            },
-        )],
-    }
+    let agents = agents
+        .into_iter()
+        .map(|a| {
+            let beat = a.since - chrono::Duration::seconds(30);
+            (a, vec![Some(beat)])
+        })
+        .collect();
+    Snapshot::of(t0(), agents).with_sources(vec![source(
+        "redis",
+        if up {
+            SourceStatus::Up
+        } else {
+            SourceStatus::Down
+        },
+    )])
 }
 
 fn timing(wait: u64, interval: u64, repeat: u64) -> Timing {

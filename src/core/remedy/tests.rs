@@ -4,7 +4,7 @@ use chrono::TimeZone;
 
 use super::*;
 use crate::core::AgentRule;
-use crate::core::snapshot::SourceView;
+use crate::core::snapshot::{Entry, SourceView};
 
 fn t0() -> Timestamp {
     chrono::Utc
@@ -50,36 +50,31 @@ fn remedies() -> Remedies {
 /// A snapshot of `agents` (id, state, since), one Redis check each, the
 /// source `redis` in `source`.
 fn snap_with(agents: &[(&str, State, Timestamp)], source: SourceStatus) -> Snapshot {
-    let mut agents: Vec<AgentView> = agents
+    let agents = agents
         .iter()
         .map(|(id, state, since)| {
             let mut a = AgentView::with_one_check(id, *state, "redis", "t", *since);
             a.since = *since;
-            a
+            (a, vec![Some(*since)])
         })
         .collect();
-    agents.sort_by(|a, b| a.id.cmp(&b.id));
-    Snapshot {
-        taken_at: t0(),
-        agents,
-        sources: vec![SourceView {
-            name: "redis".into(),
-            kind: "redis".into(),
-            status: source,
-            since: t0(),
-            last_success: None,
-            last_scan_started: None,
-            error: None,
-            checks: 1,
-        }],
-    }
+    Snapshot::of(t0(), agents).with_sources(vec![SourceView {
+        name: "redis".into(),
+        kind: "redis".into(),
+        status: source,
+        since: t0(),
+        last_success: None,
+        last_scan_started: None,
+        error: None,
+        checks: 1,
+    }])
 }
 
 fn snap(agents: &[(&str, State, Timestamp)]) -> Snapshot {
     snap_with(agents, SourceStatus::Up)
 }
 
-fn not_silenced(_: &AgentView) -> bool {
+fn not_silenced(_: Entry<'_>) -> bool {
     false
 }
 
@@ -119,7 +114,7 @@ fn a_stuck_agent_is_called_after_the_wait_and_recovery_closes_the_case() {
         Phase::Verifying { .. }
     ));
     // The page still waits.
-    let agent = stale.agent("agent_a").unwrap();
+    let agent = stale.agent("agent_a").unwrap().view;
     assert_eq!(view.hold_until(&r.policy, agent), Some(at(120)));
     let healthy = snap(&[("agent_a", State::Healthy, at(12))]);
     assert!(r.step(&healthy, true, &not_silenced, at(12)).is_empty());
@@ -158,7 +153,7 @@ fn a_call_that_does_not_help_is_tried_max_attempts_times_with_backoff_then_repor
     assert_eq!(report[0].action, "agent_status");
     assert_eq!(report[0].trigger, Trigger::Report);
     let view = r.view(at(36));
-    let agent = stale.agent("agent_a").unwrap();
+    let agent = stale.agent("agent_a").unwrap().view;
     // The page waits for the report.
     assert!(view.hold_until(&r.policy, agent).is_some());
     let body = CallResult {
@@ -206,7 +201,7 @@ fn more_agents_than_max_agents_at_once_halts_every_one_of_them() {
     let view = r.view(at(10));
     assert!(view.breaker_open);
     for id in &ids {
-        let agent = stale.agent(id).unwrap();
+        let agent = stale.agent(id).unwrap().view;
         assert_eq!(view.hold_until(&r.policy, agent), None, "{id}");
         assert!(
             view.note(&AgentId::from(id.as_str()), at(0))
@@ -241,7 +236,7 @@ fn nothing_is_called_on_unknown_data_a_down_source_a_failing_service_silence_or_
     let view = r.view(at(10));
     assert_eq!(view.cases["agent_a"].blocked, Some(Block::NotLeader));
     assert_eq!(
-        view.hold_until(&r.policy, stale().agent("agent_a").unwrap()),
+        view.hold_until(&r.policy, stale().agent("agent_a").unwrap().view),
         None
     );
     // Silenced.
@@ -261,16 +256,14 @@ fn nothing_is_called_on_unknown_data_a_down_source_a_failing_service_silence_or_
     );
     // The service check it depends on is failing.
     let mut r = remedies();
-    let mut s = snap(&[("agent_a", State::Stale, at(0))]);
-    s.agents[0].checks[0].depends_on = Some("service".into());
-    s.agents.push(AgentView::with_one_check(
-        "service",
-        State::Failing,
-        "redis",
-        "t",
-        at(0),
-    ));
-    s.agents.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut a = AgentView::with_one_check("agent_a", State::Stale, "redis", "t", at(0));
+    a.checks[0].depends_on = Some("service".into());
+    let service = AgentView::with_one_check("service", State::Failing, "redis", "t", at(0));
+    let s = Snapshot::of(
+        t0(),
+        vec![(a, vec![Some(at(0))]), (service, vec![Some(at(0))])],
+    )
+    .with_sources(snap(&[]).sources);
     assert!(r.step(&s, true, &not_silenced, at(10)).is_empty());
     assert_eq!(
         r.view(at(10)).cases["agent_a"].blocked,
@@ -324,7 +317,7 @@ fn dry_run_asks_for_a_call_marked_dry_and_pages_at_once() {
     // No hold at all in a dry run.
     let view = r.view(at(0));
     assert_eq!(
-        view.hold_until(&r.policy, stale.agent("agent_a").unwrap()),
+        view.hold_until(&r.policy, stale.agent("agent_a").unwrap().view),
         None
     );
     let calls = r.step(&stale, true, &not_silenced, at(10));
@@ -390,17 +383,17 @@ fn the_page_is_presumed_held_until_the_case_is_seen_and_a_state_not_acted_on_pag
     let view = r.view(at(0));
     let stale = snap(&[("agent_a", State::Stale, at(0))]);
     assert_eq!(
-        view.hold_until(&r.policy, stale.agent("agent_a").unwrap()),
+        view.hold_until(&r.policy, stale.agent("agent_a").unwrap().view),
         Some(at(120))
     );
     let failing = snap(&[("agent_a", State::Failing, at(0))]);
     assert_eq!(
-        view.hold_until(&r.policy, failing.agent("agent_a").unwrap()),
+        view.hold_until(&r.policy, failing.agent("agent_a").unwrap().view),
         None
     );
     let other = snap(&[("other", State::Stale, at(0))]);
     assert_eq!(
-        view.hold_until(&r.policy, other.agent("other").unwrap()),
+        view.hold_until(&r.policy, other.agent("other").unwrap().view),
         None
     );
     let mut at_once = remedies_with(
@@ -414,7 +407,7 @@ fn the_page_is_presumed_held_until_the_case_is_seen_and_a_state_not_acted_on_pag
     assert_eq!(
         at_once
             .view(at(1))
-            .hold_until(&at_once.policy, stale.agent("agent_a").unwrap()),
+            .hold_until(&at_once.policy, stale.agent("agent_a").unwrap().view),
         None
     );
 }

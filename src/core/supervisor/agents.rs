@@ -14,10 +14,11 @@ impl Supervisor {
             Agent {
                 state: State::Unknown,
                 since: now,
-                reason: "not seen yet".into(),
+                reason: shared!("not seen yet"),
                 labels: resolved.labels,
                 expected: resolved.expected,
-                sources: BTreeSet::new(),
+                sources: SmallVec::new(),
+                view: RefCell::new(None),
             },
         );
         self.data = true;
@@ -31,7 +32,7 @@ impl Supervisor {
         let (state, reason) = if agent.sources.is_empty() {
             self.expected_state(agent)
         } else {
-            let mut worst: Option<(State, &str)> = None;
+            let mut worst: Option<(State, &Text)> = None;
             for src in &agent.sources {
                 let key = CheckKey {
                     agent: id.clone(),
@@ -45,7 +46,7 @@ impl Supervisor {
                 }
             }
             match worst {
-                Some((s, r)) => (s, r.to_string()),
+                Some((s, r)) => (s, r.clone()),
                 None => self.expected_state(agent),
             }
         };
@@ -62,7 +63,7 @@ impl Supervisor {
                 from: Some(from),
                 to: state,
                 at: now,
-                reason,
+                reason: reason.to_string(),
             });
         }
     }
@@ -70,9 +71,9 @@ impl Supervisor {
     /// State of an agent with no checks: `missing` once the grace period is
     /// over for an expected agent, unless a source is down (then nobody can
     /// tell).
-    pub(super) fn expected_state(&self, agent: &Agent) -> (State, String) {
+    pub(super) fn expected_state(&self, agent: &Agent) -> (State, Text) {
         if !agent.expected {
-            return (State::Unknown, "not seen yet".into());
+            return (State::Unknown, shared!("not seen yet"));
         }
         if !self.grace_over {
             // Keep what we had (a restored state, or "not seen yet").
@@ -85,14 +86,15 @@ impl Supervisor {
             .map(|(id, _)| id.as_str())
             .collect();
         if down.is_empty() {
-            (State::Missing, "expected agent never seen".into())
+            (State::Missing, shared!("expected agent never seen"))
         } else {
             (
                 State::Unknown,
                 format!(
                     "expected agent not seen; not all sources readable: {}",
                     down.join(", ")
-                ),
+                )
+                .into(),
             )
         }
     }
@@ -148,7 +150,7 @@ impl Supervisor {
             }
             let empty = match self.agents.get_mut(&key.agent) {
                 Some(a) => {
-                    a.sources.remove(&key.source);
+                    a.remove_source(&key.source);
                     a.sources.is_empty() && !a.expected
                 }
                 None => false,

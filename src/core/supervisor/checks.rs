@@ -27,7 +27,7 @@ impl Supervisor {
                 Check::new(State::Unknown, now, stale_after, now),
             );
             if let Some(agent) = self.agents.get_mut(&key.agent) {
-                agent.sources.insert(source.clone());
+                agent.add_source(source);
             }
         }
         let skew = delta(self.policy.defaults.max_clock_skew);
@@ -91,11 +91,11 @@ impl Supervisor {
             }
             Reading::Missing { reason, .. } => {
                 c.observed_at = now;
-                c.held = Some((State::Missing, reason));
+                c.held = Some((State::Missing, reason.into()));
             }
             Reading::Unknown { reason, .. } => {
                 c.observed_at = now;
-                c.held = Some((State::Unknown, reason));
+                c.held = Some((State::Unknown, reason.into()));
             }
         }
         self.data = true;
@@ -130,14 +130,14 @@ impl Supervisor {
             // What it depends on is not healthy: nothing can be concluded
             // from this check's data, and an alerting state is kept.
             if !c.state.is_alerting() {
-                let reason = reason.to_string();
+                let reason = reason.clone();
                 self.set_check_state(key, State::Unknown, reason, now);
             }
             return;
         }
         if let Some(reason) = &c.invalid {
             let reason = format!("unreadable value: {reason}");
-            self.set_check_state(key, State::Unknown, reason, now);
+            self.set_check_state(key, State::Unknown, reason.into(), now);
             return;
         }
         if let Some(status) = &c.status
@@ -172,7 +172,7 @@ impl Supervisor {
                         "waiting for a heartbeat after {why}; last one {} ago",
                         fmt_delta(age)
                     );
-                    self.set_check_state(key, State::Unknown, reason, now);
+                    self.set_check_state(key, State::Unknown, reason.into(), now);
                     self.queue(key, *until);
                     return;
                 }
@@ -199,7 +199,7 @@ impl Supervisor {
                     ),
                 )
             };
-            self.set_check_state(key, state, reason, now);
+            self.set_check_state(key, state, reason.into(), now);
         } else if now > deadline {
             // The deadline passed after the data was read: confirm first.
             self.request_confirm(key, now);
@@ -207,7 +207,7 @@ impl Supervisor {
             self.set_check_state(
                 key,
                 State::Healthy,
-                "heartbeat within threshold".into(),
+                shared!("heartbeat within threshold"),
                 now,
             );
             self.queue(key, deadline);
@@ -296,7 +296,7 @@ impl Supervisor {
         &mut self,
         key: &CheckKey,
         state: State,
-        reason: String,
+        reason: Text,
         now: Timestamp,
     ) {
         let Some(c) = self.checks.get_mut(key) else {
@@ -319,7 +319,7 @@ impl Supervisor {
             from: Some(from),
             to: state,
             at: now,
-            reason,
+            reason: reason.to_string(),
         });
         self.refresh_agent(&key.agent, now);
         self.track_recheck(key, state, now);

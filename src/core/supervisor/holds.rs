@@ -17,8 +17,8 @@
 use super::*;
 
 /// `held: python-ai-services is failing`.
-pub(super) fn held_reason(dependency: &AgentId, state: State) -> String {
-    format!("held: {dependency} is {state}")
+pub(super) fn held_reason(dependency: &AgentId, state: State) -> Text {
+    format!("held: {dependency} is {state}").into()
 }
 
 /// `12:41:02Z`: a moment in a reason.
@@ -89,8 +89,8 @@ impl Supervisor {
     }
 
     /// Why the checks of `source` are held, if they are.
-    pub(super) fn held_by(&self, source: &SourceId) -> Option<&str> {
-        self.source(source).and_then(|s| s.held.as_deref())
+    pub(super) fn held_by(&self, source: &SourceId) -> Option<&Text> {
+        self.source(source).and_then(|s| s.held.as_ref())
     }
 
     /// Until when a heartbeat at `last_seen` may go unrenewed on `source`

@@ -19,16 +19,18 @@
 //! - a `last_seen` too far in the future is counted and taken as "now" the
 //!   first time it is seen, so a skewed writer still goes stale.
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use smallvec::SmallVec;
 
 use super::model::{
     AgentId, CheckKey, ConfirmRequest, ErrorKind, Event, Observation, Reading, SourceFailure,
-    SourceId, State, Status, Timestamp,
+    SourceId, State, Status, Text, Timestamp,
 };
 use super::policy::{Labels, Policy};
 use super::snapshot::{
@@ -79,7 +81,7 @@ struct SourceEntry {
     evaluable: bool,
     /// While the check this source's agents depend on is not healthy: why
     /// its checks are held `unknown` (their deadlines frozen).
-    held: Option<String>,
+    held: Option<Text>,
     /// Whether the dependency was seen unhealthy during the current hold
     /// (not merely not probed yet): only then does its recovery give the
     /// agents time to beat again.
@@ -98,7 +100,7 @@ struct SourceEntry {
 struct Check {
     state: State,
     since: Timestamp,
-    reason: String,
+    reason: Text,
     /// Effective last heartbeat, on the local clock.
     last_seen: Option<Timestamp>,
     /// The value as the source reported it (differs when clock skew was
@@ -112,7 +114,7 @@ struct Check {
     /// A state the source decided (`missing`: absent where expected;
     /// `unknown`: a dependency is failing) with its reason. While set, the
     /// check's deadline is frozen; the next normal reading clears it.
-    held: Option<(State, String)>,
+    held: Option<(State, Text)>,
     stale_after: TimeDelta,
     /// When a confirm was requested and not yet answered.
     confirming: Option<Timestamp>,
@@ -128,7 +130,7 @@ impl Check {
         Check {
             state,
             since,
-            reason: String::new(),
+            reason: shared!(""),
             last_seen: None,
             raw_last_seen: None,
             status: None,
@@ -148,10 +150,31 @@ impl Check {
 struct Agent {
     state: State,
     since: Timestamp,
-    reason: String,
+    reason: Text,
     labels: Arc<Labels>,
     expected: bool,
-    sources: BTreeSet<SourceId>,
+    /// The sources of its checks, sorted: one or two in practice, so a
+    /// small vector holding one in place (no allocation) rather than a tree
+    /// (a node of ~200 bytes).
+    sources: SmallVec<[SourceId; 1]>,
+    /// Its view in the last snapshot, handed out again while it is still
+    /// what the agent and its checks say (see [`Supervisor::snapshot`]). A
+    /// cache, filled while taking a snapshot (which only reads the state).
+    view: RefCell<Option<Arc<AgentView>>>,
+}
+
+impl Agent {
+    fn add_source(&mut self, source: &SourceId) {
+        if let Err(at) = self.sources.binary_search(source) {
+            self.sources.insert(at, source.clone());
+        }
+    }
+
+    fn remove_source(&mut self, source: &SourceId) {
+        if let Ok(at) = self.sources.binary_search(source) {
+            self.sources.remove(at);
+        }
+    }
 }
 
 /// The core. See the module doc.
@@ -163,7 +186,8 @@ pub struct Supervisor {
     next_sweep: Timestamp,
     sources: Vec<(SourceId, SourceEntry)>,
     checks: HashMap<CheckKey, Check>,
-    agents: HashMap<AgentId, Agent>,
+    /// By id, in order: a snapshot lists them without sorting.
+    agents: BTreeMap<AgentId, Agent>,
     wakeups: BinaryHeap<Reverse<(Timestamp, CheckKey)>>,
     events: Vec<Event>,
     confirms: BTreeMap<SourceId, Vec<AgentId>>,
@@ -226,7 +250,7 @@ impl Supervisor {
             next_sweep: after(now, SWEEP_EVERY),
             sources,
             checks: HashMap::new(),
-            agents: HashMap::new(),
+            agents: BTreeMap::new(),
             wakeups: BinaryHeap::new(),
             events: Vec::new(),
             confirms: BTreeMap::new(),

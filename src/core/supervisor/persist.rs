@@ -27,7 +27,7 @@ impl Supervisor {
                 },
             );
             if let Some(agent) = self.agents.get_mut(&pc.agent) {
-                agent.sources.insert(pc.source.clone());
+                agent.add_source(&pc.source);
             }
             self.track_recheck(&key_of(&pc.agent, &pc.source), pc.state, now);
             // Push checks are evaluable at once: arm their deadlines now.

@@ -65,7 +65,7 @@ impl Supervisor {
         } else {
             src.error = Some(error.clone());
         }
-        let reason = format!("source {id} is down: {}", error.message);
+        let reason: Text = format!("source {id} is down: {}", error.message).into();
         for key in self.keys_of(id) {
             let Some(c) = self.checks.get_mut(&key) else {
                 continue;

@@ -3,49 +3,61 @@
 use super::*;
 
 impl Supervisor {
+    /// Everything as of `now`. An agent whose view in the last snapshot is
+    /// still exact is shared with it (compared field by field, so no change
+    /// can be missed); only agents that changed are built again.
     pub fn snapshot(&self, now: Timestamp) -> Snapshot {
-        let mut by_agent: HashMap<&AgentId, Vec<CheckView>> = HashMap::new();
-        for (k, c) in &self.checks {
-            by_agent.entry(&k.agent).or_default().push(CheckView {
-                source: k.source.clone(),
-                state: c.state,
-                since: c.since,
-                reason: c.reason.clone(),
-                last_seen: c.last_seen,
-                age_seconds: c
-                    .last_seen
-                    .map(|t| (now - t).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6),
-                threshold_seconds: c.stale_after.num_milliseconds() as f64 / 1e3,
-                status: c.status.clone(),
-                depends_on: self
-                    .policy
-                    .depends_on
-                    .get(&k.source)
-                    .map(|d| d.agent.clone()),
+        let mut snap = Snapshot::with_capacity(now, self.agents.len());
+        let mut per_source = vec![0usize; self.sources.len()];
+        for (id, a) in &self.agents {
+            let checks = || {
+                a.sources
+                    .iter()
+                    .filter_map(|source| Some((source, self.checks.get(&key_of(id, source))?)))
+            };
+            let mut cached = a.view.borrow_mut();
+            let still = cached.as_ref().filter(|v| {
+                v.state == a.state
+                    && v.since == a.since
+                    && v.reason == a.reason
+                    && v.expected == a.expected
+                    && Arc::ptr_eq(&v.labels, &a.labels)
+                    && v.checks.len() == checks().count()
+                    && v.checks
+                        .iter()
+                        .zip(checks())
+                        .all(|(cv, (source, c))| self.check_view_is(cv, source, c))
             });
-        }
-        let mut agents: Vec<AgentView> = self
-            .agents
-            .iter()
-            .map(|(id, a)| {
-                let mut checks = by_agent.remove(id).unwrap_or_default();
-                checks.sort_by(|x, y| x.source.cmp(&y.source));
-                AgentView {
-                    id: id.clone(),
-                    state: a.state,
-                    since: a.since,
-                    reason: a.reason.clone(),
-                    expected: a.expected,
-                    labels: a.labels.clone(),
-                    checks,
+            let view = match still {
+                Some(v) => v.clone(),
+                None => {
+                    let v = Arc::new(AgentView {
+                        id: id.clone(),
+                        state: a.state,
+                        since: a.since,
+                        reason: a.reason.clone(),
+                        expected: a.expected,
+                        labels: a.labels.clone(),
+                        checks: checks()
+                            .map(|(source, c)| self.check_view(source, c))
+                            .collect(),
+                    });
+                    *cached = Some(v.clone());
+                    v
                 }
-            })
-            .collect();
-        agents.sort_by(|a, b| a.id.cmp(&b.id));
+            };
+            for (source, _) in checks() {
+                if let Some(i) = self.sources.iter().position(|(s, _)| s == source) {
+                    per_source[i] += 1;
+                }
+            }
+            snap.push(view, checks().map(|(_, c)| c.last_seen));
+        }
         let sources = self
             .sources
             .iter()
-            .map(|(id, s)| SourceView {
+            .zip(per_source)
+            .map(|((id, s), checks)| SourceView {
                 name: id.clone(),
                 kind: s.type_name.clone(),
                 status: s.status,
@@ -53,13 +65,43 @@ impl Supervisor {
                 last_success: s.last_success,
                 last_scan_started: s.last_scan_started,
                 error: s.error.clone(),
-                checks: self.checks.keys().filter(|k| &k.source == id).count(),
+                checks,
             })
             .collect();
-        Snapshot {
-            taken_at: now,
-            agents,
-            sources,
+        snap.sources = sources;
+        snap
+    }
+}
+
+impl Supervisor {
+    fn check_view(&self, source: &SourceId, c: &Check) -> CheckView {
+        CheckView {
+            source: source.clone(),
+            state: c.state,
+            since: c.since,
+            reason: c.reason.clone(),
+            threshold_seconds: threshold_seconds(c),
+            status: c.status.clone(),
+            depends_on: self.depends_on(source),
         }
     }
+
+    /// Whether `cv` is what [`Supervisor::check_view`] would build.
+    fn check_view_is(&self, cv: &CheckView, source: &SourceId, c: &Check) -> bool {
+        cv.source == *source
+            && cv.state == c.state
+            && cv.since == c.since
+            && cv.reason == c.reason
+            && cv.threshold_seconds == threshold_seconds(c)
+            && cv.status == c.status
+            && cv.depends_on.as_ref() == self.policy.depends_on.get(source).map(|d| &d.agent)
+    }
+
+    fn depends_on(&self, source: &SourceId) -> Option<AgentId> {
+        self.policy.depends_on.get(source).map(|d| d.agent.clone())
+    }
+}
+
+fn threshold_seconds(c: &Check) -> f64 {
+    c.stale_after.num_milliseconds() as f64 / 1e3
 }

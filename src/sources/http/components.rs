@@ -102,7 +102,7 @@ mod tests {
         match component_reading(&a, &comp("/e", None), &body) {
             Reading::Status { status, .. } => {
                 assert!(!status.healthy);
-                assert_eq!(status.detail, "error");
+                assert_eq!(&*status.detail, "error");
             }
             r => panic!("{r:?}"),
         }
