@@ -10,7 +10,7 @@ impl Supervisor {
         reading: Reading,
         as_of: Timestamp,
         now: Timestamp,
-        generation: Option<u64>,
+        generation: Option<u32>,
     ) {
         let key = CheckKey {
             agent: reading.agent().clone(),
@@ -45,8 +45,7 @@ impl Supervisor {
             } => {
                 c.observed_at = now;
                 c.absent = false;
-                c.invalid = None;
-                c.held = None;
+                c.overrides = None;
                 c.status = status;
                 let effective = if last_seen > plus(now, skew) {
                     if c.raw_last_seen == Some(last_seen) {
@@ -74,8 +73,7 @@ impl Supervisor {
             Reading::Status { status, .. } => {
                 c.observed_at = now;
                 c.absent = false;
-                c.invalid = None;
-                c.held = None;
+                c.overrides = None;
                 c.status = Some(status);
             }
             Reading::Absent { .. } => {
@@ -83,19 +81,19 @@ impl Supervisor {
             }
             Reading::Invalid { reason, .. } => {
                 c.observed_at = now;
-                if c.invalid.as_deref() != Some(reason.as_str()) {
+                if c.invalid() != Some(&reason) {
                     problem = Some((ErrorKind::BadValue, reason.clone()));
                 }
-                c.invalid = Some(reason);
-                c.held = None;
+                c.set_invalid(Some(reason));
+                c.set_held(None);
             }
             Reading::Missing { reason, .. } => {
                 c.observed_at = now;
-                c.held = Some((State::Missing, reason.into()));
+                c.set_held(Some((State::Missing, reason.into())));
             }
             Reading::Unknown { reason, .. } => {
                 c.observed_at = now;
-                c.held = Some((State::Unknown, reason.into()));
+                c.set_held(Some((State::Unknown, reason.into())));
             }
         }
         self.data = true;
@@ -119,7 +117,7 @@ impl Supervisor {
         let Some(c) = self.checks.get(key) else {
             return;
         };
-        if let Some((state, reason)) = &c.held {
+        if let Some((state, reason)) = c.held() {
             // Decided by the source; the deadline stays frozen (no wake-up
             // is queued) until a normal reading re-evaluates the check.
             let (state, reason) = (*state, reason.clone());
@@ -135,7 +133,7 @@ impl Supervisor {
             }
             return;
         }
-        if let Some(reason) = &c.invalid {
+        if let Some(reason) = c.invalid() {
             let reason = format!("unreadable value: {reason}");
             self.set_check_state(key, State::Unknown, reason.into(), now);
             return;
@@ -252,7 +250,7 @@ impl Supervisor {
             return; // superseded entry
         }
         c.queued = None;
-        if !evaluable || c.held.is_some() || held {
+        if !evaluable || c.held().is_some() || held {
             return; // frozen: the next read (or the release) re-arms it
         }
         if let Some(asked) = c.confirming {

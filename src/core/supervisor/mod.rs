@@ -76,7 +76,7 @@ struct SourceEntry {
     /// Start time of the last complete scan.
     last_scan_started: Option<Timestamp>,
     /// Generation of the scan in progress; checks seen in it carry it.
-    scan_gen: u64,
+    scan_gen: u32,
     /// Whether data has been read since start or since the last outage.
     evaluable: bool,
     /// While the check this source's agents depend on is not healthy: why
@@ -109,18 +109,17 @@ struct Check {
     status: Option<Status>,
     /// The last point read found no value.
     absent: bool,
-    /// The last value could not be parsed.
-    invalid: Option<String>,
-    /// A state the source decided (`missing`: absent where expected;
-    /// `unknown`: a dependency is failing) with its reason. While set, the
-    /// check's deadline is frozen; the next normal reading clears it.
-    held: Option<(State, Text)>,
+    /// A bad value or a source's verdict, rare: boxed, so that the
+    /// healthy majority pays a pointer for it.
+    overrides: Option<Box<Overrides>>,
     stale_after: TimeDelta,
     /// When a confirm was requested and not yet answered.
     confirming: Option<Timestamp>,
     /// The wake-up currently queued for this check.
     queued: Option<Timestamp>,
-    seen_gen: u64,
+    /// The scan generation that last saw it (see `SourceEntry::scan_gen`;
+    /// compared for equality only, so wrapping is harmless).
+    seen_gen: u32,
     /// Last time any reading arrived (for `forget_after`).
     observed_at: Timestamp,
 }
@@ -135,15 +134,50 @@ impl Check {
             raw_last_seen: None,
             status: None,
             absent: false,
-            invalid: None,
-            held: None,
+            overrides: None,
             stale_after,
             confirming: None,
             queued: None,
-            seen_gen: u64::MAX,
+            seen_gen: u32::MAX,
             observed_at: now,
         }
     }
+
+    /// The last value could not be parsed: why.
+    fn invalid(&self) -> Option<&String> {
+        self.overrides.as_ref().and_then(|o| o.invalid.as_ref())
+    }
+
+    /// A state the source decided, with its reason.
+    fn held(&self) -> Option<&(State, Text)> {
+        self.overrides.as_ref().and_then(|o| o.held.as_ref())
+    }
+
+    fn set_invalid(&mut self, invalid: Option<String>) {
+        self.set_overrides(|o| o.invalid = invalid);
+    }
+
+    fn set_held(&mut self, held: Option<(State, Text)>) {
+        self.set_overrides(|o| o.held = held);
+    }
+
+    fn set_overrides(&mut self, change: impl FnOnce(&mut Overrides)) {
+        let mut o = self.overrides.take().unwrap_or_default();
+        change(&mut o);
+        if o.invalid.is_some() || o.held.is_some() {
+            self.overrides = Some(o);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Overrides {
+    /// The last value could not be parsed.
+    invalid: Option<String>,
+    /// A state the source decided (`missing`: absent where expected;
+    /// `unknown`: a dependency is failing) with its reason. While set, the
+    /// check's deadline is frozen; the next normal reading clears it.
+    held: Option<(State, Text)>,
 }
 
 #[derive(Debug)]

@@ -64,7 +64,7 @@ impl Supervisor {
                 raw_last_seen: c.raw_last_seen,
             })
             .collect();
-        checks.sort_by(|a, b| (&a.agent, &a.source).cmp(&(&b.agent, &b.source)));
+        checks.sort_unstable_by(|a, b| (&a.agent, &a.source).cmp(&(&b.agent, &b.source)));
         let mut agents: Vec<PersistedAgent> = self
             .agents
             .iter()
@@ -75,7 +75,7 @@ impl Supervisor {
                 reason: a.reason.clone(),
             })
             .collect();
-        agents.sort_by(|a, b| a.agent.cmp(&b.agent));
+        agents.sort_unstable_by(|a, b| a.agent.cmp(&b.agent));
         Persisted { checks, agents }
     }
 }

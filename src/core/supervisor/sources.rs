@@ -86,7 +86,7 @@ impl Supervisor {
             return;
         };
         let generation = src.scan_gen;
-        src.scan_gen += 1;
+        src.scan_gen = src.scan_gen.wrapping_add(1);
         src.last_scan_started = Some(started_at);
         // Checks this scan did not see: absence from one scan is no proof of
         // deletion, so a check whose deadline has passed (or which lost its

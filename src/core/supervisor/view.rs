@@ -10,11 +10,12 @@ impl Supervisor {
         let mut snap = Snapshot::with_capacity(now, self.agents.len());
         let mut per_source = vec![0usize; self.sources.len()];
         for (id, a) in &self.agents {
-            let checks = || {
-                a.sources
-                    .iter()
-                    .filter_map(|source| Some((source, self.checks.get(&key_of(id, source))?)))
-            };
+            // Its checks, looked up once (one or two in practice).
+            let checks: SmallVec<[(&SourceId, &Check); 2]> = a
+                .sources
+                .iter()
+                .filter_map(|source| Some((source, self.checks.get(&key_of(id, source))?)))
+                .collect();
             let mut cached = a.view.borrow_mut();
             let still = cached.as_ref().filter(|v| {
                 v.state == a.state
@@ -22,10 +23,10 @@ impl Supervisor {
                     && v.reason == a.reason
                     && v.expected == a.expected
                     && Arc::ptr_eq(&v.labels, &a.labels)
-                    && v.checks.len() == checks().count()
+                    && v.checks.len() == checks.len()
                     && v.checks
                         .iter()
-                        .zip(checks())
+                        .zip(&checks)
                         .all(|(cv, (source, c))| self.check_view_is(cv, source, c))
             });
             let view = match still {
@@ -38,7 +39,8 @@ impl Supervisor {
                         reason: a.reason.clone(),
                         expected: a.expected,
                         labels: a.labels.clone(),
-                        checks: checks()
+                        checks: checks
+                            .iter()
                             .map(|(source, c)| self.check_view(source, c))
                             .collect(),
                     });
@@ -46,12 +48,12 @@ impl Supervisor {
                     v
                 }
             };
-            for (source, _) in checks() {
-                if let Some(i) = self.sources.iter().position(|(s, _)| s == source) {
+            for (source, _) in &checks {
+                if let Some(i) = self.sources.iter().position(|(s, _)| s == *source) {
                     per_source[i] += 1;
                 }
             }
-            snap.push(view, checks().map(|(_, c)| c.last_seen));
+            snap.push(view, checks.iter().map(|(_, c)| c.last_seen));
         }
         let sources = self
             .sources
