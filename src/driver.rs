@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::clock::{Clock, instant_after, instant_before};
-use crate::core::{AgentId, Event, Observation, Persisted, Snapshot, SourceId, State, Supervisor};
+use crate::core::snapshot::PersistView;
+use crate::core::{AgentId, Event, Observation, Snapshot, SourceId, State, Supervisor};
 use crate::liveness::Liveness;
 use crate::telemetry::metrics::Metrics;
 
@@ -49,10 +50,10 @@ const SNAPSHOT_AFTER_TRANSITION: Duration = Duration::from_millis(100);
 
 /// What the core hands the state writer: the state to save, taken out by
 /// the writer (so nothing holds it once written).
-pub type StateHandoff = Arc<std::sync::Mutex<Option<Persisted>>>;
+pub type StateHandoff = Arc<std::sync::Mutex<Option<PersistView>>>;
 
 /// A handoff holding `state`.
-pub fn handoff(state: Option<Persisted>) -> StateHandoff {
+pub fn handoff(state: Option<PersistView>) -> StateHandoff {
     Arc::new(std::sync::Mutex::new(state))
 }
 
@@ -136,7 +137,11 @@ impl Driver {
                 persist_due = Some(persist_due.map_or(at, |d| d.min(at)));
             }
             if persist_due.is_some_and(|d| d <= Instant::now()) {
-                self.persist();
+                // Saved from a snapshot taken now (published too): the
+                // state file is a view over it, not a second copy.
+                let snap = self.publish(&mut last_snapshot);
+                snapshot_due = None;
+                self.persist(snap);
                 last_persist = Instant::now();
                 persist_due = None;
             }
@@ -147,21 +152,24 @@ impl Driver {
             self.sup.observe(obs, now);
         }
         self.dispatch();
-        self.publish(&mut last_snapshot);
-        self.persist();
+        let snap = self.publish(&mut last_snapshot);
+        self.persist(snap);
         debug!("Core stopped.");
     }
 
-    fn publish(&mut self, last: &mut Instant) {
+    fn publish(&mut self, last: &mut Instant) -> Arc<Snapshot> {
         let snap = Arc::new(self.sup.snapshot(self.clock.now()));
         self.metrics.sync_sources(&snap);
-        self.snapshot_tx.send_replace(snap);
+        self.snapshot_tx.send_replace(snap.clone());
         *last = Instant::now();
+        snap
     }
 
-    fn persist(&self) {
+    /// Hand the state writer what to save; `snap` is the snapshot just
+    /// taken.
+    fn persist(&self, snap: Arc<Snapshot>) {
         if let Some(tx) = &self.persist_tx {
-            tx.send_replace(handoff(Some(self.sup.persist())));
+            tx.send_replace(handoff(Some(self.sup.persist_view(snap))));
         }
     }
 

@@ -71,7 +71,8 @@ async fn closed_channel<T>(mut rx: watch::Receiver<T>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::Persisted;
+    use crate::core::Snapshot;
+    use crate::core::snapshot::PersistView;
     use crate::driver::handoff;
 
     #[tokio::test]
@@ -85,7 +86,11 @@ mod tests {
             Duration::from_secs(3600),
             Arc::new(Metrics::new(0).unwrap()),
         ));
-        tx.send(handoff(Some(Persisted::default()))).unwrap();
+        let empty = PersistView {
+            snap: Arc::new(Snapshot::empty(chrono::Utc::now())),
+            raw_last_seen: Vec::new(),
+        };
+        tx.send(handoff(Some(empty))).unwrap();
         drop(tx);
         tokio::time::timeout(Duration::from_secs(5), writer)
             .await

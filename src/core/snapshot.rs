@@ -311,6 +311,94 @@ pub enum SourceStatus {
     Down,
 }
 
+/// What the state store keeps, as a view over a snapshot: serialized, it
+/// is exactly [`Persisted`] (the same file), without a copy of the fleet.
+/// A check's value as the source reported it is kept only where it differs
+/// from its effective `last_seen` (clock skew, an older reading).
+#[derive(Clone, Debug)]
+pub struct PersistView {
+    pub snap: Arc<Snapshot>,
+    /// By position in the snapshot's checks (agent after agent, in order).
+    pub raw_last_seen: Vec<(u32, Option<Timestamp>)>,
+}
+
+impl Serialize for PersistView {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut st = serializer.serialize_struct("Persisted", 2)?;
+        st.serialize_field("checks", &PersistChecks(self))?;
+        st.serialize_field("agents", &PersistAgents(&self.snap))?;
+        st.end()
+    }
+}
+
+struct PersistChecks<'a>(&'a PersistView);
+
+impl Serialize for PersistChecks<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let snap = &self.0.snap;
+        let mut raw = self.0.raw_last_seen.iter().peekable();
+        let mut seq = serializer.serialize_seq(Some(snap.beats.len()))?;
+        let mut n = 0u32;
+        for agent in snap.iter() {
+            for (c, last_seen) in agent.checks() {
+                let raw_last_seen = match raw.peek() {
+                    Some((at, t)) if *at == n => {
+                        raw.next();
+                        *t
+                    }
+                    _ => last_seen,
+                };
+                seq.serialize_element(&PersistedCheckRef {
+                    agent: &agent.view.id,
+                    source: &c.source,
+                    state: c.state,
+                    since: c.since,
+                    reason: &c.reason,
+                    last_seen,
+                    raw_last_seen,
+                })?;
+                n += 1;
+            }
+        }
+        seq.end()
+    }
+}
+
+struct PersistAgents<'a>(&'a Snapshot);
+
+impl Serialize for PersistAgents<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.views().iter().map(|a| PersistedAgentRef {
+            agent: &a.id,
+            state: a.state,
+            since: a.since,
+            reason: &a.reason,
+        }))
+    }
+}
+
+/// [`PersistedCheck`], borrowed.
+#[derive(Serialize)]
+struct PersistedCheckRef<'a> {
+    agent: &'a AgentId,
+    source: &'a SourceId,
+    state: State,
+    since: Timestamp,
+    reason: &'a Text,
+    last_seen: Option<Timestamp>,
+    raw_last_seen: Option<Timestamp>,
+}
+
+/// [`PersistedAgent`], borrowed.
+#[derive(Serialize)]
+struct PersistedAgentRef<'a> {
+    agent: &'a AgentId,
+    state: State,
+    since: Timestamp,
+    reason: &'a Text,
+}
+
 /// What the state store keeps across restarts.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Persisted {

@@ -71,10 +71,10 @@ pub enum StateError {
 }
 
 #[derive(Serialize)]
-struct OnDisk<'a> {
+struct OnDisk<'a, T> {
     version: u32,
     #[serde(flatten)]
-    state: &'a Persisted,
+    state: &'a T,
 }
 
 /// The file store. Cheap to clone: it is just a path.
@@ -117,8 +117,9 @@ impl FileStore {
         Ok(read_json(&self.path(), VERSION, None)?.unwrap_or_default())
     }
 
-    /// Write atomically. Blocking: call from `spawn_blocking`.
-    pub fn save(&self, state: &Persisted) -> Result<(), StateError> {
+    /// Write atomically. Blocking: call from `spawn_blocking`. `state` is
+    /// a [`Persisted`] or what serializes as one (`PersistView`).
+    pub fn save<T: Serialize>(&self, state: &T) -> Result<(), StateError> {
         let disk = OnDisk {
             version: VERSION,
             state,

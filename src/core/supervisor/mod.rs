@@ -34,8 +34,8 @@ use super::model::{
 };
 use super::policy::{Labels, Policy};
 use super::snapshot::{
-    AgentView, CheckView, Persisted, PersistedAgent, PersistedCheck, Snapshot, SourceStatus,
-    SourceView,
+    AgentView, CheckView, PersistView, Persisted, PersistedAgent, PersistedCheck, Snapshot,
+    SourceStatus, SourceView,
 };
 
 /// How a source delivers data, which decides how a passed deadline is

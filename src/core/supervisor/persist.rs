@@ -49,7 +49,30 @@ impl Supervisor {
         self.data = true;
     }
 
-    /// What the state store should keep.
+    /// What the state store should keep, as a view over `snap`, which must
+    /// be this supervisor's latest snapshot (taken since the last change):
+    /// the fleet is not copied again for the state file.
+    pub fn persist_view(&self, snap: Arc<Snapshot>) -> PersistView {
+        let mut raw_last_seen = Vec::new();
+        let mut n = 0u32;
+        for (id, a) in &self.agents {
+            for source in &a.sources {
+                if let Some(c) = self.checks.get(&key_of(id, source)) {
+                    if c.raw_last_seen != c.last_seen {
+                        raw_last_seen.push((n, c.raw_last_seen));
+                    }
+                    n += 1;
+                }
+            }
+        }
+        PersistView {
+            snap,
+            raw_last_seen,
+        }
+    }
+
+    /// What the state store should keep, as an owned copy (what a load
+    /// gives back; see [`Supervisor::persist_view`] for saving).
     pub fn persist(&self) -> Persisted {
         let mut checks: Vec<PersistedCheck> = self
             .checks

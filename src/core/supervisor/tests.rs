@@ -1101,3 +1101,40 @@ proptest::proptest! {
         let _ = again.snapshot(now);
     }
 }
+
+/// The state file is written from a view over the snapshot: it must say
+/// exactly what the owned copy says, checks whose reported time differs
+/// from the effective one (skew, an older reading) included.
+#[test]
+fn the_persisted_view_serializes_as_the_persisted_copy() {
+    let mut s = sup();
+    scan(
+        &mut s,
+        at(0.0),
+        at(0.0),
+        vec![
+            hb("a", at(0.0)),
+            hb("old", at(-100.0)),
+            // 300 s ahead: taken as now, the reported value kept apart.
+            hb("skewed", at(300.0)),
+            Reading::Invalid {
+                agent: "bad".into(),
+                reason: "not a number".into(),
+            },
+        ],
+    );
+    // An older reading than the one held: last_seen keeps the newer one.
+    confirm(&mut s, at(1.0), vec![hb("a", at(-1.0))]);
+    s.observe(
+        Observation::Pushed {
+            source: push(),
+            reading: hb("a", at(1.0)),
+        },
+        at(1.0),
+    );
+    let owned = serde_json::to_value(s.persist()).unwrap();
+    let view = s.persist_view(Arc::new(s.snapshot(at(1.0))));
+    assert!(!view.raw_last_seen.is_empty(), "{view:?}");
+    assert_eq!(serde_json::to_value(&view).unwrap(), owned);
+    assert_eq!(owned["checks"].as_array().unwrap().len(), 5, "{owned}");
+}
