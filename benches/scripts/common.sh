@@ -33,6 +33,6 @@ release_tests() {
 # The line above each table: the date and the versions measured.
 versions_line() {
   echo
-  echo "$(date -u +%F), $(target/release/agent-supervisor --version), $(redis-server --version | cut -d' ' -f1-3), $(psql --version)"
+  echo "$(date -u +%F), $("${bin:-target/release/agent-supervisor}" --version), $(redis-server --version | cut -d' ' -f1-3), $(psql --version)"
   echo
 }

@@ -1,0 +1,216 @@
+#!/usr/bin/env bash
+# Memory and CPU of the release binary watching a fleet, per layout and size.
+#
+#   benches/scripts/fleet.sh LAYOUT N [N...]    # LAYOUT: keys, hash, zset, postgres or push
+#
+# Builds the release binary, starts a private redis-server (or PostgreSQL
+# cluster) on a free port, writes N agents' heartbeats and refreshes every
+# one of them every 10 s from a second process (python3 + redis-py, or psql),
+# and runs the sidecar against it with `interval: 5s`, `stale_after: 60s` and
+# the state store on. First with no agent at all (the idle line), then with
+# each N: warm-up (WARMUP, default 30 s), then the sidecar's utime+stime
+# (/proc/PID/stat) over WINDOW (default 60 s), its RSS at the end and its
+# peak (VmHWM). Prints one Markdown row per run:
+#
+#   | layout | agents | RSS | (RSS - idle) / agent | peak | CPU (one core) | scan |
+#
+# `scan` is agent_supervisor_source_scan_duration_seconds' mean over the
+# window. AGENT_SUPERVISOR_BIN runs that binary instead of building one (to
+# compare two builds in one run). Set MALLOC_ARENA_MAX or other allocator settings in the
+# environment to measure them: the sidecar inherits it. WRAP runs the
+# sidecar under a profiler (`WRAP="heaptrack -o /tmp/hp"`); its figures are
+# then the profiler's, not the sidecar's. Everything runs on
+# 127.0.0.1 and stops by itself.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+layout=${1:?keys, hash, zset, postgres or push}
+shift
+sizes=("$@")
+((${#sizes[@]} > 0)) || { echo "usage: $0 LAYOUT N [N...]" >&2; exit 64; }
+window=${WINDOW:-60}
+warmup=${WARMUP:-30}
+
+if [[ -n ${AGENT_SUPERVISOR_BIN:-} ]]; then
+  bin=$AGENT_SUPERVISOR_BIN
+else
+  cargo build --release --quiet
+  bin=$PWD/target/release/agent-supervisor
+fi
+# shellcheck source=benches/scripts/common.sh
+. benches/scripts/common.sh
+
+# The datastore.
+case "$layout" in
+  keys | hash | zset)
+    rport=$(free_port)
+    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
+      --dir "$work" --logfile "$work/redis.log" &
+    pids+=($!)
+    for _ in $(seq 100); do
+      redis-cli -p "$rport" ping > /dev/null 2>&1 && break
+      sleep 0.1
+    done
+    source_yaml="{name: redis, type: redis, url: \"redis://127.0.0.1:$rport\", interval: 5s, timeout: 5s"
+    case "$layout" in
+      keys) source_yaml+=", layout: keys, pattern: \"agent:{agent}:last_seen\"}" ;;
+      hash) source_yaml+=", layout: hash, key: agents:last_seen}" ;;
+      zset) source_yaml+=", layout: zset, key: agents:last_seen}" ;;
+    esac
+    ;;
+  postgres)
+    pgbin=$(dirname "$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -1)")
+    pport=$(free_port)
+    pguser=$(id -un)
+    runuser=()
+    if [[ $(id -u) -eq 0 ]]; then
+      # initdb refuses root: the cluster belongs to `postgres`.
+      pguser=postgres
+      runuser=(runuser -u postgres --)
+      chown postgres "$work"
+    fi
+    "${runuser[@]}" "$pgbin/initdb" -D "$work/pg" -U "$pguser" -A trust > "$work/initdb.log"
+    "${runuser[@]}" "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pg.log" -w \
+      -o "-p $pport -k $work -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off" start > /dev/null
+    pgurl="postgres://$pguser@127.0.0.1:$pport/postgres"
+    stop_pg() { "${runuser[@]}" "$pgbin/pg_ctl" -D "$work/pg" -m immediate stop > /dev/null 2>&1 || true; }
+    trap 'stop_pg; cleanup' EXIT
+    psql -X -q -d "$pgurl" -c "create table hb (agent_id text primary key, n int not null, last_seen timestamptz not null)"
+    source_yaml="{name: pg, type: postgres, url: \"$pgurl\", interval: 5s, timeout: 5s, query: \"select agent_id, last_seen from hb\"}"
+    ;;
+  push)
+    # Agents push to the admin listener as fast as one Python client can
+    # (each agent about every N / rate seconds); `stale_after` is long
+    # enough that none goes stale meanwhile.
+    source_yaml="{name: push, type: push, max_agents: 10000000, stale_after: 10m}"
+    ;;
+  *) echo "layout: keys, hash, zset, postgres or push" >&2; exit 64 ;;
+esac
+
+# Writes all n agents' heartbeats now, then refreshes a tenth of them every
+# second (each agent every 10 s) until killed. Push: pushes every agent in
+# turn, over and over, from one keep-alive connection (to the sidecar's admin
+# port, $aport, so started once it is up).
+start_writer() {
+  local n=$1
+  case "$layout" in
+    push)
+      python3 - "$aport" "$n" > "$work/writer.log" 2>&1 <<'PY' &
+import sys, http.client
+port, n = int(sys.argv[1]), int(sys.argv[2])
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+while n:
+    for a in range(n):
+        conn.request("POST", f"/api/v1/heartbeats/agent_{a}", body=b"")
+        conn.getresponse().read()
+    print("round", flush=True)
+PY
+      ;;
+    postgres)
+      psql -X -q -d "$pgurl" -c "truncate hb" \
+        -c "insert into hb select 'agent_' || i, i % 10, now() from generate_series(0, $n - 1) i"
+      (
+        while :; do
+          for k in 0 1 2 3 4 5 6 7 8 9; do
+            echo "update hb set last_seen = now() where n = $k;"
+            sleep 1
+          done
+        done | psql -X -q -d "$pgurl" > "$work/writer.log" 2>&1
+      ) &
+      ;;
+    *)
+      python3 - "$rport" "$layout" "$n" > "$work/writer.log" 2>&1 <<'PY' &
+import sys, time
+import redis
+port, layout, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+r = redis.Redis(port=port)
+r.flushall()
+def write(lo, hi):
+    now = time.time()
+    p = r.pipeline(transaction=False)
+    for start in range(lo, hi, 1000):
+        ids = range(start, min(start + 1000, hi))
+        if layout == "keys":
+            p.mset({f"agent:agent_{i}:last_seen": f"{now:.6f}" for i in ids})
+        elif layout == "hash":
+            p.hset("agents:last_seen", mapping={f"agent_{i}": f"{now:.6f}" for i in ids})
+        else:
+            p.zadd("agents:last_seen", {f"agent_{i}": now for i in ids})
+    p.execute()
+write(0, n)
+print("written", flush=True)
+while True:
+    for k in range(10):
+        t = time.time()
+        write(n * k // 10, n * (k + 1) // 10)
+        time.sleep(max(0.0, 1 - (time.time() - t)))
+PY
+      ;;
+  esac
+  writer=$!
+  pids+=("$writer")
+}
+
+stop_writer() {
+  pkill -P "$writer" 2>/dev/null || true
+  kill "$writer" 2>/dev/null || true
+  wait "$writer" 2>/dev/null || true
+}
+
+idle_kb=
+printf '| layout | agents | RSS | (RSS - idle) / agent | peak | CPU (one core) | scan |\n|---|---:|---:|---:|---:|---:|---:|\n'
+for n in 0 "${sizes[@]}"; do
+  port=$(free_port)
+  aport=$(free_port)
+  [[ $layout == push ]] || start_writer "$n"
+  rm -rf "$work/state"
+  cat > "$work/config.yaml" <<YAML
+listen: 127.0.0.1:$port
+admin_listen: 127.0.0.1:$aport
+startup_grace: 5s
+state: {path: "$work/state"}
+defaults: {stale_after: 60s}
+sources: [$source_yaml]
+YAML
+  # shellcheck disable=SC2086 # WRAP is a command line, split on purpose
+  AGENT_SUPERVISOR_LOG=warn ${WRAP:-} "$bin" run --config "$work/config.yaml" > "$work/sidecar.log" 2>&1 &
+  sup=$!
+  pids+=("$sup")
+  for _ in $(seq 300); do
+    curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && break
+    sleep 0.1
+  done
+  [[ $layout != push ]] || start_writer "$n"
+  sleep "$warmup"
+  scan() {
+    curl -sf "http://127.0.0.1:$port/metrics" |
+      awk '/^agent_supervisor_source_scan_duration_seconds_(sum|count)/ {print $2}' | paste -sd' '
+  }
+  ticks() { awk '{print $14 + $15}' "/proc/$sup/stat"; }
+  s0=$(scan)
+  t0=$(ticks)
+  sleep "$window"
+  t1=$(ticks)
+  s1=$(scan)
+  rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$sup/status")
+  hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$sup/status")
+  seen=$(curl -sf "http://127.0.0.1:$port/api/v1/agents?limit=1" |
+    python3 -c 'import json,sys; c=json.load(sys.stdin)["counts"]; print(sum(c.values()), c.get("healthy", 0))')
+  kill "$sup"
+  wait "$sup" 2>/dev/null || true
+  stop_writer
+  [[ -n $idle_kb ]] || idle_kb=$rss_kb
+  python3 - "$layout" "$n" "$rss_kb" "$hwm_kb" "$idle_kb" "$t0" "$t1" "$(getconf CLK_TCK)" "$window" "$s0" "$s1" "$seen" <<'PY'
+import sys
+layout, n, rss, hwm, idle, t0, t1, hz, window, s0, s1, seen = sys.argv[1:]
+n, rss, hwm, idle = int(n), int(rss), int(hwm), int(idle)
+cpu = (float(t1) - float(t0)) / float(hz) / float(window) * 100
+per = f"{(rss - idle) * 1024 / n:.0f} B" if n else "idle"
+(sum0, c0), (sum1, c1) = (map(float, s.split()) if s else (0, 0) for s in (s0, s1))
+scan = f"{(sum1 - sum0) / (c1 - c0) * 1e3:.1f} ms" if c1 > c0 else "-"
+total, healthy = map(int, seen.split())
+note = "" if total == n and healthy == n else f" (seen {total}, healthy {healthy})"
+print(f"| {layout} | {n}{note} | {rss / 1024:.1f} MiB | {per} | {hwm / 1024:.1f} MiB | {cpu:.2f} % | {scan} |")
+PY
+done
+versions_line
