@@ -592,7 +592,7 @@ struct PushSource {
     /// If set, requests need `Authorization: Bearer <token>`.
     token: Option<String>,
     /// A push for a new agent id is refused (429) while the sidecar knows
-    /// this many agents. Default 20000 (fits the shipped 256 Mi memory limit).
+    /// this many agents. Default 100000 (fits the shipped 256 Mi memory limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "int_max_agents")]
     max_agents: Option<u64>,

@@ -15,8 +15,9 @@ pub struct PushConfig {
     pub max_agents: usize,
 }
 
-/// Fits the shipped Kubernetes memory limit (256 Mi) with room to spare.
-pub const DEFAULT_MAX_AGENTS: u64 = 20_000;
+/// Fits the shipped Kubernetes memory limit (256 Mi) with room to spare:
+/// 100,000 pushing agents measured at 101 MiB (docs/benchmarks.md).
+pub const DEFAULT_MAX_AGENTS: u64 = 100_000;
 
 pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> PushConfig {
     let token = o
