@@ -5,9 +5,10 @@
 //! `Arc` the core keeps and hands out again as long as the agent did not
 //! change, so a snapshot of a fleet costs a pointer per agent plus the
 //! agents that changed, however many snapshots the API, `/metrics`, the
-//! alert engine and remediation still hold. Nothing in a view depends on
-//! when the snapshot was taken: a check's age is computed when it is served
-//! ([`AgentAt`]).
+//! alert engine and remediation still hold. Heartbeats, which change for
+//! every agent all the time, are not in the views but in a flat array of
+//! the snapshot's own ([`Entry::last_seen`]), and a check's age is computed
+//! when it is served ([`AgentAt`]): a scan does not rebuild the views.
 
 use std::sync::Arc;
 
@@ -101,7 +102,7 @@ impl Snapshot {
     /// The `i`-th agent by id.
     pub fn get(&self, i: usize) -> Option<Entry<'_>> {
         let view = self.agents.get(i)?;
-        let from = self.first_beat[i] as usize;
+        let from = *self.first_beat.get(i)? as usize;
         let beats = self
             .beats
             .get(from..from + view.checks.len())
