@@ -13,6 +13,19 @@ trap cleanup EXIT
 # A free TCP port on 127.0.0.1.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# Start a private redis-server (no persistence) on a free port, recorded in
+# `pids`; sets `rport` and returns once it answers.
+start_redis() {
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$work" --logfile "$work/redis.log" &
+  pids+=($!)
+  for _ in $(seq 100); do
+    redis-cli -p "$rport" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+}
+
 # Run the integration tests matching FILTER with the release binary
 # (AGENT_SUPERVISOR_BIN), after building it; further arguments are
 # NAME=VALUE settings for them. Their output goes to $work/test.log; on

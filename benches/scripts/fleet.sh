@@ -43,14 +43,7 @@ fi
 # The datastore.
 case "$layout" in
   keys | hash | zset)
-    rport=$(free_port)
-    redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
-      --dir "$work" --logfile "$work/redis.log" &
-    pids+=($!)
-    for _ in $(seq 100); do
-      redis-cli -p "$rport" ping > /dev/null 2>&1 && break
-      sleep 0.1
-    done
+    start_redis
     source_yaml="{name: redis, type: redis, url: \"redis://127.0.0.1:$rport\", interval: 5s, timeout: 5s"
     case "$layout" in
       keys) source_yaml+=", layout: keys, pattern: \"agent:{agent}:last_seen\"}" ;;

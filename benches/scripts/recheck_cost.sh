@@ -25,14 +25,7 @@ cargo build --quiet
 . benches/scripts/common.sh
 cp target/debug/agent-supervisor "$work/agent-supervisor"
 
-rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
-  --dir "$work" --logfile "$work/redis.log" &
-pids+=($!)
-for _ in $(seq 100); do
-  redis-cli -p "$rport" ping >/dev/null 2>&1 && break
-  sleep 0.1
-done
+start_redis
 
 python3 - "$agents" "$stale" <<'PY' | redis-cli -p "$rport" --pipe >/dev/null
 import sys, time
