@@ -60,8 +60,9 @@ pub struct SecretUrl {
 }
 
 /// Query parameters whose values are credentials (`?password=` for
-/// libpq, `?token=`...), compared case-insensitively.
-const SECRET_PARAMS: [&str; 7] = [
+/// libpq, `?sentinelPassword=` for Redis Sentinel, `?token=`...), compared
+/// case-insensitively.
+const SECRET_PARAMS: [&str; 8] = [
     "password",
     "pass",
     "pwd",
@@ -69,6 +70,7 @@ const SECRET_PARAMS: [&str; 7] = [
     "token",
     "sslpassword",
     "api_key",
+    "sentinelpassword",
 ];
 
 fn is_secret_param(key: &str) -> bool {
@@ -82,18 +84,22 @@ impl SecretUrl {
             let _ = url.set_password(Some("***"));
         }
         if url.query_pairs().any(|(k, _)| is_secret_param(&k)) {
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(k, v)| {
-                    let v = if is_secret_param(&k) {
-                        "***".into()
-                    } else {
-                        v.into_owned()
-                    };
-                    (k.into_owned(), v)
+            // The other parameters as written (`node=host:port` stays so).
+            let query = url.query().unwrap_or_default();
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _))
+                        if is_secret_param(
+                            &percent_encoding::percent_decode_str(k).decode_utf8_lossy(),
+                        ) =>
+                    {
+                        format!("{k}=***")
+                    }
+                    _ => pair.to_string(),
                 })
                 .collect();
-            url.query_pairs_mut().clear().extend_pairs(pairs);
+            url.set_query(Some(&pairs.join("&")));
         }
         Ok(Self {
             secret: SecretString::from(s.to_string()),
@@ -212,6 +218,20 @@ mod tests {
         assert!(!format!("{u:?} {u}").contains("p@ss"));
         let msg = scrub_secrets(&u.password_forms(), "bad p@ss (p%40ss)".into());
         assert_eq!(msg, "bad *** (***)");
+    }
+
+    #[test]
+    fn a_sentinel_password_is_redacted_and_scrubbed() {
+        let u = SecretUrl::parse(
+            "redis-sentinel://:main-pw@s1:26379/0?sentinelServiceName=main&sentinelPassword=s3nt&node=s2:26379",
+        )
+        .unwrap();
+        assert_eq!(
+            u.redacted(),
+            "redis-sentinel://:***@s1:26379/0?sentinelServiceName=main&sentinelPassword=***&node=s2:26379"
+        );
+        let msg = scrub_secrets(&u.password_forms(), "auth s3nt main-pw".into());
+        assert_eq!(msg, "auth *** ***");
     }
 
     proptest::proptest! {

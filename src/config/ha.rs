@@ -16,6 +16,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::sources::check_redis_url;
 use super::values::{check_scheme, required_url};
 use super::walk::{Obj, Problems};
 use super::{SourceConfig, SourceKindConfig};
@@ -251,9 +252,7 @@ fn store(l: &mut Obj<'_>, sources: &[SourceConfig], p: &mut Problems) -> Option<
         }
         (false, _) => {
             let url = if kind == "redis" {
-                required_url(l, p, |u| {
-                    check_scheme(u, &["redis", "rediss", "redis+unix", "unix"])
-                })
+                required_url(l, p, check_redis_url)
             } else {
                 required_url(l, p, |u| check_scheme(u, &["postgres", "postgresql"]))
             }?;

@@ -421,7 +421,10 @@ enum RedisLayout {
 struct RedisSource {
     #[serde(flatten)]
     common: SourceCommon,
-    /// redis://[:password@]host:port/db, rediss:// for TLS, or unix://.
+    /// redis://[:password@]host:port/db (rediss:// for TLS); a Redis Cluster:
+    /// redis-cluster://host:port?node=host2:port2&node=host3:port3; Redis
+    /// Sentinel: redis-sentinel://sentinel1:26379/db?sentinelServiceName=name&node=sentinel2:26379;
+    /// a socket: redis+unix:///path/to/redis.sock.
     url: String,
     /// Full scan period. Default 5s; > 0.
     interval: Option<Duration>,

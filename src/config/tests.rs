@@ -1001,3 +1001,33 @@ fn a_sources_only_config_ignores_actions_and_remediate() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(c.policy().remedy_for("x").is_none());
 }
+
+#[test]
+fn redis_urls_name_one_node_a_cluster_or_a_sentinel_service() {
+    let text = r#"
+sources:
+  - {name: one, type: redis, url: "redis://127.0.0.1:6379/2", pattern: "a:{agent}"}
+  - {name: cluster, type: redis, url: "redis-cluster://:pw@10.0.0.1:7000?node=10.0.0.2:7000&node=10.0.0.3:7000", pattern: "b:{agent}"}
+  - {name: sentinel, type: redis, url: "redis-sentinel://10.0.0.1:26379/0?sentinelServiceName=main&node=10.0.0.2:26379", layout: zset, key: beats}
+"#;
+    let cfg = parse_ok(text);
+    assert_eq!(cfg.sources.len(), 3);
+}
+
+#[test]
+fn a_redis_url_the_client_cannot_use_is_rejected_with_its_reason() {
+    let text = r#"
+sources:
+  - {name: a, type: redis, url: "redis-sentinel://:s3cret@10.0.0.1:26379/0?node=10.0.0.2:26379", pattern: "a:{agent}"}
+  - {name: b, type: redis, url: "redis-cluster://10.0.0.1:7000?node=10.0.0.2", pattern: "b:{agent}"}
+  - {name: c, type: redis, url: "memcached://10.0.0.1", pattern: "c:{agent}"}
+"#;
+    let got = problems_at(
+        text,
+        &no_env,
+        &["sources[0].url", "sources[1].url", "sources[2].url"],
+    );
+    let shown = format!("{got:?}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.to_lowercase().contains("sentinel"), "{shown}");
+}

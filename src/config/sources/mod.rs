@@ -17,7 +17,7 @@ use crate::core::SourceId;
 pub use http::{AgentUrl, HttpComponent, HttpConfig, HttpMethod, Redirects, json_pointer};
 pub use postgres::{PostgresConfig, PostgresRead, PostgresTable};
 pub use push::PushConfig;
-pub use redis::{KeyPattern, RedisConfig, RedisLayout};
+pub use redis::{KeyPattern, RedisConfig, RedisLayout, check_redis_url};
 
 /// One entry of `sources:`.
 #[derive(Debug, Clone)]

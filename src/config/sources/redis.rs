@@ -5,7 +5,32 @@ use std::time::Duration;
 
 use crate::config::values::{check_scheme, required_url};
 use crate::config::walk::{Obj, Problems};
-use crate::secret::SecretUrl;
+use crate::secret::{SecretUrl, scrub_secrets};
+
+/// The URL schemes of a Redis server: one node (`redis`, `rediss` for TLS,
+/// `redis+unix` for a socket), a Redis Cluster (`redis-cluster`, seed nodes
+/// in `?node=host:port`) or a primary found through Redis Sentinel
+/// (`redis-sentinel`, sentinels in the authority and `?node=`, the service
+/// in `?sentinelServiceName=`).
+const SCHEMES: [&str; 7] = [
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+    "redis+unix",
+];
+
+/// `Ok` for a Redis URL the client can use: a known scheme, and whatever
+/// that deployment needs (a port on every cluster node, a service name for
+/// Sentinel...). The message never shows a password.
+pub fn check_redis_url(u: &SecretUrl) -> Result<(), String> {
+    check_scheme(u, &SCHEMES)?;
+    fred::types::config::Config::from_url(u.expose())
+        .map(|_| ())
+        .map_err(|e| scrub_secrets(&u.password_forms(), e.details().to_string()))
+}
 
 /// `type: redis`.
 #[derive(Debug, Clone)]
@@ -95,9 +120,7 @@ fn escape_glob(s: &str) -> String {
 }
 
 pub(super) fn parse(o: &mut Obj<'_>, p: &mut Problems) -> Option<RedisConfig> {
-    let url = required_url(o, p, |u| {
-        check_scheme(u, &["redis", "rediss", "redis+unix", "unix"])
-    });
+    let url = required_url(o, p, check_redis_url);
     let interval = o
         .positive_duration("interval", p)
         .unwrap_or(Duration::from_secs(5));
