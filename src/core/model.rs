@@ -331,6 +331,13 @@ pub enum Reading {
     /// frozen until a normal reading arrives. Not a bad value: nothing is
     /// counted.
     Unknown { agent: AgentId, reason: String },
+    /// This agent's data cannot be read now, though the rest of the source
+    /// can (the Redis Cluster node that holds its key is down): as a source
+    /// outage, for this agent alone. A check that is not stale, missing or
+    /// failing becomes `unknown` with this reason, its deadline frozen; an
+    /// alerting one keeps its state. When its data can be read again, a
+    /// heartbeat older than that gets `stale_after` from then.
+    Unreadable { agent: AgentId, reason: String },
 }
 
 impl Reading {
@@ -341,7 +348,8 @@ impl Reading {
             | Reading::Absent { agent }
             | Reading::Invalid { agent, .. }
             | Reading::Missing { agent, .. }
-            | Reading::Unknown { agent, .. } => agent,
+            | Reading::Unknown { agent, .. }
+            | Reading::Unreadable { agent, .. } => agent,
         }
     }
 }
@@ -375,6 +383,35 @@ pub enum Observation {
         source: SourceId,
         error: SourceFailure,
     },
+    /// Part of the source could not be read (a Redis Cluster node is down):
+    /// the agents `affected` selects are [`Reading::Unreadable`] with the
+    /// error's message. Sent during a scan, before its `ScanComplete`.
+    PartlyDown {
+        source: SourceId,
+        error: SourceFailure,
+        affected: AgentFilter,
+    },
+}
+
+/// Which agents of a source something applies to (those whose key hashes
+/// to a slot of a node that is down).
+#[derive(Clone)]
+pub struct AgentFilter(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl AgentFilter {
+    pub fn new(f: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    pub fn matches(&self, agent: &AgentId) -> bool {
+        (self.0)(agent.as_str())
+    }
+}
+
+impl fmt::Debug for AgentFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AgentFilter(..)")
+    }
 }
 
 /// A request from the core to a source: re-read these agents now.

@@ -17,7 +17,7 @@ impl Supervisor {
             source: source.clone(),
         };
         if !self.checks.contains_key(&key) {
-            if matches!(reading, Reading::Absent { .. }) {
+            if matches!(reading, Reading::Absent { .. } | Reading::Unreadable { .. }) {
                 return;
             }
             self.ensure_agent(&key.agent, now);
@@ -45,7 +45,7 @@ impl Supervisor {
             } => {
                 c.observed_at = now;
                 c.absent = false;
-                c.overrides = None;
+                c.read_again(now);
                 c.status = status;
                 let effective = if last_seen > plus(now, skew) {
                     if c.raw_last_seen == Some(last_seen) {
@@ -69,11 +69,16 @@ impl Supervisor {
                 // Never move backwards: an older reading (a scan that started
                 // before a point read) does not undo a newer one.
                 c.last_seen = Some(c.last_seen.map_or(effective, |t| t.max(effective)));
+                if c.resumed().is_some_and(|at| effective >= at) {
+                    // A heartbeat since the data came back: judged by its
+                    // own deadline again.
+                    c.set_overrides(|o| o.resumed = None);
+                }
             }
             Reading::Status { status, .. } => {
                 c.observed_at = now;
                 c.absent = false;
-                c.overrides = None;
+                c.read_again(now);
                 c.status = Some(status);
             }
             Reading::Absent { .. } => {
@@ -94,6 +99,16 @@ impl Supervisor {
             Reading::Unknown { reason, .. } => {
                 c.observed_at = now;
                 c.set_held(Some((State::Unknown, reason.into())));
+            }
+            Reading::Unreadable { reason, .. } => {
+                // Not data, but no reason to forget the agent either.
+                c.observed_at = now;
+                if c.state.is_alerting() {
+                    // What was stale, missing or failing stays so: no new
+                    // transition, no new notification.
+                    return;
+                }
+                c.set_unreadable(reason.into());
             }
         }
         self.data = true;
@@ -160,7 +175,7 @@ impl Supervisor {
         let given = if c.state.is_alerting() {
             None
         } else {
-            self.given_until(&key.source, last_seen, threshold)
+            self.given_until(key, last_seen, threshold)
         };
         if passed(deadline) {
             let age = now - last_seen;

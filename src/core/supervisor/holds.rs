@@ -98,17 +98,28 @@ impl Supervisor {
     /// when it is judged by its own deadline alone.
     pub(super) fn given_until(
         &self,
-        source: &SourceId,
+        key: &CheckKey,
         last_seen: Timestamp,
         stale_after: TimeDelta,
     ) -> Option<(Timestamp, String)> {
-        let (at, why) = self.source(source)?.resumed.as_ref()?;
-        (last_seen < *at).then(|| {
-            (
-                plus(*at, stale_after),
-                format!("{why} at {}", clock_time(*at)),
-            )
-        })
+        let source = self
+            .source(&key.source)
+            .and_then(|s| s.resumed.as_ref())
+            .map(|(at, why)| (*at, why.as_str()));
+        let own = self
+            .checks
+            .get(key)
+            .and_then(Check::resumed)
+            .map(|at| (at, "its data could be read again"));
+        let (at, why) = [source, own]
+            .into_iter()
+            .flatten()
+            .filter(|(at, _)| last_seen < *at)
+            .max_by_key(|(at, _)| *at)?;
+        Some((
+            plus(at, stale_after),
+            format!("{why} at {}", clock_time(at)),
+        ))
     }
 
     pub(super) fn keys_of(&self, source: &SourceId) -> Vec<CheckKey> {

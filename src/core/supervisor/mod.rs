@@ -161,11 +161,51 @@ impl Check {
         self.set_overrides(|o| o.held = held);
     }
 
+    /// Held `unknown` because its data cannot be read (see
+    /// [`Reading::Unreadable`]).
+    fn set_unreadable(&mut self, reason: Text) {
+        self.set_overrides(|o| {
+            o.held = Some((State::Unknown, reason));
+            o.unreadable = true;
+        });
+    }
+
+    /// When its data became readable again after it was unreadable alone
+    /// (see [`Reading::Unreadable`]), while no heartbeat has come since.
+    fn resumed(&self) -> Option<Timestamp> {
+        self.overrides.as_ref().and_then(|o| o.resumed)
+    }
+
     fn set_overrides(&mut self, change: impl FnOnce(&mut Overrides)) {
         let mut o = self.overrides.take().unwrap_or_default();
         change(&mut o);
-        if o.invalid.is_some() || o.held.is_some() {
+        if o.invalid.is_some() || o.held.is_some() || o.resumed.is_some() {
             self.overrides = Some(o);
+        }
+    }
+
+    /// A normal reading arrived at `now`: what the source decided and any
+    /// bad value are over. A check whose data could not be read remembers
+    /// when it could again, so that a heartbeat from before then gets
+    /// `stale_after` from then (its writes may have failed as well);
+    /// `last_seen`, once the reading is applied, ends that. A hold for a
+    /// failing dependency gives nothing: the heartbeat the service reports
+    /// is its agent's own.
+    fn read_again(&mut self, now: Timestamp) {
+        let unreadable = self
+            .overrides
+            .as_ref()
+            .is_some_and(|o| o.unreadable && o.held.is_some());
+        let resumed = if unreadable {
+            Some(now)
+        } else {
+            self.resumed()
+        };
+        self.overrides = None;
+        if let Some(at) = resumed
+            && self.last_seen.is_none_or(|t| t < at)
+        {
+            self.set_overrides(|o| o.resumed = Some(at));
         }
     }
 }
@@ -178,6 +218,11 @@ struct Overrides {
     /// `unknown`: a dependency is failing) with its reason. While set, the
     /// check's deadline is frozen; the next normal reading clears it.
     held: Option<(State, Text)>,
+    /// `held` is for data that cannot be read (see [`Reading::Unreadable`]).
+    unreadable: bool,
+    /// When data that could not be read could be again (see
+    /// [`Check::read_again`]).
+    resumed: Option<Timestamp>,
 }
 
 #[derive(Debug)]
@@ -354,6 +399,24 @@ impl Supervisor {
                 self.apply(&source, reading, now, now, None);
             }
             Observation::SourceError { source, error } => self.source_down(&source, error, now),
+            Observation::PartlyDown {
+                source,
+                error,
+                affected,
+            } => {
+                if !self.source_ok(&source, now) {
+                    return;
+                }
+                for key in self.keys_of(&source) {
+                    if affected.matches(&key.agent) {
+                        let reading = Reading::Unreadable {
+                            agent: key.agent.clone(),
+                            reason: error.message.clone(),
+                        };
+                        self.apply(&source, reading, now, now, None);
+                    }
+                }
+            }
         }
         self.check_grace(now);
     }

@@ -107,6 +107,9 @@ impl Supervisor {
                     self.queue(&key, deadline);
                 }
                 _ if c.state.is_alerting() => {} // nothing new to learn
+                // Unreadable alone (its node is down) or held by what it
+                // depends on: the next reading, or the release, re-arms it.
+                _ if c.held().is_some() => {}
                 _ => self.request_confirm(&key, now),
             }
         }

@@ -3,6 +3,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::*;
+use crate::core::AgentFilter;
 use crate::core::policy::{AgentRule, Defaults};
 use crate::core::snapshot::age_seconds;
 
@@ -103,6 +104,19 @@ fn state(s: &Supervisor, agent: &str, now: Timestamp) -> State {
         .agent(agent)
         .map(|a| a.state)
         .unwrap_or_else(|| panic!("no agent {agent}"))
+}
+
+/// Whether an agent turned stale since the events were last taken.
+fn anyone_became_stale(s: &mut Supervisor) -> bool {
+    s.take_events().iter().any(|e| {
+        matches!(
+            e,
+            Event::AgentChanged {
+                to: State::Stale,
+                ..
+            }
+        )
+    })
 }
 
 fn down(kind: ErrorKind) -> Observation {
@@ -310,16 +324,7 @@ fn source_recovery_gives_stale_after_from_the_recovery_then_reports_true_age() {
         reason.contains("waiting for a heartbeat after redis came back"),
         "{reason}"
     );
-    assert!(
-        !s.take_events().iter().any(|e| matches!(
-            e,
-            Event::AgentChanged {
-                to: State::Stale,
-                ..
-            }
-        )),
-        "nobody stale at the recovery"
-    );
+    assert!(!anyone_became_stale(&mut s), "nobody stale at the recovery");
     // At 70.1 the time given is over: a point read, not the next scan.
     s.take_confirms();
     s.tick(at(70.2));
@@ -1137,4 +1142,133 @@ fn the_persisted_view_serializes_as_the_persisted_copy() {
     assert!(!view.raw_last_seen.is_empty(), "{view:?}");
     assert_eq!(serde_json::to_value(&view).unwrap(), owned);
     assert_eq!(owned["checks"].as_array().unwrap().len(), 5, "{owned}");
+}
+
+/// Agents whose id starts with `on3` live on a Redis Cluster node that is
+/// down.
+fn node_down() -> Observation {
+    Observation::PartlyDown {
+        source: redis(),
+        error: SourceFailure {
+            kind: ErrorKind::ConnectionRefused,
+            message:
+                "redis: node 127.0.0.1:7003 (slots 10923-16383) cannot be read: connection refused"
+                    .into(),
+        },
+        affected: AgentFilter::new(|a| a.starts_with("on3")),
+    }
+}
+
+#[test]
+fn agents_on_a_node_that_is_down_are_unknown_and_the_others_are_judged_as_usual() {
+    let mut s = sup();
+    scan(
+        &mut s,
+        at(0.0),
+        at(0.0),
+        vec![hb("on1", at(0.0)), hb("on3", at(0.0))],
+    );
+    s.take_events();
+    // The next scan reads node 1 and not node 3.
+    s.observe(node_down(), at(5.0));
+    scan(&mut s, at(5.0), at(5.0), vec![hb("on1", at(4.0))]);
+    let snap = s.snapshot(at(5.0));
+    let on3 = snap.agent("on3").unwrap();
+    assert_eq!(on3.state, State::Unknown);
+    assert!(on3.reason.contains("node 127.0.0.1:7003"), "{}", on3.reason);
+    assert_eq!(state(&s, "on1", at(5.0)), State::Healthy);
+    // on3's deadline (10s) is frozen: no point read, never stale while its
+    // node is down. on1 stops beating: stale at its own deadline.
+    s.take_confirms();
+    s.tick(at(14.1));
+    assert!(
+        s.take_confirms()
+            .iter()
+            .all(|c| !c.agents.contains(&AgentId::from("on3")))
+    );
+    confirm(&mut s, at(14.1), vec![hb("on1", at(4.0))]);
+    assert_eq!(state(&s, "on1", at(14.1)), State::Stale);
+    assert_eq!(state(&s, "on3", at(14.1)), State::Unknown);
+    assert!(
+        !s.take_events().iter().any(|e| matches!(
+            e,
+            Event::AgentChanged { agent, to: State::Stale, .. } if agent.as_str() == "on3"
+        )),
+        "on3 is never stale while unreadable"
+    );
+}
+
+#[test]
+fn an_agent_readable_again_gets_stale_after_from_then_before_it_is_stale() {
+    let mut s = sup();
+    scan(
+        &mut s,
+        at(0.0),
+        at(0.0),
+        vec![hb("on3", at(0.0)), hb("on3b", at(0.0))],
+    );
+    s.observe(node_down(), at(5.0));
+    scan(&mut s, at(5.0), at(5.0), vec![]);
+    // The node is back at 60s. on3 beat since; on3b's last beat is from
+    // before the outage (its writes failed too): given 10s from 60.
+    scan(
+        &mut s,
+        at(60.0),
+        at(60.0),
+        vec![hb("on3", at(59.5)), hb("on3b", at(0.0))],
+    );
+    assert_eq!(state(&s, "on3", at(60.0)), State::Healthy);
+    assert_eq!(state(&s, "on3b", at(60.0)), State::Unknown);
+    let reason = s.snapshot(at(60.0)).agent("on3b").unwrap().reason.clone();
+    assert!(
+        reason.contains("waiting for a heartbeat after its data could be read again"),
+        "{reason}"
+    );
+    assert!(!anyone_became_stale(&mut s), "nobody stale at the recovery");
+    // It beats again: healthy, judged by its own deadline from then on.
+    scan(&mut s, at(65.0), at(65.0), vec![hb("on3b", at(64.0))]);
+    assert_eq!(state(&s, "on3b", at(65.0)), State::Healthy);
+    s.tick(at(74.1));
+    confirm(&mut s, at(74.1), vec![hb("on3b", at(64.0))]);
+    assert_eq!(state(&s, "on3b", at(74.1)), State::Stale);
+    let reason = s.snapshot(at(74.1)).agent("on3b").unwrap().reason.clone();
+    assert!(!reason.contains("after its data"), "{reason}");
+}
+
+#[test]
+fn an_agent_readable_again_that_never_beats_is_stale_once_its_time_is_over() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("on3", at(0.0))]);
+    s.observe(node_down(), at(5.0));
+    scan(&mut s, at(60.0), at(60.0), vec![hb("on3", at(0.0))]);
+    assert_eq!(state(&s, "on3", at(60.0)), State::Unknown);
+    s.take_confirms();
+    s.tick(at(70.1));
+    assert_eq!(s.take_confirms().len(), 1);
+    confirm(&mut s, at(70.1), vec![hb("on3", at(0.0))]);
+    assert_eq!(state(&s, "on3", at(70.1)), State::Stale);
+    let reason = s.snapshot(at(70.1)).agent("on3").unwrap().reason.clone();
+    assert!(
+        reason.contains("none in the 10.0s after its data could be read again"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_stale_agent_stays_stale_while_its_node_is_down() {
+    let mut s = sup();
+    scan(&mut s, at(0.0), at(0.0), vec![hb("on3", at(-20.0))]);
+    assert_eq!(state(&s, "on3", at(0.0)), State::Stale);
+    s.take_events();
+    s.observe(node_down(), at(1.0));
+    confirm(
+        &mut s,
+        at(2.0),
+        vec![Reading::Unreadable {
+            agent: "on3".into(),
+            reason: "node down".into(),
+        }],
+    );
+    assert_eq!(state(&s, "on3", at(2.0)), State::Stale);
+    assert!(s.take_events().is_empty(), "no transition");
 }
