@@ -15,10 +15,11 @@ use crate::sources::redis::RedisSource;
 use crate::sources::{PollSource, ScanSink, SourceError};
 use crate::telemetry::metrics::Metrics;
 
-/// A source read periodically, by system.
+/// A source read periodically, by system (the largest boxed, so that the
+/// others do not pay for its size).
 pub enum Polled {
     Redis(RedisSource),
-    Postgres(PostgresSource),
+    Postgres(Box<PostgresSource>),
     Http(HttpSource),
 }
 
@@ -39,7 +40,7 @@ impl Polled {
                 if let Some(w) = c.tls_warning() {
                     tracing::warn!(source = %id, "{w}");
                 }
-                PostgresSource::new(id.clone(), c, clock.clone()).with_context(context)?
+                Box::new(PostgresSource::new(id.clone(), c, clock.clone()).with_context(context)?)
             })),
             SourceKindConfig::Http(c) => Some(Polled::Http(
                 HttpSource::new(id.clone(), c, metrics.clone()).with_context(context)?,

@@ -26,7 +26,9 @@ use secrecy::SecretString;
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
-use crate::core::{AgentId, ErrorKind, Observation, Reading, SourceFailure, SourceId, Timestamp};
+use crate::core::{
+    AgentFilter, AgentId, ErrorKind, Observation, Reading, SourceFailure, SourceId, Timestamp,
+};
 use crate::liveness::Liveness;
 use crate::secret::scrub_secrets;
 use crate::telemetry::metrics::Metrics;
@@ -99,6 +101,20 @@ impl ScanSink {
                 source: self.source.clone(),
                 started_at: self.started_at,
                 readings,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Part of the source cannot be read: the agents `affected` selects
+    /// are unreadable (see [`Observation::PartlyDown`]). Returns false when
+    /// the core is gone.
+    pub async fn partly_down(&mut self, error: SourceFailure, affected: AgentFilter) -> bool {
+        self.tx
+            .send(Observation::PartlyDown {
+                source: self.source.clone(),
+                error,
+                affected,
             })
             .await
             .is_ok()

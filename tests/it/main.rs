@@ -16,6 +16,7 @@ mod postgres_e2e;
 mod postgres_source;
 mod quiet;
 mod receiver;
+mod redis_cluster;
 mod redis_e2e;
 mod redis_source;
 mod remediation;

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use agent_supervisor::clock::Clock;
-use agent_supervisor::core::{Observation, Reading, SourceId};
+use agent_supervisor::core::{AgentFilter, Observation, Reading, SourceFailure, SourceId};
 use agent_supervisor::liveness::Liveness;
 use agent_supervisor::sources::{PollSource, SourceCtx, SourceError, scan_once};
 use agent_supervisor::telemetry::metrics::Metrics;
@@ -237,6 +237,8 @@ pub fn source_ctx(id: &str, tx: mpsc::Sender<Observation>) -> SourceCtx {
 pub struct Scanned {
     pub readings: Vec<Reading>,
     pub batches: usize,
+    /// Parts of the source that could not be read.
+    pub partly_down: Vec<(SourceFailure, AgentFilter)>,
 }
 
 impl Scanned {
@@ -260,6 +262,7 @@ pub async fn scan_source<S: PollSource>(src: &S, id: &str) -> Result<Scanned, So
     let collect = async {
         let mut readings = Vec::new();
         let mut batches = 0;
+        let mut partly_down = Vec::new();
         loop {
             match rx
                 .recv()
@@ -270,8 +273,15 @@ pub async fn scan_source<S: PollSource>(src: &S, id: &str) -> Result<Scanned, So
                     batches += 1;
                     readings.extend(r);
                 }
+                Observation::PartlyDown {
+                    error, affected, ..
+                } => partly_down.push((error, affected)),
                 Observation::ScanComplete { .. } => {
-                    return Ok(Scanned { readings, batches });
+                    return Ok(Scanned {
+                        readings,
+                        batches,
+                        partly_down,
+                    });
                 }
                 Observation::SourceError { error, .. } => return Err(error),
                 other => panic!("unexpected observation {other:?}"),

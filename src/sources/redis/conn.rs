@@ -1,14 +1,17 @@
-//! The connection state machine: one fred client per source, started
-//! without waiting for Redis, its connection events followed so that a read
-//! fails with the reason of the last connection attempt, and fred's errors
-//! classified into the source's error kinds.
+//! The connection state machine: a fred client ([`Conn`]: one per source,
+//! or one per primary of a Redis Cluster), started without waiting for
+//! Redis, its connection events followed so that a read fails with the
+//! reason of the last connection attempt, and fred's errors classified into
+//! the source's error kinds.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::clients::{Client, WithOptions};
 use fred::error::{Error as FredError, ErrorKind as FredKind};
 use fred::interfaces::{ClientLike, EventInterface};
+use fred::types::Builder;
 use fred::types::config::Server;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -59,8 +62,37 @@ impl From<SourceError> for Stop {
     }
 }
 
+/// One fred client to one server (or to a primary found through
+/// Sentinel), started on first use.
+pub(super) struct Conn {
+    /// `host:port` of the server, for messages.
+    pub(super) endpoint: Arc<str>,
+    builder: Builder,
+    running: Mutex<Option<Running>>,
+}
+
+impl Conn {
+    pub(super) fn new(endpoint: impl Into<Arc<str>>, builder: Builder) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            builder,
+            running: Mutex::new(None),
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The client is never used again: its tasks may be aborted.
+        if let Some(r) = lock(&self.running).take() {
+            r.conn.abort();
+            r.listener.abort();
+        }
+    }
+}
+
 /// A started client.
-pub(super) struct Running {
+struct Running {
     client: Client,
     link: watch::Receiver<LinkState>,
     conn: JoinHandle<Result<(), FredError>>,
@@ -71,14 +103,15 @@ pub(super) struct Running {
 pub(super) struct Handle {
     pub(super) client: WithOptions<Client>,
     link: watch::Receiver<LinkState>,
+    pub(super) endpoint: Arc<str>,
 }
 
 impl RedisSource {
     /// Start connecting in the background. Never blocks and never fails
     /// because Redis is down; does nothing if already started. Must be called
     /// from within a tokio runtime (reads also start the client if needed).
-    pub(super) fn start_client(&self) {
-        if let Err(e) = self.handle() {
+    pub(super) fn start_client(&self, conn: &Conn) {
+        if let Err(e) = self.handle(conn) {
             warn!(source = %self.id, error = %e, "Cannot start the Redis client.");
         }
     }
@@ -86,8 +119,8 @@ impl RedisSource {
     /// Close the connection (QUIT when connected) and stop the client's
     /// tasks. Bounded by the source's timeout. A later read or `connect`
     /// starts a new client.
-    pub(super) async fn close_client(&self) {
-        let running = lock(&self.running).take();
+    pub(super) async fn close_client(&self, conn: &Conn) {
+        let running = lock(&conn.running).take();
         let Some(r) = running else {
             return;
         };
@@ -110,13 +143,14 @@ impl RedisSource {
         r.listener.abort();
     }
 
-    /// The running client, started if needed.
-    pub(super) fn handle(&self) -> Result<Handle, SourceError> {
-        let mut running = lock(&self.running);
+    /// The running client of `conn`, started if needed.
+    pub(super) fn handle(&self, conn: &Conn) -> Result<Handle, SourceError> {
+        let mut running = lock(&conn.running);
         if let Some(r) = running.as_ref() {
             return Ok(Handle {
                 client: r.client.with_options(&self.options),
                 link: r.link.clone(),
+                endpoint: conn.endpoint.clone(),
             });
         }
         if tokio::runtime::Handle::try_current().is_err() {
@@ -125,7 +159,10 @@ impl RedisSource {
                 "the Redis client must be started from within a tokio runtime".into(),
             ));
         }
-        let client = self.builder.build().map_err(|e| self.fred_error(&e))?;
+        let client = conn
+            .builder
+            .build()
+            .map_err(|e| self.fred_error(&conn.endpoint, &e))?;
         // Subscribe before connecting, so that the first events are seen.
         let errors = client.error_rx();
         let reconnects = client.reconnect_rx();
@@ -134,15 +171,16 @@ impl RedisSource {
             link: Link::Connecting,
         });
         let listener = tokio::spawn(follow_link(errors, reconnects, tx));
-        let conn = client.connect();
+        let task = client.connect();
         let handle = Handle {
             client: client.with_options(&self.options),
             link: rx.clone(),
+            endpoint: conn.endpoint.clone(),
         };
         *running = Some(Running {
             client,
             link: rx,
-            conn,
+            conn: task,
             listener,
         });
         Ok(handle)
@@ -150,29 +188,34 @@ impl RedisSource {
 
     /// Wait (at most `timeout`) until the client is connected; returns the
     /// link's generation then. Returns the last connection attempt's error as
-    /// soon as one has failed.
+    /// soon as one has failed. A client that has not tried yet is waited for
+    /// its first attempt's delay on top (the reconnect policy delays even the
+    /// first attempt, by up to `first_attempt`).
     ///
     /// The client's own state is not enough: it still says "connected" for
     /// a while after the connection broke (until the first reconnection
     /// attempt), so the link must say `Up` too.
     pub(super) async fn ready(&self, h: &Handle) -> Result<u64, SourceError> {
-        let deadline = instant_after(tokio::time::Instant::now(), self.timeout);
         let mut rx = h.link.clone();
+        let fresh = matches!(rx.borrow().link, Link::Connecting);
+        let wait = if fresh {
+            self.timeout.saturating_add(self.first_attempt)
+        } else {
+            self.timeout
+        };
+        let deadline = instant_after(tokio::time::Instant::now(), wait);
         loop {
             let s = rx.borrow_and_update().clone();
             match &s.link {
                 Link::Up if h.client.is_connected() => return Ok(s.epoch),
-                Link::Failed(e) => return Err(self.fred_error(e)),
+                Link::Failed(e) => return Err(self.fred_error(&h.endpoint, e)),
                 Link::Up | Link::Connecting | Link::Broken(_) => {}
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 return Err(match &s.link {
-                    Link::Broken(e) => self.fred_error(e),
-                    _ => self.error(
-                        ErrorKind::Timeout,
-                        no_connection(&self.endpoint, self.timeout),
-                    ),
+                    Link::Broken(e) => self.fred_error(&h.endpoint, e),
+                    _ => self.error(ErrorKind::Timeout, no_connection(&h.endpoint, self.timeout)),
                 });
             }
             wait_change(&mut rx, left.min(READY_POLL)).await;
@@ -193,13 +236,13 @@ impl RedisSource {
             let s = rx.borrow_and_update().clone();
             if s.epoch > epoch {
                 match &s.link {
-                    Link::Failed(e) => return self.fred_error(e),
+                    Link::Failed(e) => return self.fred_error(&h.endpoint, e),
                     Link::Up if h.client.is_connected() => {
                         return self.error(
                             ErrorKind::Other,
                             format!(
                                 "connection to {} lost during the read (reconnected since)",
-                                self.endpoint
+                                h.endpoint
                             ),
                         );
                     }
@@ -209,8 +252,8 @@ impl RedisSource {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 return match &s.link {
-                    Link::Broken(e) if s.epoch > epoch => self.fred_error(e),
-                    _ => self.fred_error(&lost),
+                    Link::Broken(e) if s.epoch > epoch => self.fred_error(&h.endpoint, e),
+                    _ => self.fred_error(&h.endpoint, &lost),
                 };
             }
             wait_change(&mut rx, left.min(READY_POLL)).await;
@@ -219,28 +262,35 @@ impl RedisSource {
 
     /// A failed command. I/O errors and fail-fast cancellations mean the
     /// connection is gone: [`Self::explain`] finds out why.
-    pub(super) fn command_error(&self, e: FredError) -> Stop {
+    pub(super) fn command_error(&self, h: &Handle, e: FredError) -> Stop {
         match e.kind() {
             FredKind::IO | FredKind::Canceled => Stop::Lost(e),
-            _ => Stop::Failed(self.fred_error(&e)),
+            _ => Stop::Failed(self.fred_error(&h.endpoint, &e)),
         }
     }
 
     /// A failed command on `key`: WRONGTYPE means the configured key holds
     /// another type.
-    pub(super) fn key_error(&self, key: &str, want: &str, e: FredError) -> Stop {
+    pub(super) fn key_error(&self, h: &Handle, key: &str, want: &str, e: FredError) -> Stop {
         if e.details().starts_with("WRONGTYPE") {
             return Stop::Failed(self.error(
                 ErrorKind::BadValue,
                 format!("key {key:?} does not hold a {want} (WRONGTYPE)"),
             ));
         }
-        self.command_error(e)
+        self.command_error(h, e)
     }
 
-    pub(super) fn fred_error(&self, e: &FredError) -> SourceError {
+    /// A reply that is not what `command` answers.
+    pub(super) fn bad_reply(&self, h: &Handle, command: &str) -> SourceError {
+        self.error(
+            ErrorKind::Protocol,
+            format!("unexpected reply to {command} ({})", h.endpoint),
+        )
+    }
+
+    pub(super) fn fred_error(&self, ep: &str, e: &FredError) -> SourceError {
         let d = e.details();
-        let ep = &self.endpoint;
         let (kind, message) = match e.kind() {
             FredKind::Timeout => (
                 ErrorKind::Timeout,
@@ -254,7 +304,7 @@ impl RedisSource {
                 format!("authentication failed ({ep}): {d}"),
             ),
             FredKind::Tls => (ErrorKind::Tls, format!("TLS failure ({ep}): {d}")),
-            FredKind::IO => self.io_error(d),
+            FredKind::IO => self.io_error(ep, d),
             FredKind::Protocol | FredKind::Parse => {
                 (ErrorKind::Protocol, format!("protocol error ({ep}): {d}"))
             }
@@ -268,24 +318,9 @@ impl RedisSource {
         self.error(kind, message)
     }
 
-    fn io_error(&self, d: &str) -> (ErrorKind, String) {
+    fn io_error(&self, ep: &str, d: &str) -> (ErrorKind, String) {
         let detail = io_detail(d);
-        classify_io(
-            None,
-            &detail,
-            self.uses_tls && is_tls_failure(d),
-            &self.endpoint,
-        )
-    }
-}
-
-impl Drop for RedisSource {
-    fn drop(&mut self) {
-        // The client is never used again: its tasks may be aborted.
-        if let Some(r) = lock(&self.running).take() {
-            r.conn.abort();
-            r.listener.abort();
-        }
+        classify_io(None, &detail, self.uses_tls && is_tls_failure(d), ep)
     }
 }
 

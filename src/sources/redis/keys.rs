@@ -1,7 +1,7 @@
 //! The `keys` layout: one string key per agent, discovered with `SCAN MATCH`
 //! and read with batched `MGET`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::TimeDelta;
 use fred::interfaces::KeysInterface;
@@ -60,9 +60,9 @@ impl RedisSource {
                 return Ok(());
             }
             readings = read?;
-            match page.map_err(|e| self.command_error(e))? {
+            match page.map_err(|e| self.command_error(h, e))? {
                 Some(page) => {
-                    let (next, keys) = scan_reply(page).ok_or_else(|| self.bad_reply("SCAN"))?;
+                    let (next, keys) = scan_reply(page).ok_or_else(|| self.bad_reply(h, "SCAN"))?;
                     scanned = keys;
                     done = next == "0";
                     cursor = next;
@@ -121,7 +121,7 @@ impl RedisSource {
             h.client
                 .r#type::<Value, _>(keys[i].clone())
                 .await
-                .map_err(|e| self.command_error(e))
+                .map_err(|e| self.command_error(h, e))
         }))
         .await?;
         // A key created between MGET and TYPE is read again.
@@ -145,18 +145,48 @@ impl RedisSource {
         Ok(slots)
     }
 
-    /// `MGET` in batches of `batch` keys, sent together (pipelined).
+    /// `MGET` in batches of `batch` keys, sent together (pipelined). On a
+    /// Redis Cluster node, one `MGET` per hash slot (a cluster refuses a
+    /// command whose keys are in several slots), in batches too.
     async fn mget(&self, h: &Handle, keys: &[Key]) -> Result<Vec<Value>, Stop> {
-        let pages = try_join_all(keys.chunks(self.batch).map(|chunk| async move {
-            let reply: Value = h
-                .client
-                .mget(chunk.to_vec())
-                .await
-                .map_err(|e| self.command_error(e))?;
-            array_of(reply, chunk.len()).ok_or_else(|| Stop::from(self.bad_reply("MGET")))
+        if !self.is_cluster() {
+            let pages = try_join_all(
+                keys.chunks(self.batch)
+                    .map(|chunk| self.mget_one(h, chunk.to_vec())),
+            )
+            .await?;
+            return Ok(pages.into_iter().flatten().collect());
+        }
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        for (i, key) in keys.iter().enumerate() {
+            by_slot.entry(key.cluster_hash()).or_default().push(i);
+        }
+        let batches: Vec<&[usize]> = by_slot
+            .values()
+            .flat_map(|group| group.chunks(self.batch))
+            .collect();
+        let pages = try_join_all(batches.iter().map(|batch| {
+            let chunk: Vec<Key> = batch.iter().map(|&i| keys[i].clone()).collect();
+            self.mget_one(h, chunk)
         }))
         .await?;
-        Ok(pages.into_iter().flatten().collect())
+        let mut values = vec![Value::Null; keys.len()];
+        for (batch, page) in batches.iter().zip(pages) {
+            for (&i, v) in batch.iter().zip(page) {
+                values[i] = v;
+            }
+        }
+        Ok(values)
+    }
+
+    async fn mget_one(&self, h: &Handle, keys: Vec<Key>) -> Result<Vec<Value>, Stop> {
+        let n = keys.len();
+        let reply: Value = h
+            .client
+            .mget(keys)
+            .await
+            .map_err(|e| self.command_error(h, e))?;
+        array_of(reply, n).ok_or_else(|| Stop::from(self.bad_reply(h, "MGET")))
     }
 }
 

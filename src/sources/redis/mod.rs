@@ -37,12 +37,12 @@
 //! de-duplicates. A value that cannot be understood is an
 //! [`Reading::Invalid`] for its agent, never a failed scan.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::TimeDelta;
 use fred::error::ErrorKind as FredKind;
 use fred::interfaces::ClientLike as _;
+use fred::types::config::ServerConfig;
 use fred::types::config::{
     Config as FredConfig, Options, ReconnectPolicy, TcpConfig, TlsConnector, UnresponsiveConfig,
 };
@@ -55,9 +55,11 @@ use crate::core::{AgentId, ErrorKind, Reading, SourceId};
 
 use super::common::{ClockOffset, SkipLog};
 use super::{PollSource, ScanSink, SourceError};
-use conn::{Handle, Running, Stop};
+use cluster::Cluster;
+use conn::{Conn, Handle, Stop};
 use value::{Slot, parse_time};
 
+mod cluster;
 mod conn;
 mod keys;
 mod paged;
@@ -72,6 +74,15 @@ const SYSTEM: &str = "redis";
 const RECONNECT_MIN_MS: u32 = 100;
 const RECONNECT_MAX_MS: u32 = 10_000;
 
+/// What the URL names.
+enum Deployment {
+    /// One server, or the primary of a Sentinel service (the client asks
+    /// Sentinel again after a failover).
+    One(Box<Conn>),
+    /// A Redis Cluster: one client per primary (see [`cluster`]).
+    Cluster(Box<Cluster>),
+}
+
 pub struct RedisSource {
     id: SourceId,
     interval: Duration,
@@ -81,15 +92,15 @@ pub struct RedisSource {
     json_field: String,
     status_field: String,
     clock: Clock,
-    builder: Builder,
+    /// The longest a new client waits before its first connection attempt
+    /// (the reconnect policy's first delay and jitter).
+    first_attempt: Duration,
+    deployment: Deployment,
     options: Options,
-    /// `host:port` of the server, for messages.
-    endpoint: String,
     uses_tls: bool,
     /// The URL's password (raw and percent-decoded), scrubbed from every
     /// message as a last line of defence.
     secrets: Vec<SecretString>,
-    running: Mutex<Option<Running>>,
     offset: ClockOffset,
     /// Entries skipped because their name is not UTF-8.
     skipped: SkipLog,
@@ -123,7 +134,6 @@ impl RedisSource {
         tls: Option<rustls::ClientConfig>,
     ) -> Result<Self, SourceError> {
         let secrets = cfg.url.password_forms();
-        let endpoint = endpoint(cfg.url.redacted());
         let scrub_err =
             |kind: ErrorKind, msg: String| SourceError::scrubbed(kind, SYSTEM, &secrets, msg);
         let mut config = FredConfig::from_url(cfg.url.expose()).map_err(|e| {
@@ -150,7 +160,10 @@ impl RedisSource {
             .unwrap_or(RECONNECT_MAX_MS)
             .clamp(1_000, RECONNECT_MAX_MS);
         let mut policy = ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, max_ms, 2);
-        policy.set_jitter(max_ms / 5);
+        let jitter = max_ms / 5;
+        policy.set_jitter(jitter);
+        let first_attempt = Duration::from_millis(u64::from(RECONNECT_MIN_MS + jitter));
+        let server = config.server.clone();
         let mut builder = Builder::from_config(config);
         builder
             .with_connection_config(|c| {
@@ -173,6 +186,12 @@ impl RedisSource {
                 p.default_command_timeout = timeout;
             })
             .set_policy(policy);
+        let deployment = match &server {
+            ServerConfig::Clustered { hosts, .. } => {
+                Deployment::Cluster(Box::new(Cluster::new(hosts.clone(), builder)))
+            }
+            server => Deployment::One(Box::new(Conn::new(endpoint(server), builder))),
+        };
 
         Ok(Self {
             id,
@@ -183,16 +202,15 @@ impl RedisSource {
             json_field: cfg.json_field.clone(),
             status_field: cfg.status_field.clone(),
             clock,
-            builder,
+            first_attempt,
+            deployment,
             options: Options {
                 timeout: Some(timeout),
                 fail_fast: true,
                 ..Options::default()
             },
-            endpoint,
             uses_tls,
             secrets,
-            running: Mutex::new(None),
             offset: ClockOffset::default(),
             skipped: SkipLog::default(),
         })
@@ -215,22 +233,10 @@ impl RedisSource {
                 Vec::<Value>::new(),
             )
             .await
-            .map_err(|e| self.command_error(e))?;
+            .map_err(|e| self.command_error(h, e))?;
         let after = self.clock.now();
-        let remote = parse_time(reply).ok_or_else(|| {
-            self.error(
-                ErrorKind::Protocol,
-                format!("unexpected reply to TIME ({})", self.endpoint),
-            )
-        })?;
+        let remote = parse_time(reply).ok_or_else(|| self.bad_reply(h, "TIME"))?;
         Ok(self.offset.measure(before, remote, after))
-    }
-
-    fn bad_reply(&self, command: &str) -> SourceError {
-        self.error(
-            ErrorKind::Protocol,
-            format!("unexpected reply to {command} ({})", self.endpoint),
-        )
     }
 
     async fn read_points(&self, h: &Handle, agents: &[AgentId]) -> Result<Vec<Slot>, Stop> {
@@ -261,18 +267,34 @@ impl PollSource for RedisSource {
     /// called from within a tokio runtime (reads also start the client if
     /// needed).
     fn connect(&self) {
-        self.start_client();
+        match &self.deployment {
+            Deployment::One(conn) => self.start_client(conn),
+            // The first scan reads the slot map, and connects to each
+            // primary.
+            Deployment::Cluster(_) => {}
+        }
     }
 
-    /// Close the connection (QUIT when connected) and stop the client's
-    /// tasks, bounded by the source's timeout. A later read or `connect`
-    /// starts a new client.
+    /// Close the connections (QUIT when connected) and stop the clients'
+    /// tasks, each bounded by the source's timeout. A later read or
+    /// `connect` starts new clients.
     async fn disconnect(&self) {
-        self.close_client().await;
+        match &self.deployment {
+            Deployment::One(conn) => self.close_client(conn).await,
+            Deployment::Cluster(c) => {
+                for conn in c.all_conns() {
+                    self.close_client(&conn).await;
+                }
+            }
+        }
     }
 
     async fn scan(&self, sink: &mut ScanSink) -> Result<(), SourceError> {
-        let h = self.handle()?;
+        let conn = match &self.deployment {
+            Deployment::One(conn) => conn,
+            Deployment::Cluster(c) => return self.scan_cluster(c, sink).await,
+        };
+        let h = self.handle(conn)?;
         let epoch = self.ready(&h).await?;
         let read = async {
             let offset = self.measure_offset(&h).await?;
@@ -292,15 +314,32 @@ impl PollSource for RedisSource {
         if agents.is_empty() {
             return Ok(Vec::new());
         }
-        let h = self.handle()?;
-        let epoch = self.ready(&h).await?;
+        match &self.deployment {
+            Deployment::One(conn) => self.point_read_on(&self.handle(conn)?, agents).await,
+            Deployment::Cluster(c) => self.point_read_cluster(c, agents).await,
+        }
+    }
+
+    fn clock_offset_seconds(&self) -> Option<f64> {
+        self.offset.seconds()
+    }
+}
+
+impl RedisSource {
+    /// Read `agents` on the server of `h`, with a fresh clock offset.
+    async fn point_read_on(
+        &self,
+        h: &Handle,
+        agents: &[AgentId],
+    ) -> Result<Vec<Reading>, SourceError> {
+        let epoch = self.ready(h).await?;
         // TIME goes in the same pipeline as the read: a fresh offset for
         // free (no extra round trip), rather than one from the last scan.
         let (offset, slots) =
-            tokio::join!(biased; self.measure_offset(&h), self.read_points(&h, agents));
+            tokio::join!(biased; self.measure_offset(h), self.read_points(h, agents));
         let (offset, slots) = match (offset, slots) {
             (Ok(o), Ok(s)) => (o, s),
-            (Err(stop), _) | (_, Err(stop)) => return Err(self.explain(&h, epoch, stop).await),
+            (Err(stop), _) | (_, Err(stop)) => return Err(self.explain(h, epoch, stop).await),
         };
         let zset = matches!(self.layout, RedisLayout::Zset { .. });
         Ok(agents
@@ -310,21 +349,34 @@ impl PollSource for RedisSource {
             .map(|(agent, slot)| self.reading(agent, slot, offset, zset))
             .collect())
     }
+}
 
-    fn clock_offset_seconds(&self) -> Option<f64> {
-        self.offset.seconds()
+/// `host:port`, `[v6]:port`.
+fn server_name(server: &fred::types::config::Server) -> String {
+    if server.host.contains(':') && !server.host.starts_with('[') {
+        format!("[{}]:{}", server.host, server.port)
+    } else {
+        format!("{}:{}", server.host, server.port)
     }
 }
 
-/// `host:port` of a (redacted) Redis URL.
-fn endpoint(redacted: &str) -> String {
-    match url::Url::parse(redacted) {
-        Ok(u) => {
-            let host = u.host_str().unwrap_or("127.0.0.1");
-            let port = u.port().unwrap_or(6379);
-            format!("{host}:{port}")
+/// How messages name the server: `host:port`, a socket's path, or the
+/// Sentinel service and its sentinels.
+fn endpoint(server: &ServerConfig) -> String {
+    match server {
+        ServerConfig::Centralized { server } => server_name(server),
+        ServerConfig::Unix { path } => path.display().to_string(),
+        ServerConfig::Sentinel {
+            hosts,
+            service_name,
+        } => {
+            let hosts: Vec<String> = hosts.iter().map(server_name).collect();
+            format!("{service_name} via Sentinel {}", hosts.join(", "))
         }
-        Err(_) => redacted.to_string(),
+        ServerConfig::Clustered { hosts, .. } => {
+            let hosts: Vec<String> = hosts.iter().map(server_name).collect();
+            format!("Redis Cluster {}", hosts.join(", "))
+        }
     }
 }
 
@@ -332,13 +384,22 @@ fn endpoint(redacted: &str) -> String {
 mod tests {
     use super::*;
 
+    fn shown(url: &str) -> String {
+        endpoint(&FredConfig::from_url(url).unwrap().server)
+    }
+
     #[test]
-    fn endpoint_is_host_and_port_with_the_default_port() {
-        assert_eq!(endpoint("redis://127.0.0.1:6380"), "127.0.0.1:6380");
+    fn messages_name_the_server_or_the_sentinel_service() {
+        assert_eq!(shown("redis://127.0.0.1:6380"), "127.0.0.1:6380");
         assert_eq!(
-            endpoint("redis://:***@cache.internal/0"),
+            shown("redis://:secret@cache.internal/0"),
             "cache.internal:6379"
         );
-        assert_eq!(endpoint("rediss://[::1]:7000"), "[::1]:7000");
+        assert_eq!(shown("rediss://[::1]:7000"), "[::1]:7000");
+        assert_eq!(
+            shown("redis-sentinel://10.0.0.1:26379/0?sentinelServiceName=main&node=10.0.0.2:26380"),
+            "main via Sentinel 10.0.0.2:26380, 10.0.0.1:26379"
+        );
+        assert_eq!(shown("redis+unix:///run/redis.sock"), "/run/redis.sock");
     }
 }

@@ -83,10 +83,10 @@ impl RedisSource {
             if !delivered {
                 return Ok(());
             }
-            match page.map_err(|e| self.key_error(key, want, e))? {
+            match page.map_err(|e| self.key_error(h, key, want, e))? {
                 Some(page) => {
                     let (next, page_items) =
-                        scan_reply(page).ok_or_else(|| self.bad_reply(command))?;
+                        scan_reply(page).ok_or_else(|| self.bad_reply(h, command))?;
                     items = page_items;
                     done = next == "0";
                     cursor = next;
@@ -126,8 +126,8 @@ impl RedisSource {
             } else {
                 h.client.hmget::<Value, _, _>(key, names).await
             };
-            let reply = reply.map_err(|e| self.key_error(key, want, e))?;
-            array_of(reply, chunk.len()).ok_or_else(|| Stop::from(self.bad_reply(command)))
+            let reply = reply.map_err(|e| self.key_error(h, key, want, e))?;
+            array_of(reply, chunk.len()).ok_or_else(|| Stop::from(self.bad_reply(h, command)))
         }))
         .await?;
         Ok(pages

@@ -45,6 +45,7 @@ mod postgres;
 mod process;
 mod proxy;
 mod redis;
+mod redis_ha;
 mod service;
 mod wait;
 
@@ -59,6 +60,7 @@ pub use process::{
 };
 pub use proxy::{FaultProxy, Mode};
 pub use redis::{RedisServer, redis_ping, shared_redis_url, unique_prefix};
+pub use redis_ha::{RedisCluster, RedisSentinel, key_slot, redis_cmd};
 pub use service::{AdminCall, PythonService, RestartMode, ServiceSetup};
 pub use wait::{holds_for, poll_until, wait_for, wait_until, wait_until_sync};
 

@@ -41,6 +41,8 @@ pub struct RedisServer {
     pub url: String,
     pub port: u16,
     binary: PathBuf,
+    /// Arguments given on top of the usual ones, kept for a restart.
+    extra: Vec<String>,
     dir: TempDir,
     log: PathBuf,
     child: Option<Child>,
@@ -49,6 +51,11 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a `redis-server` on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// [`Self::start`] with more arguments (`--replicaof host port`...).
+    pub fn start_with(extra: &[String]) -> RedisServer {
         let binary = find_on_path("redis-server").unwrap_or_else(|| {
             panic!(
                 "redis-server not found on PATH: the integration tests start their own Redis. \
@@ -60,12 +67,13 @@ impl RedisServer {
         let mut taken = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match launch_redis(&binary, dir.path(), &log, port) {
+            match launch_redis_with(&binary, dir.path(), &log, port, extra) {
                 Ok(child) => {
                     return RedisServer {
                         url: format!("redis://127.0.0.1:{port}"),
                         port,
                         binary,
+                        extra: extra.to_vec(),
                         dir,
                         log,
                         child: Some(child),
@@ -95,7 +103,13 @@ impl RedisServer {
     /// data. Stops it first if it is running.
     pub fn restart(&mut self) {
         self.stop();
-        match launch_redis(&self.binary, self.dir.path(), &self.log, self.port) {
+        match launch_redis_with(
+            &self.binary,
+            self.dir.path(),
+            &self.log,
+            self.port,
+            &self.extra,
+        ) {
             Ok(child) => self.child = Some(child),
             Err(PortTaken) => panic!(
                 "cannot restart redis-server on port {}: another process has bound it since; \
@@ -130,7 +144,16 @@ impl Drop for RedisServer {
 /// (the pid reported by `INFO server` is checked, so another server that took
 /// the port cannot pass for ours). Panics with the log tail on any failure
 /// other than the port being taken.
-fn launch_redis(binary: &Path, dir: &Path, log: &Path, port: u16) -> Result<Child, PortTaken> {
+/// Spawns a `redis-server` on `port` with the usual arguments (no
+/// persistence, bound to 127.0.0.1) and `extra` (`--cluster-enabled yes`,
+/// `--replicaof host port`...), and waits until it answers (see [`launch`]).
+pub(super) fn launch_redis_with(
+    binary: &Path,
+    dir: &Path,
+    log: &Path,
+    port: u16,
+    extra: &[String],
+) -> Result<Child, PortTaken> {
     let mut cmd = Command::new(binary);
     cmd.arg("--port")
         .arg(port.to_string())
@@ -141,11 +164,25 @@ fn launch_redis(binary: &Path, dir: &Path, log: &Path, port: u16) -> Result<Chil
         .arg("--dir")
         .arg(dir)
         .args(["--notify-keyspace-events", ""])
+        .args(extra)
         .current_dir(dir)
         .stdin(Stdio::null());
-    redirect_output(&mut cmd, log, &format!("redis-server on port {port}"));
+    launch("redis-server", cmd, log, port)
+}
+
+/// Spawns `cmd` (a server of the Redis family, `what`, to listen on
+/// `port`) and waits until *that* process answers `INFO server`. Panics
+/// with the log tail on any failure other than the port being taken.
+pub(super) fn launch(
+    what: &str,
+    mut cmd: Command,
+    log: &Path,
+    port: u16,
+) -> Result<Child, PortTaken> {
+    redirect_output(&mut cmd, log, &format!("{what} on port {port}"));
+    let program = cmd.get_program().to_owned();
     let mut child = spawn_tied_to_test_process(cmd, DeathSignal::Kill)
-        .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", binary.display()));
+        .unwrap_or_else(|e| panic!("cannot spawn {}: {e}", Path::new(&program).display()));
     let pid = child.id();
     let deadline = Instant::now() + REDIS_START_TIMEOUT;
     loop {
@@ -155,7 +192,7 @@ fn launch_redis(binary: &Path, dir: &Path, log: &Path, port: u16) -> Result<Chil
                 return Err(PortTaken);
             }
             panic!(
-                "redis-server on port {port} exited during startup ({status}); log {}:\n{tail}",
+                "{what} on port {port} exited during startup ({status}); log {}:\n{tail}",
                 log.display()
             );
         }
@@ -165,7 +202,7 @@ fn launch_redis(binary: &Path, dir: &Path, log: &Path, port: u16) -> Result<Chil
         if Instant::now() >= deadline {
             kill_and_reap(child, None);
             panic!(
-                "redis-server on port {port} did not answer PING within {REDIS_START_TIMEOUT:?}; \
+                "{what} on port {port} did not answer within {REDIS_START_TIMEOUT:?}; \
                  log {}:\n{}",
                 log.display(),
                 log_tail(log)
@@ -198,7 +235,7 @@ pub fn redis_ping(url: &str) -> Result<(), String> {
 }
 
 /// A connection to `url` whose connect, reads and writes are bounded.
-fn connect(url: &str) -> Result<::redis::Connection, String> {
+pub(super) fn connect(url: &str) -> Result<::redis::Connection, String> {
     let client = ::redis::Client::open(url).map_err(|e| format!("not a Redis URL: {e}"))?;
     let conn = client
         .get_connection_with_timeout(CONNECT_TIMEOUT)
