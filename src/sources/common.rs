@@ -1,7 +1,9 @@
 //! What the sources share: the words that mean healthy, bounded text,
-//! classification of a driver's I/O failures, skip logging and the clock
-//! offset of a datastore.
+//! classification of a driver's I/O failures, skip logging, the ids a scan
+//! has seen and the clock offset of a datastore.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -118,6 +120,57 @@ pub fn is_tls_failure(text: &str) -> bool {
     .any(|m| text.contains(m))
 }
 
+/// The agent ids a scan has delivered, to leave out an entry met again (a
+/// Redis `SCAN` may return a key twice, a query two rows for one agent).
+///
+/// Kept as 64-bit hashes (keyed per scan): 8 bytes an id and nothing
+/// allocated per id, where a set of the ids themselves kept every one alive
+/// until the scan ended. Two ids with one hash (about one chance in 10^7 in
+/// a scan of a million) leave the second out of that scan only; an agent a
+/// scan leaves out is confirmed by a point read when its deadline passes,
+/// as any agent missing from a scan is, and found by the next scan if new.
+pub struct SeenIds {
+    keys: RandomState,
+    hashes: HashSet<u64, BuildHasherDefault<Prehashed>>,
+}
+
+impl Default for SeenIds {
+    fn default() -> Self {
+        Self {
+            keys: RandomState::new(),
+            hashes: HashSet::default(),
+        }
+    }
+}
+
+impl SeenIds {
+    /// True the first time `id` is offered in this scan.
+    pub fn first_time(&mut self, id: &str) -> bool {
+        self.hashes.insert(self.keys.hash_one(id))
+    }
+}
+
+/// The hasher of a set of hashes: a value is its own hash.
+#[derive(Default)]
+pub struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64s are hashed with it; anything else is folded in.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Logs entries a scan had to skip, once per change of their number rather
 /// than once per scan.
 #[derive(Default)]
@@ -168,6 +221,16 @@ pub fn to_local(remote: Timestamp, offset: TimeDelta) -> Result<Timestamp, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_is_seen_once_per_scan() {
+        let mut seen = SeenIds::default();
+        assert!(seen.first_time("a"));
+        assert!(seen.first_time("b"));
+        assert!(!seen.first_time("a"));
+        let mut next_scan = SeenIds::default();
+        assert!(next_scan.first_time("a"));
+    }
 
     #[test]
     fn truncation_keeps_whole_characters() {

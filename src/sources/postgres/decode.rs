@@ -2,6 +2,8 @@
 //! PostgreSQL may hold it in, the optional status and details, and the
 //! binary `numeric`, `uuid` and `json`/`jsonb` decoders they need.
 
+use std::borrow::Cow;
+
 use chrono::{TimeDelta, TimeZone, Utc};
 use sqlx::postgres::{PgRow, PgValueFormat};
 use sqlx::{Column, Row, TypeInfo, ValueRef};
@@ -14,10 +16,10 @@ use crate::sources::common::{to_local, truncate};
 /// Longest status detail kept (a details column may hold a large JSON).
 const MAX_DETAIL: usize = 512;
 
-fn type_name(row: &PgRow, i: usize) -> String {
+fn type_name(row: &PgRow, i: usize) -> &str {
     row.columns()
         .get(i)
-        .map(|c| c.type_info().name().to_string())
+        .map(|c| c.type_info().name())
         .unwrap_or_default()
 }
 
@@ -41,29 +43,34 @@ fn raw_bytes(row: &PgRow, i: usize) -> Result<&[u8], String> {
     v.as_bytes().map_err(|e| e.to_string())
 }
 
-/// The agent id in column 0; `None` for NULL or empty.
-pub(super) fn agent_id(row: &PgRow) -> Result<Option<String>, String> {
+/// The agent id in column 0; `None` for NULL or empty. Text is borrowed
+/// from the row.
+pub(super) fn agent_id(row: &PgRow) -> Result<Option<Cow<'_, str>>, String> {
     if is_null(row, 0) {
         return Ok(None);
     }
     let ty = type_name(row, 0);
-    let id = match ty.as_str() {
-        t if is_text(t) => row
-            .try_get_unchecked::<String, _>(0)
-            .map_err(|e| e.to_string())?,
-        "INT2" => row
-            .try_get::<i16, _>(0)
-            .map_err(|e| e.to_string())?
-            .to_string(),
-        "INT4" => row
-            .try_get::<i32, _>(0)
-            .map_err(|e| e.to_string())?
-            .to_string(),
-        "INT8" => row
-            .try_get::<i64, _>(0)
-            .map_err(|e| e.to_string())?
-            .to_string(),
-        "UUID" => uuid_text(raw_bytes(row, 0)?).ok_or("not a valid uuid")?,
+    let id: Cow<'_, str> = match ty {
+        t if is_text(t) => Cow::Borrowed(
+            row.try_get_unchecked::<&str, _>(0)
+                .map_err(|e| e.to_string())?,
+        ),
+        "INT2" => Cow::Owned(
+            row.try_get::<i16, _>(0)
+                .map_err(|e| e.to_string())?
+                .to_string(),
+        ),
+        "INT4" => Cow::Owned(
+            row.try_get::<i32, _>(0)
+                .map_err(|e| e.to_string())?
+                .to_string(),
+        ),
+        "INT8" => Cow::Owned(
+            row.try_get::<i64, _>(0)
+                .map_err(|e| e.to_string())?
+                .to_string(),
+        ),
+        "UUID" => Cow::Owned(uuid_text(raw_bytes(row, 0)?).ok_or("not a valid uuid")?),
         other => {
             return Err(format!(
                 "a {other} cannot name an agent; cast it to text in the query (`::text`)"
@@ -111,7 +118,7 @@ fn timestamp(row: &PgRow, i: usize) -> Result<Timestamp, String> {
     }
     let e = |e: sqlx::Error| e.to_string();
     let ty = type_name(row, i);
-    match ty.as_str() {
+    match ty {
         // Decoded here rather than by sqlx's chrono support, whose
         // unchecked arithmetic panics on 'infinity' and far-off years.
         "TIMESTAMPTZ" | "TIMESTAMP" => pg_timestamp(raw_bytes(row, i)?),
@@ -131,7 +138,7 @@ fn timestamp(row: &PgRow, i: usize) -> Result<Timestamp, String> {
             parse_text(&s, None).map_err(|e| e.to_string())
         }
         "JSON" | "JSONB" => {
-            let s = json_text(raw_bytes(row, i)?, &ty)?;
+            let s = json_text(raw_bytes(row, i)?, ty)?;
             parse_text(&s, None).map_err(|e| e.to_string())
         }
         other => Err(format!(
@@ -171,7 +178,7 @@ fn status(row: &PgRow) -> Result<Option<Status>, String> {
         return Ok(None);
     }
     let ty = type_name(row, 2);
-    let (healthy, word) = match ty.as_str() {
+    let (healthy, word) = match ty {
         "BOOL" => {
             let b = row.try_get::<bool, _>(2).map_err(|e| e.to_string())?;
             (b, b.to_string())
@@ -190,9 +197,9 @@ fn status(row: &PgRow) -> Result<Option<Status>, String> {
     };
     let detail = if n >= 4 && !is_null(row, 3) {
         let ty = type_name(row, 3);
-        match ty.as_str() {
+        match ty {
             t if is_text(t) => row.try_get_unchecked::<String, _>(3).ok(),
-            "JSON" | "JSONB" => raw_bytes(row, 3).ok().and_then(|b| json_text(b, &ty).ok()),
+            "JSON" | "JSONB" => raw_bytes(row, 3).ok().and_then(|b| json_text(b, ty).ok()),
             _ => None,
         }
     } else {

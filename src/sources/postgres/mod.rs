@@ -86,7 +86,8 @@ mod error;
 mod plan;
 mod pool;
 
-use std::collections::{HashMap, HashSet};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::str::FromStr as _;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -101,7 +102,7 @@ use crate::clock::Clock;
 use crate::config::PostgresConfig;
 use crate::core::{AgentId, ErrorKind, Reading, SourceId};
 
-use super::common::{ClockOffset, SkipLog};
+use super::common::{ClockOffset, SeenIds, SkipLog};
 use super::{PollSource, ScanSink, SourceError};
 use decode::{agent_id, reading};
 use plan::{Plan, plan};
@@ -193,17 +194,20 @@ impl PostgresSource {
         SourceError::scrubbed(kind, SYSTEM, &self.secrets, message)
     }
 
-    /// Readings of a page; rows of agents already seen in this read are
-    /// left out. Returns the readings and the id of the page's last row.
+    /// Readings of a page. Rows of agents already seen in this read are left
+    /// out: those `seen` remembers (a query may return rows in any order),
+    /// or, without it (the table form, ordered by id), a row with the id of
+    /// the row before it. Returns the readings and the id of the page's last
+    /// row.
     fn readings(
         &self,
         rows: &[PgRow],
         offset: TimeDelta,
-        seen: &mut HashSet<AgentId>,
+        mut seen: Option<&mut SeenIds>,
         skipped: &mut usize,
     ) -> Result<(Vec<Reading>, Option<String>), SourceError> {
         let mut out = Vec::with_capacity(rows.len());
-        let mut last = None;
+        let mut last: Option<Cow<'_, str>> = None;
         for row in rows {
             if row.columns().len() < 2 {
                 return Err(self.error(
@@ -226,15 +230,16 @@ impl PostgresSource {
                 *skipped += 1;
                 continue;
             };
-            last = Some(id.clone());
-            if seen.contains(id.as_str()) {
-                continue;
+            let again = match seen.as_deref_mut() {
+                Some(seen) => !seen.first_time(&id),
+                None => last.as_deref() == Some(&*id),
+            };
+            if !again {
+                out.push(reading(row, AgentId::new(id.as_ref()), offset));
             }
-            let agent = AgentId::new(id.as_str());
-            seen.insert(agent.clone());
-            out.push(reading(row, agent, offset));
+            last = Some(id);
         }
-        Ok((out, last))
+        Ok((out, last.map(Cow::into_owned)))
     }
 
     async fn scan_query(
@@ -246,7 +251,7 @@ impl PostgresSource {
         sink: &mut ScanSink,
     ) -> Result<bool, SourceError> {
         s.execute(declare).await?;
-        let mut seen = HashSet::new();
+        let mut seen = SeenIds::default();
         let mut skipped = 0usize;
         let mut pending: Vec<Reading> = Vec::new();
         let mut done = false;
@@ -258,7 +263,9 @@ impl PostgresSource {
             }
             let rows = rows?;
             done = rows.len() < self.page_size;
-            pending = self.readings(&rows, offset, &mut seen, &mut skipped)?.0;
+            pending = self
+                .readings(&rows, offset, Some(&mut seen), &mut skipped)?
+                .0;
         }
         self.skipped.note(&self.id, skipped, SKIPPED_ROWS);
         Ok(sink.send(pending).await)
@@ -272,7 +279,6 @@ impl PostgresSource {
         offset: TimeDelta,
         sink: &mut ScanSink,
     ) -> Result<bool, SourceError> {
-        let mut seen = HashSet::new();
         let mut skipped = 0usize;
         let mut pending: Vec<Reading> = Vec::new();
         let mut after: Option<String> = None;
@@ -296,7 +302,9 @@ impl PostgresSource {
             let rows = rows?;
             page += 1;
             let full = rows.len() >= self.page_size;
-            let (readings, last) = self.readings(&rows, offset, &mut seen, &mut skipped)?;
+            // Ordered by id, and each page starts after the last id of the
+            // one before: a repeated id is the row before's.
+            let (readings, last) = self.readings(&rows, offset, None, &mut skipped)?;
             pending = readings;
             match last {
                 Some(last) if full => after = Some(last),
@@ -357,8 +365,7 @@ impl PollSource for PostgresSource {
         for chunk in agents.chunks(self.page_size) {
             let ids: Vec<String> = chunk.iter().map(|a| a.as_str().to_string()).collect();
             let rows = s.fetch(point, Some(Bind::TextArray(ids))).await?;
-            let mut seen = found.keys().cloned().collect();
-            let (readings, _) = self.readings(&rows, offset, &mut seen, &mut skipped)?;
+            let (readings, _) = self.readings(&rows, offset, None, &mut skipped)?;
             for r in readings {
                 found.entry(r.agent().clone()).or_insert(r);
             }

@@ -1,7 +1,7 @@
 //! The `keys` layout: one string key per agent, discovered with `SCAN MATCH`
 //! and read with batched `MGET`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use chrono::TimeDelta;
 use fred::interfaces::KeysInterface;
@@ -11,6 +11,7 @@ use futures::future::try_join_all;
 use crate::config::KeyPattern;
 use crate::core::{AgentId, Reading};
 use crate::sources::ScanSink;
+use crate::sources::common::SeenIds;
 
 use super::RedisSource;
 use super::conn::{Handle, Stop};
@@ -26,7 +27,7 @@ impl RedisSource {
     ) -> Result<(), Stop> {
         let glob = pattern.scan_match();
         let count = u32::try_from(self.batch).unwrap_or(u32::MAX);
-        let mut seen: HashSet<AgentId> = HashSet::new();
+        let mut seen = SeenIds::default();
         let mut skipped = 0usize;
         let mut cursor = String::from("0");
         let mut done = false;
@@ -195,7 +196,7 @@ impl RedisSource {
 fn new_keys(
     pattern: &KeyPattern,
     keys: Vec<Value>,
-    seen: &mut HashSet<AgentId>,
+    seen: &mut SeenIds,
     skipped: &mut usize,
 ) -> Vec<(AgentId, Key)> {
     let mut found = Vec::with_capacity(keys.len());
@@ -205,12 +206,10 @@ fn new_keys(
             *skipped += 1;
             continue;
         };
-        if let Some(agent) = pattern.agent(&key) {
-            if !seen.contains(agent) {
-                let agent = AgentId::new(agent);
-                seen.insert(agent.clone());
-                found.push((agent, Key::from(key)));
-            }
+        if let Some(agent) = pattern.agent(&key)
+            && seen.first_time(agent)
+        {
+            found.push((AgentId::new(agent), Key::from(key)));
         }
     }
     found

@@ -3,8 +3,6 @@
 //! The two differ only in their commands and in how a value is read (text
 //! or a score).
 
-use std::collections::HashSet;
-
 use chrono::TimeDelta;
 use fred::interfaces::{ClientLike as _, HashesInterface as _, SortedSetsInterface as _};
 use fred::types::{ClusterHash, CustomCommand, Value};
@@ -12,6 +10,7 @@ use futures::future::try_join_all;
 
 use crate::core::AgentId;
 use crate::sources::ScanSink;
+use crate::sources::common::SeenIds;
 
 use super::RedisSource;
 use super::conn::{Handle, Stop};
@@ -35,7 +34,7 @@ impl RedisSource {
             ("HSCAN", "hash")
         };
         let count = self.batch.to_string();
-        let mut seen: HashSet<AgentId> = HashSet::new();
+        let mut seen = SeenIds::default();
         let mut skipped = 0usize;
         let mut cursor = String::from("0");
         let mut done = false;
@@ -70,11 +69,10 @@ impl RedisSource {
                         skipped += 1;
                         continue;
                     };
-                    if seen.contains(name.as_ref()) {
+                    if !seen.first_time(&name) {
                         continue;
                     }
                     let agent = AgentId::new(name.as_ref());
-                    seen.insert(agent.clone());
                     readings.push(self.reading(agent, Slot::Value(value), offset, zset));
                 }
                 sink.send(readings).await
