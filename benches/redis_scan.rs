@@ -1,4 +1,5 @@
-//! One full scan of 100k agents by `RedisSource` (through `scan_once`, the
+//! One full scan of 100k agents (`REDIS_SCAN_AGENTS` to change it) by
+//! `RedisSource` (through `scan_once`, the
 //! observation channel drained by another task), in each layout, next to
 //! the floor: a bare fred client reading the same data the fastest simple
 //! way (`SCAN` + pipelined `MGET`, or `MGET` of the known keys; `HSCAN` /
@@ -8,7 +9,8 @@
 //! the test harness. The data lives under a unique prefix and is deleted at
 //! the end.
 //!
-//! Run: `cargo bench --bench redis_scan`
+//! Run: `cargo bench --bench redis_scan`, or
+//! `REDIS_SCAN_AGENTS=1000000 cargo bench --bench redis_scan` for a million.
 
 #[allow(clippy::disallowed_methods, clippy::disallowed_types)]
 #[path = "../tests/it/harness/mod.rs"]
@@ -34,7 +36,14 @@ use fred::types::CustomCommand;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 
-const AGENTS: usize = 100_000;
+/// How many agents: 100,000, or `REDIS_SCAN_AGENTS` (1000000 for the
+/// million-agent figures).
+fn agents() -> usize {
+    std::env::var("REDIS_SCAN_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
 /// SCAN / HSCAN / ZSCAN `COUNT` and `MGET` size, for the source (its
 /// default `batch`) and the floor alike.
 const BATCH: usize = 1000;
@@ -80,7 +89,7 @@ impl Fixture {
     async fn fill(&self) {
         let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
         let (hash, zset) = (self.hash(), self.zset());
-        let chunks: Vec<Vec<usize>> = (0..AGENTS)
+        let chunks: Vec<Vec<usize>> = (0..agents())
             .collect::<Vec<_>>()
             .chunks(1000)
             .map(<[usize]>::to_vec)
@@ -116,7 +125,7 @@ impl Fixture {
     }
 
     async fn cleanup(&self) {
-        let keys: Vec<Value> = (0..AGENTS).map(|i| Value::from(self.key(i))).collect();
+        let keys: Vec<Value> = (0..agents()).map(|i| Value::from(self.key(i))).collect();
         for chunk in keys.chunks(BATCH) {
             self.cmd("UNLINK", chunk.to_vec()).await.expect("UNLINK");
         }
@@ -275,7 +284,7 @@ fn bench(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
     let glob = KeyPattern::parse(&fx.pattern())
         .expect("pattern")
         .scan_match();
-    let known: Vec<Key> = (0..AGENTS).map(|i| Key::from(fx.key(i))).collect();
+    let known: Vec<Key> = (0..agents()).map(|i| Key::from(fx.key(i))).collect();
     let layouts = [
         ("keys", keys_layout),
         ("hash", RedisLayout::Hash { key: fx.hash() }),
@@ -286,19 +295,19 @@ fn bench(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
     for (name, layout) in layouts {
         let src = fx.source(layout);
         // Every agent, once, before timing anything.
-        assert_eq!(rt.block_on(source_scan(&src, &metrics)), AGENTS, "{name}");
+        assert_eq!(rt.block_on(source_scan(&src, &metrics)), agents(), "{name}");
         g.bench_function(format!("source/{name}"), |b| {
             b.to_async(rt)
                 .iter(|| async { black_box(source_scan(&src, &metrics).await) })
         });
         match name {
             "keys" => {
-                assert_eq!(rt.block_on(floor_scan_mget(&fx.client, &glob)), AGENTS);
+                assert_eq!(rt.block_on(floor_scan_mget(&fx.client, &glob)), agents());
                 g.bench_function("floor_scan_mget/keys", |b| {
                     b.to_async(rt)
                         .iter(|| async { black_box(floor_scan_mget(&fx.client, &glob).await) })
                 });
-                assert_eq!(rt.block_on(floor_mget_known(&fx.client, &known)), AGENTS);
+                assert_eq!(rt.block_on(floor_mget_known(&fx.client, &known)), agents());
                 g.bench_function("floor_mget_known/keys", |b| {
                     b.to_async(rt)
                         .iter(|| async { black_box(floor_mget_known(&fx.client, &known).await) })
@@ -310,7 +319,10 @@ fn bench(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
                 } else {
                     ("ZSCAN", fx.zset())
                 };
-                assert_eq!(rt.block_on(floor_pages(&fx.client, command, &key)), AGENTS);
+                assert_eq!(
+                    rt.block_on(floor_pages(&fx.client, command, &key)),
+                    agents()
+                );
                 g.bench_function(format!("floor_{}/{name}", command.to_lowercase()), |b| {
                     b.to_async(rt)
                         .iter(|| async { black_box(floor_pages(&fx.client, command, &key).await) })

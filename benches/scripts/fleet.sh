@@ -15,7 +15,10 @@
 #   | layout | agents | RSS | (RSS - idle) / agent | peak | CPU (one core) | scan |
 #
 # `scan` is agent_supervisor_source_scan_duration_seconds' mean over the
-# window. AGENT_SUPERVISOR_BIN runs that binary instead of building one (to
+# window. Then an agent `stopper` (stale_after 15s) beats once: `detect` is
+# how long after its deadline the API first shows it stale (polled every
+# 50 ms), `/metrics` and `stale API` the time curl takes for `GET /metrics`
+# and `GET /api/v1/agents?state=stale` (the slowest of three). AGENT_SUPERVISOR_BIN runs that binary instead of building one (to
 # compare two builds in one run). Set MALLOC_ARENA_MAX or other allocator settings in the
 # environment to measure them: the sidecar inherits it. WRAP runs the
 # sidecar under a profiler (`WRAP="heaptrack -o /tmp/hp"`); its figures are
@@ -150,8 +153,40 @@ stop_writer() {
   wait "$writer" 2>/dev/null || true
 }
 
+# The stopper beats once, now; prints how long after its deadline
+# (last_seen + 15 s) the API first says it is stale.
+beat_once_and_time_detection() {
+  local ts
+  ts=$(date +%s.%N)
+  case "$layout" in
+    keys) redis-cli -p "$rport" set agent:stopper:last_seen "$ts" > /dev/null ;;
+    hash) redis-cli -p "$rport" hset agents:last_seen stopper "$ts" > /dev/null ;;
+    zset) redis-cli -p "$rport" zadd agents:last_seen "$ts" stopper > /dev/null ;;
+    postgres) psql -X -q -d "$pgurl" -c "insert into hb values ('stopper', -1, to_timestamp($ts))
+      on conflict (agent_id) do update set last_seen = excluded.last_seen" ;;
+    push) curl -sf -o /dev/null -X POST "http://127.0.0.1:$aport/api/v1/heartbeats/stopper" ;;
+  esac
+  python3 - "$port" "$ts" <<'PY'
+import json, sys, time, urllib.request
+port, ts = int(sys.argv[1]), float(sys.argv[2])
+deadline = ts + 15
+while time.time() < deadline + 60:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/agents/stopper", timeout=5) as r:
+            state = json.load(r)["agent"]["state"]
+    except OSError:
+        state = None  # not found by a scan yet
+    if state == "stale":
+        print(f"{time.time() - deadline:+.2f} s")
+        break
+    time.sleep(0.05)
+else:
+    print("not stale")
+PY
+}
+
 idle_kb=
-printf '| layout | agents | RSS | (RSS - idle) / agent | peak | CPU (one core) | scan |\n|---|---:|---:|---:|---:|---:|---:|\n'
+printf '| layout | agents | RSS | (RSS - idle) / agent | peak | CPU (one core) | scan | detect | /metrics | stale API |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for n in 0 "${sizes[@]}"; do
   port=$(free_port)
   aport=$(free_port)
@@ -163,6 +198,7 @@ admin_listen: 127.0.0.1:$aport
 startup_grace: 5s
 state: {path: "$work/state"}
 defaults: {stale_after: 60s}
+agents: [{match: stopper, stale_after: 15s}]
 sources: [$source_yaml]
 YAML
   # shellcheck disable=SC2086 # WRAP is a command line, split on purpose
@@ -189,13 +225,20 @@ YAML
   hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$sup/status")
   seen=$(curl -sf "http://127.0.0.1:$port/api/v1/agents?limit=1" |
     python3 -c 'import json,sys; c=json.load(sys.stdin)["counts"]; print(sum(c.values()), c.get("healthy", 0))')
+  detect=$(beat_once_and_time_detection)
+  slowest() {
+    for _ in 1 2 3; do curl -sf -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$port$1"; done |
+      sort -n | tail -1
+  }
+  metrics_s=$(slowest /metrics)
+  stale_s=$(slowest "/api/v1/agents?state=stale")
   kill "$sup"
   wait "$sup" 2>/dev/null || true
   stop_writer
   [[ -n $idle_kb ]] || idle_kb=$rss_kb
-  python3 - "$layout" "$n" "$rss_kb" "$hwm_kb" "$idle_kb" "$t0" "$t1" "$(getconf CLK_TCK)" "$window" "$s0" "$s1" "$seen" <<'PY'
+  python3 - "$layout" "$n" "$rss_kb" "$hwm_kb" "$idle_kb" "$t0" "$t1" "$(getconf CLK_TCK)" "$window" "$s0" "$s1" "$seen" "$detect" "$metrics_s" "$stale_s" <<'PY'
 import sys
-layout, n, rss, hwm, idle, t0, t1, hz, window, s0, s1, seen = sys.argv[1:]
+layout, n, rss, hwm, idle, t0, t1, hz, window, s0, s1, seen, detect, metrics_s, stale_s = sys.argv[1:]
 n, rss, hwm, idle = int(n), int(rss), int(hwm), int(idle)
 cpu = (float(t1) - float(t0)) / float(hz) / float(window) * 100
 per = f"{(rss - idle) * 1024 / n:.0f} B" if n else "idle"
@@ -203,7 +246,9 @@ per = f"{(rss - idle) * 1024 / n:.0f} B" if n else "idle"
 scan = f"{(sum1 - sum0) / (c1 - c0) * 1e3:.1f} ms" if c1 > c0 else "-"
 total, healthy = map(int, seen.split())
 note = "" if total == n and healthy == n else f" (seen {total}, healthy {healthy})"
-print(f"| {layout} | {n}{note} | {rss / 1024:.1f} MiB | {per} | {hwm / 1024:.1f} MiB | {cpu:.2f} % | {scan} |")
+ms = lambda s: f"{float(s) * 1e3:.0f} ms"
+print(f"| {layout} | {n}{note} | {rss / 1024:.1f} MiB | {per} | {hwm / 1024:.1f} MiB | {cpu:.2f} % | {scan} "
+      f"| {detect} | {ms(metrics_s)} | {ms(stale_s)} |")
 PY
 done
 versions_line
