@@ -291,7 +291,12 @@ fn bench(c: &mut Criterion, rt: &Runtime, fx: &Fixture) {
         ("zset", RedisLayout::Zset { key: fx.zset() }),
     ];
 
-    let mut g = c.benchmark_group("redis_scan_100k");
+    let size = match agents() {
+        n if n % 1_000_000 == 0 => format!("{}m", n / 1_000_000),
+        n if n % 1000 == 0 => format!("{}k", n / 1000),
+        n => n.to_string(),
+    };
+    let mut g = c.benchmark_group(format!("redis_scan_{size}"));
     for (name, layout) in layouts {
         let src = fx.source(layout);
         // Every agent, once, before timing anything.
