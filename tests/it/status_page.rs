@@ -592,6 +592,21 @@ sources: [{name: push, type: push}]
         let r = app.client.get(app.url(path)).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK, "{path}");
     }
+    // A query that cannot be read shows the page, saying so.
+    let r = app
+        .client
+        .get(app.url("/?state=stale&state=failing&q=%ZZ"))
+        .bearer_auth("reader")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("The query was not understood")
+    );
     // Read-only: no form or method changes anything on this listener.
     let r = app.client.post(app.url("/")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -104,10 +105,23 @@ fn page(code: StatusCode, markup: Markup, started: Instant) -> Response {
         .into_response()
 }
 
-async fn status(State(s): State<PageState>, Query(raw): Query<RawQuery>) -> Response {
+/// A query that cannot be read at all (bad percent-encoding, a field
+/// given twice) shows the whole page and says so, rather than a 400.
+async fn status(
+    State(s): State<PageState>,
+    raw: Result<Query<RawQuery>, QueryRejection>,
+) -> Response {
     let started = Instant::now();
     let (snap, alerts, remedy) = views(&s);
-    let (filter, pages) = Filter::parse(&raw);
+    let (filter, pages) = match raw {
+        Ok(Query(raw)) => Filter::parse(&raw),
+        Err(e) => {
+            let (mut f, pages) = Filter::parse(&RawQuery::default());
+            f.problems
+                .push(format!("The query was not understood: {e}"));
+            (f, pages)
+        }
+    };
     let markup = StatusPage {
         snap: &snap,
         alerts: &alerts,
