@@ -209,7 +209,9 @@ pub const HISTORY_MAX: usize = 20;
 /// the first one the state it was in before them. Absent (nothing
 /// allocated) for an agent that never changed state after its first
 /// verdict; rebuilt, not grown in place, at each transition, which is rare.
-pub type History = Arc<[Transition]>;
+/// Behind a thin pointer: an agent without history pays 8 bytes for it in
+/// the core and 8 in its view.
+pub type History = Arc<Vec<Transition>>;
 
 /// One step of an agent's history: the state it entered, and when.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,14 +229,21 @@ pub fn record_transition(
 ) -> History {
     let before = history.unwrap_or(std::slice::from_ref(&from));
     let keep = before.len().min(HISTORY_MAX - 1);
-    before[before.len() - keep..]
-        .iter()
-        .copied()
-        .chain(std::iter::once(to))
-        .collect()
+    Arc::new(
+        before[before.len() - keep..]
+            .iter()
+            .copied()
+            .chain(std::iter::once(to))
+            .collect(),
+    )
 }
 
 impl AgentView {
+    /// Its last transitions, oldest first (none for most agents).
+    pub fn transitions(&self) -> &[Transition] {
+        self.history.as_deref().map_or(&[], Vec::as_slice)
+    }
+
     /// An agent with one check, of `source`, seen at `now` under a 30 s
     /// threshold, labelled `team`: what the `/metrics` tests and fuzz
     /// target render.
@@ -312,7 +321,7 @@ impl Serialize for AgentAt<'_> {
             })
             .collect();
         st.serialize_field("checks", &checks)?;
-        st.serialize_field("history", v.history.as_deref().unwrap_or(&[]))?;
+        st.serialize_field("history", v.transitions())?;
         st.end()
     }
 }
@@ -411,7 +420,7 @@ impl Serialize for PersistAgents<'_> {
             state: a.state,
             since: a.since,
             reason: &a.reason,
-            history: a.history.as_deref(),
+            history: a.history.as_deref().map(Vec::as_slice),
         }))
     }
 }

@@ -63,7 +63,7 @@ impl Supervisor {
             // every agent of a fleet at start.
             if from != State::Unknown || agent.history.is_some() {
                 agent.history = Some(record_transition(
-                    agent.history.as_deref(),
+                    agent.history.as_deref().map(Vec::as_slice),
                     Transition {
                         at: agent.since,
                         state: from,

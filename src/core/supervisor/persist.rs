@@ -47,7 +47,8 @@ impl Supervisor {
                 agent.reason = pa.reason;
                 // Bounded here too: the file may have been edited.
                 let keep = pa.history.len().min(HISTORY_MAX);
-                agent.history = (keep > 0).then(|| pa.history[pa.history.len() - keep..].into());
+                agent.history =
+                    (keep > 0).then(|| Arc::new(pa.history[pa.history.len() - keep..].to_vec()));
             }
         }
         self.data = true;
@@ -100,7 +101,7 @@ impl Supervisor {
                 state: a.state,
                 since: a.since,
                 reason: a.reason.clone(),
-                history: a.history.as_deref().map(<[_]>::to_vec).unwrap_or_default(),
+                history: a.history.as_deref().cloned().unwrap_or_default(),
             })
             .collect();
         agents.sort_unstable_by(|a, b| a.agent.cmp(&b.agent));

@@ -771,9 +771,9 @@ pub fn agent_page(
             (checks)
             section aria-labelledby="history-h" {
                 h2 #history-h { "Transitions" }
-                @match a.history.as_deref() {
-                    None | Some([]) => { p.empty { "No transition since its first verdict." } }
-                    Some(h) => {
+                @match a.transitions() {
+                    [] => { p.empty { "No transition since its first verdict." } }
+                    h => {
                         p.hint { "Oldest first; the last " (HISTORY_MAX) " are kept." }
                         ol.history {
                             @for t in h {
