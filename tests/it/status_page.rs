@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use fantoccini::key::Key;
 use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
 use fantoccini::{Client, ClientBuilder, Locator};
 use reqwest::StatusCode;
@@ -158,6 +159,29 @@ impl Browser {
         .await;
     }
 
+    /// A key pressed on whatever has the focus.
+    async fn press(&self, key: Key) {
+        self.client
+            .active_element()
+            .await
+            .expect("focused element")
+            .send_keys(&key)
+            .await
+            .unwrap_or_else(|e| panic!("press {key:?}: {e}"));
+    }
+
+    /// A property of the focused element (`id`, `className`...).
+    async fn focused(&self, property: &str) -> String {
+        self.client
+            .active_element()
+            .await
+            .expect("focused element")
+            .prop(property)
+            .await
+            .unwrap_or_else(|e| panic!("{property} of the focused element: {e}"))
+            .unwrap_or_default()
+    }
+
     /// The text of every element `css` selects.
     async fn texts(&self, css: &str) -> Vec<String> {
         let mut out = Vec::new();
@@ -292,7 +316,7 @@ async fn the_status_page_in_a_browser() {
     let redis = redis_client(&url).await;
     let now = chrono::Utc::now();
     redis_beat(&redis, &format!("{prefix}market_analyst"), now).await;
-    use fred::prelude::*;
+    use fred::interfaces::KeysInterface as _;
     redis
         .set::<(), _, _>(
             format!("{prefix}sentiment_agent"),
@@ -454,6 +478,15 @@ agents:
     failing.sort();
     assert_eq!(failing, [SCRIPT_ID, "order_router"]);
     assert!(b.listed("healthy").await.is_empty());
+    // By keyboard: the first Tab reaches the skip link, Enter moves to the
+    // content, the next Tab to the first count by state.
+    b.goto(&format!("{}/", s.base)).await;
+    b.press(Key::Tab).await;
+    assert_eq!(b.focused("innerText").await, "Skip to content");
+    b.press(Key::Enter).await;
+    assert_eq!(b.focused("id").await, "main");
+    b.press(Key::Tab).await;
+    assert!(b.focused("className").await.contains("count"));
     // Search with the form: typed, submitted, a link to share.
     b.goto(&format!("{}/", s.base)).await;
     let q = b.client.find(Locator::Id("q")).await.expect("search box");
@@ -538,6 +571,16 @@ agents:
 
     let errors = b.console_errors().await;
     assert!(errors.is_empty(), "console errors: {errors:#?}");
+    // And the console is really read: an error written now is there.
+    b.client
+        .execute("console.error('written by the test')", vec![])
+        .await
+        .expect("execute");
+    let written = b.console_errors().await;
+    assert!(
+        written.iter().any(|e| e.contains("written by the test")),
+        "{written:?}"
+    );
     b.close().await;
 }
 
