@@ -48,15 +48,20 @@ done
 
 # Push every agent once.
 python3 - "$aport" "$n" <<'PY'
-import sys, http.client, json
+import sys, http.client, json, time
 port, n = int(sys.argv[1]), int(sys.argv[2])
 stale, failing = n * 5 // 100, n * 3 // 100
 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
 def push(agent, body=b""):
-    conn.request("POST", f"/api/v1/heartbeats/{agent}", body=body,
-                 headers={"content-type": "application/json"} if body else {})
-    r = conn.getresponse()
-    r.read()
+    # A 503 (the sidecar's queue to its core is full) is tried again.
+    for _ in range(100):
+        conn.request("POST", f"/api/v1/heartbeats/{agent}", body=body,
+                     headers={"content-type": "application/json"} if body else {})
+        r = conn.getresponse()
+        r.read()
+        if r.status != 503:
+            break
+        time.sleep(0.05)
     assert r.status < 300, (agent, r.status)
 for i in range(stale):
     push(f"stale_{i:05d}")
