@@ -182,7 +182,7 @@ impl StatusPage<'_> {
                 h1 { "Agent status" }
                 p.taken {
                     "As of " (when(now, now))
-                    " · " (snap.len()) " agents · " (snap.sources.len()) " sources"
+                    " · " (counted(snap.len(), "agent")) " · " (counted(snap.sources.len(), "source"))
                 }
                 (self.summary(&counts))
             }
@@ -670,6 +670,15 @@ fn remedy_line(r: &AgentRemedy) -> String {
         line.push_str(&format!("; {note}"));
     }
     line
+}
+
+/// `1 agent`, `2 agents`.
+fn counted(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 /// The page a list is on, within the pages it has.
