@@ -48,6 +48,7 @@ fn storm(n: usize) -> Snapshot {
                     status: None,
                     depends_on: None,
                 }],
+                history: None,
             };
             (view, vec![beat])
         })

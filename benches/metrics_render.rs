@@ -43,6 +43,7 @@ fn fleet(n: usize) -> Snapshot {
                     status: None,
                     depends_on: None,
                 }],
+                history: None,
             };
             (view, vec![Some(now)])
         })

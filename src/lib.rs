@@ -29,8 +29,9 @@
 //!   engine task, the durable outbox, rendering per receiver type, signed
 //!   delivery, the alerts API.
 //! - [`http`]: the sidecar's HTTP servers: the read listener (metrics,
-//!   probes, JSON API) and the admin listener (the same, push, silence
-//!   writes), with their limits (`serve`).
+//!   probes, JSON API, the status page: `page/`, its filters, times and
+//!   maud templates, its CSS and script embedded) and the admin listener
+//!   (the same, push, silence writes), with their limits (`serve`).
 //! - [`app`]: builds everything from a config (`App::build`) and runs it
 //!   until cancelled (`tasks`: supervised tasks; `state`: the state writer).
 //! - [`scan`]: the one-shot `scan` command.

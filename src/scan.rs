@@ -203,6 +203,7 @@ mod tests {
                     expected: false,
                     labels: Arc::new(Labels::new()),
                     checks: vec![],
+                    history: None,
                 };
                 (view, vec![])
             })

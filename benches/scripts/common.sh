@@ -43,6 +43,17 @@ release_tests() {
   fi
 }
 
+# The binary measured: AGENT_SUPERVISOR_BIN when set (to compare two builds
+# in one run), else the release build, built now. Sets `bin`.
+release_binary() {
+  if [[ -n ${AGENT_SUPERVISOR_BIN:-} ]]; then
+    bin=$AGENT_SUPERVISOR_BIN
+  else
+    cargo build --release --quiet
+    bin=$PWD/target/release/agent-supervisor
+  fi
+}
+
 # The line above each table: the date and the versions measured.
 versions_line() {
   echo

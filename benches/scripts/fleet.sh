@@ -34,14 +34,9 @@ sizes=("$@")
 window=${WINDOW:-60}
 warmup=${WARMUP:-30}
 
-if [[ -n ${AGENT_SUPERVISOR_BIN:-} ]]; then
-  bin=$AGENT_SUPERVISOR_BIN
-else
-  cargo build --release --quiet
-  bin=$PWD/target/release/agent-supervisor
-fi
 # shellcheck source=benches/scripts/common.sh
 . benches/scripts/common.sh
+release_binary
 
 # The datastore.
 case "$layout" in

@@ -198,9 +198,52 @@ pub struct AgentView {
     pub expected: bool,
     pub labels: Arc<Labels>,
     pub checks: Vec<CheckView>,
+    /// Its last transitions, oldest first; shared with the core.
+    pub history: Option<History>,
+}
+
+/// Most transitions an agent keeps.
+pub const HISTORY_MAX: usize = 20;
+
+/// An agent's last transitions (at most [`HISTORY_MAX`]), oldest first,
+/// the first one the state it was in before them. Absent (nothing
+/// allocated) for an agent that never changed state after its first
+/// verdict; rebuilt, not grown in place, at each transition, which is rare.
+/// Behind a thin pointer: an agent without history pays 8 bytes for it in
+/// the core and 8 in its view.
+pub type History = Arc<Vec<Transition>>;
+
+/// One step of an agent's history: the state it entered, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub at: Timestamp,
+    pub state: State,
+}
+
+/// `history` with `to` added (the oldest dropped past [`HISTORY_MAX`]);
+/// a history that starts here starts with `from`, the state left.
+pub fn record_transition(
+    history: Option<&[Transition]>,
+    from: Transition,
+    to: Transition,
+) -> History {
+    let before = history.unwrap_or(std::slice::from_ref(&from));
+    let keep = before.len().min(HISTORY_MAX - 1);
+    Arc::new(
+        before[before.len() - keep..]
+            .iter()
+            .copied()
+            .chain(std::iter::once(to))
+            .collect(),
+    )
 }
 
 impl AgentView {
+    /// Its last transitions, oldest first (none for most agents).
+    pub fn transitions(&self) -> &[Transition] {
+        self.history.as_deref().map_or(&[], Vec::as_slice)
+    }
+
     /// An agent with one check, of `source`, seen at `now` under a 30 s
     /// threshold, labelled `team`: what the `/metrics` tests and fuzz
     /// target render.
@@ -227,6 +270,7 @@ impl AgentView {
                 status: None,
                 depends_on: None,
             }],
+            history: None,
         }
     }
 }
@@ -261,7 +305,7 @@ pub struct AgentAt<'a> {
 impl Serialize for AgentAt<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let v = &self.agent;
-        let mut st = serializer.serialize_struct("AgentView", 7)?;
+        let mut st = serializer.serialize_struct("AgentView", 8)?;
         st.serialize_field("id", &v.id)?;
         st.serialize_field("state", &v.state)?;
         st.serialize_field("since", &v.since)?;
@@ -277,6 +321,7 @@ impl Serialize for AgentAt<'_> {
             })
             .collect();
         st.serialize_field("checks", &checks)?;
+        st.serialize_field("history", v.transitions())?;
         st.end()
     }
 }
@@ -375,6 +420,7 @@ impl Serialize for PersistAgents<'_> {
             state: a.state,
             since: a.since,
             reason: &a.reason,
+            history: a.history.as_deref().map(Vec::as_slice),
         }))
     }
 }
@@ -398,6 +444,8 @@ struct PersistedAgentRef<'a> {
     state: State,
     since: Timestamp,
     reason: &'a Text,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<&'a [Transition]>,
 }
 
 /// What the state store keeps across restarts.
@@ -426,4 +474,8 @@ pub struct PersistedAgent {
     pub since: Timestamp,
     #[serde(default)]
     pub reason: Text,
+    /// Its last transitions, oldest first; absent in older state files
+    /// and for agents that never changed state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Transition>,
 }

@@ -1,9 +1,10 @@
-//! The sidecar's own HTTP servers: `/metrics`, `/healthz`, `/readyz` and
-//! the JSON API on `listen`; the same plus the push endpoint and silence
-//! writes on `admin_listen` (see [`crate::config::listeners`]). Handlers
-//! read the latest snapshot; none of them waits on the core or on a
-//! datastore.
+//! The sidecar's own HTTP servers: `/metrics`, `/healthz`, `/readyz`, the
+//! JSON API and the status page (`page`) on `listen`; the same plus the
+//! push endpoint and silence writes on `admin_listen` (see
+//! [`crate::config::listeners`]). Handlers read the latest snapshot; none
+//! of them waits on the core or on a datastore.
 
+pub mod page;
 mod serve;
 
 use std::sync::Arc;
@@ -49,8 +50,9 @@ pub struct Routers {
     pub admin: Router,
 }
 
-/// The routes of both listeners. `GET /api/v1/*` needs `read_token` when
-/// one is set; pushes and silence writes check their own tokens, before
+/// The routes of both listeners. Every read but `/metrics` and the probes
+/// (`GET /api/v1/*`, the status page) needs `read_token` when one is set;
+/// pushes and silence writes check their own tokens, before
 /// the body is read, and exist only on the admin listener (the public one
 /// answers any other method than GET or HEAD with 403).
 pub fn routers(
@@ -60,6 +62,11 @@ pub fn routers(
     actions: ActionsApi,
     read: auth::ReadAccess,
 ) -> Routers {
+    let page = page::PageState {
+        snapshot: state.snapshot.clone(),
+        alerts: alerts.handle.view.clone(),
+        remedy: state.remedy.clone(),
+    };
     let reads = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -69,7 +76,8 @@ pub fn routers(
         .route("/api/v1/sources", get(sources))
         .with_state(state)
         .merge(alerts_api::reads(alerts.clone()))
-        .merge(actions_api::reads(actions.clone()));
+        .merge(actions_api::reads(actions.clone()))
+        .merge(page::routes(page));
     let writes = Router::new()
         .route("/api/v1/heartbeats/{agent}", post(push::receive))
         .layer(DefaultBodyLimit::max(push::MAX_BODY))
@@ -97,8 +105,8 @@ struct Guard {
     read_only: bool,
 }
 
-/// Before any route: the read token on `GET /api/v1/*`; on the public
-/// listener, 403 for anything but a read.
+/// Before any route: the read token on every read but `/metrics` and the
+/// probes; on the public listener, 403 for anything but a read.
 async fn guarded(State(g): State<Guard>, req: Request, next: Next) -> Response {
     let reading = matches!(*req.method(), Method::GET | Method::HEAD);
     if g.read_only && !reading {
@@ -111,10 +119,22 @@ async fn guarded(State(g): State<Guard>, req: Request, next: Next) -> Response {
         )
             .into_response();
     }
-    if reading && req.uri().path().starts_with("/api/") && !g.read.allows(req.headers()) {
-        return auth::unauthorized();
+    let path = req.uri().path();
+    if reading && !open_to_all(path) && !g.read.allows(req.headers()) {
+        // A browser asks for the token itself on a Basic challenge; API
+        // clients get the Bearer one they always did.
+        return if path.starts_with("/api/") {
+            auth::unauthorized()
+        } else {
+            auth::unauthorized_page()
+        };
     }
     next.run(req).await
+}
+
+/// What Prometheus and the kubelet read without a token.
+fn open_to_all(path: &str) -> bool {
+    matches!(path, "/metrics" | "/healthz" | "/readyz")
 }
 
 /// Text shared with the `/metrics` cache, as a body chunk.

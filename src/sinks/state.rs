@@ -232,7 +232,7 @@ mod tests {
 
     use super::*;
     use crate::core::State;
-    use crate::core::snapshot::PersistedAgent;
+    use crate::core::snapshot::{PersistedAgent, Transition};
 
     #[test]
     fn save_then_load_round_trips() {
@@ -246,6 +246,7 @@ mod tests {
                 state: State::Stale,
                 since: Utc::now(),
                 reason: "no heartbeat".into(),
+                history: vec![],
             }],
         };
         store.save(&state).unwrap();
@@ -255,6 +256,38 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, vec!["state.json".to_string()], "no temp file left");
+    }
+
+    /// A state file written before agents kept their transitions loads,
+    /// with no history; one written now keeps it.
+    #[test]
+    fn a_state_file_without_history_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path()).unwrap();
+        fs::write(
+            store.path(),
+            r#"{"version": 1, "checks": [], "agents": [
+                {"agent": "a", "state": "stale", "since": "2026-11-27T12:00:00Z",
+                 "reason": "no heartbeat"}]}"#,
+        )
+        .unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.agents.len(), 1);
+        assert!(loaded.agents[0].history.is_empty());
+
+        let mut with = loaded.clone();
+        with.agents[0].history = vec![
+            Transition {
+                at: "2026-11-27T11:59:00Z".parse().unwrap(),
+                state: State::Healthy,
+            },
+            Transition {
+                at: "2026-11-27T12:00:00Z".parse().unwrap(),
+                state: State::Stale,
+            },
+        ];
+        store.save(&with).unwrap();
+        assert_eq!(store.load().unwrap(), with);
     }
 
     /// A torn file, another version, or not state at all: set aside with

@@ -370,7 +370,7 @@ async fn stale_and_saved(app: &TestApp, agent: &str) -> serde_json::Value {
 }
 
 #[tokio::test]
-async fn restart_keeps_states_and_since_without_fresh_transitions() {
+async fn restart_keeps_states_since_and_transitions_without_fresh_ones() {
     let app = spawn_app(PUSH_ONLY).await;
     app.push("fast_1", None, None).await;
     app.push("slow_1", None, None).await;
@@ -381,7 +381,19 @@ async fn restart_keeps_states_and_since_without_fresh_transitions() {
     let after = app.agent("fast_1").await.expect("restored");
     assert_eq!(after["state"], "stale");
     assert_eq!(after["since"], before["since"]);
-    assert_eq!(app.state_of("slow_1").await.as_deref(), Some("healthy"));
+    // Its transitions too (healthy, then stale), from the state file; an
+    // agent that never changed has none.
+    let states: Vec<&str> = before["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|t| t["state"].as_str())
+        .collect();
+    assert_eq!(states, ["healthy", "stale"], "{before}");
+    assert_eq!(after["history"], before["history"]);
+    let slow = app.agent("slow_1").await.expect("restored");
+    assert_eq!(slow["state"], "healthy");
+    assert_eq!(slow["history"], json!([]));
     let m = app.scrape().await;
     assert!(
         !m.lines()

@@ -22,4 +22,5 @@ mod redis_source;
 mod remediation;
 mod scenarios;
 mod sidecar;
+mod status_page;
 mod support;

@@ -38,6 +38,7 @@ fn agent(id: &str, state: State, since: Timestamp, labels: &[(&str, &str)]) -> A
             status: None,
             depends_on: None,
         }],
+        history: None,
     }
 }
 

@@ -19,6 +19,7 @@ impl Supervisor {
                 expected: resolved.expected,
                 sources: SmallVec::new(),
                 view: RefCell::new(None),
+                history: None,
             },
         );
         self.data = true;
@@ -56,6 +57,20 @@ impl Supervisor {
         agent.reason = reason.clone();
         if agent.state != state {
             let from = agent.state;
+            // History starts at the first change out of a verdict: an
+            // agent's first one (out of `unknown`, "not seen yet") is not
+            // a transition worth keeping, and keeping it would allocate for
+            // every agent of a fleet at start.
+            if from != State::Unknown || agent.history.is_some() {
+                agent.history = Some(record_transition(
+                    agent.history.as_deref().map(Vec::as_slice),
+                    Transition {
+                        at: agent.since,
+                        state: from,
+                    },
+                    Transition { at: now, state },
+                ));
+            }
             agent.state = state;
             agent.since = now;
             self.transition(Event::AgentChanged {

@@ -34,8 +34,8 @@ use super::model::{
 };
 use super::policy::{Labels, Policy};
 use super::snapshot::{
-    AgentView, CheckView, PersistView, Persisted, PersistedAgent, PersistedCheck, Snapshot,
-    SourceStatus, SourceView,
+    AgentView, CheckView, History, PersistView, Persisted, PersistedAgent, PersistedCheck,
+    Snapshot, SourceStatus, SourceView, Transition, record_transition,
 };
 
 /// How a source delivers data, which decides how a passed deadline is
@@ -240,6 +240,9 @@ struct Agent {
     /// what the agent and its checks say (see [`Supervisor::snapshot`]). A
     /// cache, filled while taking a snapshot (which only reads the state).
     view: RefCell<Option<Arc<AgentView>>>,
+    /// Its last transitions, shared with its views: nothing until it
+    /// changes state after its first verdict (see `refresh_agent`).
+    history: Option<History>,
 }
 
 impl Agent {

@@ -1,6 +1,7 @@
 //! Restoring what the state store kept, and what it should keep.
 
 use super::*;
+use crate::core::snapshot::HISTORY_MAX;
 
 impl Supervisor {
     /// Put back what the state store kept. Call before any observation.
@@ -44,6 +45,10 @@ impl Supervisor {
                 agent.state = pa.state;
                 agent.since = pa.since;
                 agent.reason = pa.reason;
+                // Bounded here too: the file may have been edited.
+                let keep = pa.history.len().min(HISTORY_MAX);
+                agent.history =
+                    (keep > 0).then(|| Arc::new(pa.history[pa.history.len() - keep..].to_vec()));
             }
         }
         self.data = true;
@@ -96,6 +101,7 @@ impl Supervisor {
                 state: a.state,
                 since: a.since,
                 reason: a.reason.clone(),
+                history: a.history.as_deref().cloned().unwrap_or_default(),
             })
             .collect();
         agents.sort_unstable_by(|a, b| a.agent.cmp(&b.agent));

@@ -5,7 +5,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::*;
 use crate::core::AgentFilter;
 use crate::core::policy::{AgentRule, Defaults};
-use crate::core::snapshot::age_seconds;
+use crate::core::snapshot::{HISTORY_MAX, age_seconds};
 
 fn t0() -> Timestamp {
     DateTime::parse_from_rfc3339("2026-11-27T12:00:00Z")
@@ -1271,4 +1271,110 @@ fn a_stale_agent_stays_stale_while_its_node_is_down() {
     );
     assert_eq!(state(&s, "on3", at(2.0)), State::Stale);
     assert!(s.take_events().is_empty(), "no transition");
+}
+
+/// A push agent `p` that beats at `beat` and is ticked at `now`.
+fn pushed(s: &mut Supervisor, agent: &str, beat: f64, now: f64) {
+    s.observe(
+        Observation::Pushed {
+            source: push(),
+            reading: hb(agent, at(beat)),
+        },
+        at(now),
+    );
+}
+
+fn history(s: &Supervisor, agent: &str, now: Timestamp) -> Vec<(Timestamp, State)> {
+    s.snapshot(now)
+        .agent(agent)
+        .unwrap_or_else(|| panic!("no agent {agent}"))
+        .transitions()
+        .iter()
+        .map(|t| (t.at, t.state))
+        .collect()
+}
+
+/// An agent without history pays a thin pointer for it, in the core and in
+/// its view (the bound of bytes per agent holds for large fleets).
+#[test]
+fn no_history_costs_a_pointer() {
+    assert_eq!(std::mem::size_of::<Option<History>>(), 8);
+}
+
+#[test]
+fn an_agent_that_never_changed_after_its_first_verdict_has_no_history() {
+    let mut s = sup();
+    pushed(&mut s, "p", 0.0, 0.0);
+    pushed(&mut s, "p", 5.0, 5.0);
+    assert_eq!(state(&s, "p", at(5.0)), State::Healthy);
+    assert!(s.snapshot(at(5.0)).agent("p").unwrap().history.is_none());
+    assert!(s.persist().agents.iter().all(|a| a.history.is_empty()));
+}
+
+#[test]
+fn transitions_are_kept_oldest_first_from_the_state_left() {
+    let mut s = sup();
+    pushed(&mut s, "p", 0.0, 0.0);
+    s.tick(at(10.1));
+    pushed(&mut s, "p", 12.0, 12.0);
+    s.tick(at(22.1));
+    assert_eq!(
+        history(&s, "p", at(22.1)),
+        vec![
+            (at(0.0), State::Healthy),
+            (at(10.1), State::Stale),
+            (at(12.0), State::Healthy),
+            (at(22.1), State::Stale),
+        ]
+    );
+}
+
+#[test]
+fn history_is_bounded_to_the_last_transitions() {
+    let mut s = sup();
+    pushed(&mut s, "p", 0.0, 0.0);
+    let mut now = 0.0;
+    for _ in 0..30 {
+        s.tick(at(now + 10.1));
+        now += 11.0;
+        pushed(&mut s, "p", now, now);
+    }
+    let h = history(&s, "p", at(now));
+    assert_eq!(h.len(), HISTORY_MAX);
+    assert_eq!(h.last(), Some(&(at(now), State::Healthy)));
+    assert!(h.windows(2).all(|w| w[0].0 < w[1].0), "{h:?}");
+}
+
+#[test]
+fn history_survives_a_restart() {
+    let mut s = sup();
+    pushed(&mut s, "p", 0.0, 0.0);
+    s.tick(at(10.1));
+    let before = history(&s, "p", at(10.1));
+    assert_eq!(before.len(), 2);
+    let saved = s.persist();
+    let mut again = sup();
+    again.restore(saved, at(11.0));
+    assert_eq!(history(&again, "p", at(11.0)), before);
+    // And it goes on from there.
+    pushed(&mut again, "p", 11.0, 11.0);
+    assert_eq!(history(&again, "p", at(11.0)).len(), 3);
+}
+
+#[test]
+fn the_persisted_view_carries_the_history() {
+    let mut s = sup();
+    pushed(&mut s, "p", 0.0, 0.0);
+    pushed(&mut s, "q", 0.0, 0.0);
+    s.tick(at(10.1));
+    let owned = serde_json::to_value(s.persist()).unwrap();
+    let view = s.persist_view(Arc::new(s.snapshot(at(10.1))));
+    assert_eq!(serde_json::to_value(&view).unwrap(), owned);
+    let p = owned["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["agent"] == "p")
+        .unwrap();
+    assert_eq!(p["history"].as_array().unwrap().len(), 2, "{owned}");
 }

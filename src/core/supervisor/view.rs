@@ -23,6 +23,7 @@ impl Supervisor {
                     && v.reason == a.reason
                     && v.expected == a.expected
                     && Arc::ptr_eq(&v.labels, &a.labels)
+                    && same_history(&v.history, &a.history)
                     && v.checks.len() == checks.len()
                     && v.checks
                         .iter()
@@ -43,6 +44,7 @@ impl Supervisor {
                             .iter()
                             .map(|(source, c)| self.check_view(source, c))
                             .collect(),
+                        history: a.history.clone(),
                     });
                     *cached = Some(v.clone());
                     v
@@ -101,6 +103,15 @@ impl Supervisor {
 
     fn depends_on(&self, source: &SourceId) -> Option<AgentId> {
         self.policy.depends_on.get(source).map(|d| d.agent.clone())
+    }
+}
+
+/// The same history (shared, so compared by address).
+fn same_history(a: &Option<History>, b: &Option<History>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
     }
 }
 
