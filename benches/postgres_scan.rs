@@ -170,7 +170,8 @@ async fn source_scan(src: &PostgresSource, metrics: &Arc<Metrics>) -> usize {
     });
     let ctx = SourceCtx {
         id: SourceId::from("pg"),
-        tx,
+        tx: tx.clone(),
+        urgent: tx,
         metrics: metrics.clone(),
         clock: Clock::System,
         liveness: Liveness::default(),

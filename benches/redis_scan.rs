@@ -169,7 +169,8 @@ async fn source_scan(src: &RedisSource, metrics: &Arc<Metrics>) -> usize {
     });
     let ctx = SourceCtx {
         id: SourceId::from("redis"),
-        tx,
+        tx: tx.clone(),
+        urgent: tx,
         metrics: metrics.clone(),
         clock: Clock::System,
         liveness: Liveness::default(),

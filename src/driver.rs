@@ -2,8 +2,14 @@
 //! wakes it at its next deadline, and hands what it decides to the sinks.
 //!
 //! Channels and their overflow policies:
-//! - observations in: bounded; polled sources wait (back-pressure on the
-//!   scan), the push handler answers 503 (see `sources::push`);
+//! - observations in, two lanes, both bounded: scan pages (a polled
+//!   source waits when it is full: back-pressure on the scan, kept short so
+//!   that a million-agent scan queues tens of thousands of readings, not a
+//!   million), and what is current now (point-read answers, pushed
+//!   heartbeats; the push handler answers 503 when it is full, see
+//!   `sources::push`). The core takes the second first, and takes scan
+//!   pages a few at a time between deadlines, so a confirm never waits
+//!   behind a scan in progress;
 //! - point-read requests out, one per source: bounded, `try_send`; a request
 //!   that does not fit is dropped and counted, and the core asks again after
 //!   `confirm_timeout`;
@@ -30,8 +36,15 @@ use crate::core::{AgentId, Event, Observation, Snapshot, SourceId, State, Superv
 use crate::liveness::Liveness;
 use crate::telemetry::metrics::Metrics;
 
-/// Capacity of the observation channel (messages, each up to a page).
-pub const OBSERVATION_CAPACITY: usize = 1024;
+/// Capacity of the scan lane (messages, each up to a page of 1000).
+pub const OBSERVATION_CAPACITY: usize = 64;
+/// Capacity of the lane of point-read answers and pushed heartbeats.
+pub const URGENT_CAPACITY: usize = 1024;
+/// Scan pages taken in one go before deadlines and the urgent lane are
+/// looked at again.
+const PAGES_PER_ROUND: usize = 8;
+/// Urgent messages taken in one go.
+const URGENT_PER_ROUND: usize = 256;
 /// Capacity of each source's point-read request channel.
 pub const CONFIRM_CAPACITY: usize = 256;
 /// Point reads are asked in chunks of at most this many agents.
@@ -59,7 +72,10 @@ pub fn handoff(state: Option<PersistView>) -> StateHandoff {
 
 pub struct Driver {
     pub sup: Supervisor,
+    /// Scan pages and what ends a scan.
     pub rx: mpsc::Receiver<Observation>,
+    /// Point-read answers and pushed heartbeats, taken first.
+    pub urgent: mpsc::Receiver<Observation>,
     pub confirm_txs: HashMap<SourceId, mpsc::Sender<Vec<AgentId>>>,
     pub snapshot_tx: watch::Sender<Arc<Snapshot>>,
     pub persist_tx: Option<watch::Sender<StateHandoff>>,
@@ -77,7 +93,10 @@ impl Driver {
         let mut persist_due: Option<Instant> = None;
         let mut last_persist = instant_before(Instant::now(), self.persist_every);
         self.publish(&mut last_snapshot);
-        loop {
+        // The loop ends when both lanes are closed (every source and the
+        // push handler gone).
+        let (mut urgent_open, mut scans_open) = (true, true);
+        while urgent_open || scans_open {
             fail::fail_point!("core-loop");
             let wake = self.clock.instant_at(self.sup.next_wakeup());
             let idle = Instant::now() + IDLE_TICK;
@@ -86,19 +105,33 @@ impl Driver {
                 biased;
                 _ = cancel.cancelled() => break,
                 _ = sleep_until(wake) => self.sup.tick(self.clock.now()),
-                obs = self.rx.recv() => match obs {
+                obs = self.urgent.recv(), if urgent_open => match obs {
                     Some(obs) => {
                         let now = self.clock.now();
                         self.sup.observe(obs, now);
-                        // Take what else is queued in one go.
-                        for _ in 0..256 {
+                        for _ in 0..URGENT_PER_ROUND {
+                            match self.urgent.try_recv() {
+                                Ok(obs) => self.sup.observe(obs, now),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => urgent_open = false,
+                },
+                obs = self.rx.recv(), if scans_open => match obs {
+                    Some(obs) => {
+                        let now = self.clock.now();
+                        self.sup.observe(obs, now);
+                        // A few more pages in one go; deadlines and the
+                        // urgent lane come first again after them.
+                        for _ in 0..PAGES_PER_ROUND {
                             match self.rx.try_recv() {
                                 Ok(obs) => self.sup.observe(obs, now),
                                 Err(_) => break,
                             }
                         }
                     }
-                    None => break,
+                    None => scans_open = false,
                 },
                 _ = sleep_until(snapshot_due.unwrap_or(far)), if snapshot_due.is_some() => {}
                 _ = sleep_until(persist_due.unwrap_or(far)), if persist_due.is_some() => {}
@@ -266,6 +299,7 @@ mod tests {
 
     struct Rig {
         tx: mpsc::Sender<Observation>,
+        urgent: mpsc::Sender<Observation>,
         confirms: mpsc::Receiver<Vec<AgentId>>,
         snaps: watch::Receiver<Arc<Snapshot>>,
         clock: Clock,
@@ -293,11 +327,13 @@ mod tests {
             clock.now(),
         );
         let (tx, rx) = mpsc::channel(OBSERVATION_CAPACITY);
+        let (urgent_tx, urgent) = mpsc::channel(URGENT_CAPACITY);
         let (ctx, confirms) = mpsc::channel(CONFIRM_CAPACITY);
         let (snapshot_tx, snaps) = watch::channel(Arc::new(sup.snapshot(clock.now())));
         let driver = Driver {
             sup,
             rx,
+            urgent,
             confirm_txs: [(SourceId::from("redis"), ctx)].into(),
             snapshot_tx,
             persist_tx: None,
@@ -310,6 +346,7 @@ mod tests {
         let handle = tokio::spawn(driver.run(cancel.clone()));
         Rig {
             tx,
+            urgent: urgent_tx,
             confirms,
             snaps,
             clock,
@@ -392,6 +429,57 @@ mod tests {
         wait_state(&mut r.snaps, "b", State::Stale).await;
         let snap = r.snaps.borrow().clone();
         assert_eq!(snap.agent("a").unwrap().state, State::Healthy);
+        r.cancel.cancel();
+        r.handle.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_point_read_answer_is_taken_before_the_scan_pages_queued_ahead_of_it() {
+        let mut r = rig(Duration::from_secs(3));
+        let t0 = r.clock.now();
+        r.tx.send(Observation::Batch {
+            source: "redis".into(),
+            started_at: t0,
+            readings: vec![hb("b", t0)],
+        })
+        .await
+        .unwrap();
+        wait_state(&mut r.snaps, "b", State::Healthy).await;
+        let asked = r.confirms.recv().await.unwrap();
+        assert_eq!(asked, vec![AgentId::from("b")]);
+        // A large scan fills the scan lane (b beating again, in its last
+        // page), then the point read answers: b had not beaten.
+        let now = r.clock.now();
+        for i in 0..OBSERVATION_CAPACITY {
+            let readings = (0..100)
+                .map(|n| hb(&format!("x{i}_{n}"), now))
+                .chain((i == OBSERVATION_CAPACITY - 1).then(|| hb("b", now)))
+                .collect();
+            r.tx.try_send(Observation::Batch {
+                source: "redis".into(),
+                started_at: now,
+                readings,
+            })
+            .unwrap();
+        }
+        r.urgent
+            .send(Observation::Confirmed {
+                source: "redis".into(),
+                read_at: now,
+                readings: vec![hb("b", t0)],
+            })
+            .await
+            .unwrap();
+        // The answer came first: b was stale before the scan's page made it
+        // healthy again.
+        let last = format!("x{}_99", OBSERVATION_CAPACITY - 1);
+        while r.snaps.borrow_and_update().agent(&last).is_none() {
+            r.snaps.changed().await.unwrap();
+        }
+        let snap = r.snaps.borrow().clone();
+        let b = snap.agent("b").unwrap();
+        let states: Vec<State> = b.transitions().iter().map(|t| t.state).collect();
+        assert_eq!(states, [State::Healthy, State::Stale, State::Healthy]);
         r.cancel.cancel();
         r.handle.await.unwrap();
     }

@@ -45,6 +45,7 @@ pub async fn scan(config: &Config, timeout: Duration) -> anyhow::Result<Snapshot
         let ctx = SourceCtx {
             id: s.name.clone(),
             tx: tx.clone(),
+            urgent: tx.clone(),
             metrics: metrics.clone(),
             clock: clock.clone(),
             liveness: Liveness::default(),

@@ -28,7 +28,9 @@ use crate::core::remedy::RemedyView;
 use crate::core::{
     AgentId, ErrorKind, Observation, Snapshot, SourceFailure, SourceId, SourceKind, Supervisor,
 };
-use crate::driver::{CONFIRM_CAPACITY, Driver, OBSERVATION_CAPACITY, StateHandoff, handoff};
+use crate::driver::{
+    CONFIRM_CAPACITY, Driver, OBSERVATION_CAPACITY, StateHandoff, URGENT_CAPACITY, handoff,
+};
 use crate::ha::{Leadership, LeaseClient, LeaseTask};
 use crate::http::{HttpState, Routers, ServerLimits, routers};
 use crate::liveness::Liveness;
@@ -80,6 +82,7 @@ pub struct App {
     liveness: Liveness,
     clock: Clock,
     obs_tx: mpsc::Sender<Observation>,
+    urgent_tx: mpsc::Sender<Observation>,
     driver: Driver,
     polled: Vec<(SourceId, Polled, mpsc::Receiver<Vec<AgentId>>)>,
     push: Option<PushState>,
@@ -132,6 +135,7 @@ impl App {
         };
 
         let (obs_tx, obs_rx) = mpsc::channel(OBSERVATION_CAPACITY);
+        let (urgent_tx, urgent_rx) = mpsc::channel(URGENT_CAPACITY);
         let mut polled = Vec::new();
         let mut confirm_txs = HashMap::new();
         let mut push = None;
@@ -144,7 +148,7 @@ impl App {
                 push = Some(PushState {
                     source: s.name.clone(),
                     token: p.token.clone(),
-                    tx: obs_tx.clone(),
+                    tx: urgent_tx.clone(),
                     metrics: metrics.clone(),
                     clock: clock.clone(),
                     snapshot: snapshot_rx.clone(),
@@ -163,6 +167,7 @@ impl App {
         let driver = Driver {
             sup,
             rx: obs_rx,
+            urgent: urgent_rx,
             confirm_txs,
             snapshot_tx,
             persist_tx,
@@ -245,6 +250,7 @@ impl App {
             liveness,
             clock,
             obs_tx,
+            urgent_tx,
             driver,
             polled,
             push,
@@ -278,6 +284,7 @@ impl App {
             liveness,
             clock,
             obs_tx,
+            urgent_tx,
             driver,
             polled,
             push,
@@ -296,6 +303,7 @@ impl App {
             let ctx = SourceCtx {
                 id: id.clone(),
                 tx: obs_tx.clone(),
+                urgent: urgent_tx.clone(),
                 metrics: metrics.clone(),
                 clock: clock.clone(),
                 liveness: liveness.clone(),
@@ -343,6 +351,7 @@ impl App {
             });
         }
         drop(obs_tx);
+        drop(urgent_tx);
 
         let core_cancel = CancellationToken::new();
         {

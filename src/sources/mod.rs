@@ -169,7 +169,10 @@ pub trait PollSource: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct SourceCtx {
     pub id: SourceId,
+    /// Scan pages and what ends a scan.
     pub tx: mpsc::Sender<Observation>,
+    /// Point-read answers, which the core takes before scan pages.
+    pub urgent: mpsc::Sender<Observation>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub liveness: Liveness,

@@ -100,7 +100,7 @@ pub async fn confirm_once<S: PollSource>(
             }
         }
     };
-    let _ = ctx.tx.send(obs).await;
+    let _ = ctx.urgent.send(obs).await;
     result.map(|_| ())
 }
 

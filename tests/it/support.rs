@@ -225,7 +225,8 @@ pub fn source_errors(scrape: &str, source: &str, kind: &str) -> f64 {
 pub fn source_ctx(id: &str, tx: mpsc::Sender<Observation>) -> SourceCtx {
     SourceCtx {
         id: SourceId::from(id),
-        tx,
+        tx: tx.clone(),
+        urgent: tx,
         metrics: Arc::new(Metrics::new(0).expect("metrics")),
         clock: Clock::System,
         liveness: Liveness::default(),
