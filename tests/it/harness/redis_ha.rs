@@ -80,6 +80,18 @@ impl RedisCluster {
             .unwrap_or_else(|e| panic!("{e}"));
         }
         cluster.wait_agreed();
+        // `key_slot` says what the cluster says, hash tags included.
+        for key in [
+            "agent:a:last_seen",
+            "agent:{a}:last_seen",
+            "{}x",
+            "a{}{b}",
+            "agents",
+        ] {
+            let theirs: u16 =
+                redis_cmd(first, &["CLUSTER", "KEYSLOT", key]).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(key_slot(key), theirs, "hash slot of {key:?}");
+        }
         cluster
     }
 
@@ -96,14 +108,10 @@ impl RedisCluster {
         )
     }
 
-    /// Index of the node that serves `key` (its slot computed here, and
-    /// checked against the cluster's `CLUSTER KEYSLOT`).
+    /// Index of the node that serves `key` (its slot computed here by
+    /// [`key_slot`], checked against the cluster's own once at start).
     pub fn node_of(&self, key: &str) -> usize {
         let slot = key_slot(key);
-        let theirs: u16 = redis_cmd(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key])
-            .or_else(|_| redis_cmd(self.nodes[1].port, &["CLUSTER", "KEYSLOT", key]))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(slot, theirs, "hash slot of {key:?}");
         self.nodes
             .iter()
             .position(|n| (n.slots.0..=n.slots.1).contains(&slot))
