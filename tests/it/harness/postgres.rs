@@ -14,8 +14,8 @@ use tempfile::TempDir;
 use url::Url;
 
 use super::process::{
-    DeathSignal, PORT_ATTEMPTS, PortTaken, find_on_path, free_port, kill_and_reap, lock, log_tail,
-    next_counter, random_u32, redirect_output, spawn_tied_to_test_process, temp_dir,
+    DeathSignal, PortTaken, find_on_path, kill_and_reap, lock, log_tail, next_counter,
+    on_a_free_port, random_u32, redirect_output, spawn_tied_to_test_process, temp_dir,
     wait_port_closed,
 };
 use super::wait::POLL_INTERVAL;
@@ -143,27 +143,14 @@ impl PostgresServer {
             settings: setup.settings.clone(),
             postmaster: Mutex::new(None),
         };
-        let mut taken = Vec::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
-            match cluster.launch(port) {
-                Ok(child) => {
-                    *lock(&cluster.postmaster) = Some(child);
-                    return PostgresServer {
-                        admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-                        port,
-                        cluster: Some(cluster),
-                    };
-                }
-                Err(PortTaken) => taken.push(port),
-            }
+        let log = cluster.log.clone();
+        let (port, child) = on_a_free_port("postgres", &log, |port| cluster.launch(port));
+        *lock(&cluster.postmaster) = Some(child);
+        PostgresServer {
+            admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            port,
+            cluster: Some(cluster),
         }
-        panic!(
-            "postgres could not bind any of the ports {taken:?} (another process took each one \
-             first); log {}:\n{}",
-            cluster.log.display(),
-            log_tail(&cluster.log)
-        );
     }
 
     /// Stops the private cluster's postmaster (immediate shutdown) and waits

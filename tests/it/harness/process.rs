@@ -24,6 +24,31 @@ pub(super) const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many fresh ports to try when another process takes ours first.
 pub(super) const PORT_ATTEMPTS: usize = 5;
 
+/// Runs `launch` on fresh ports until one was not taken first by another
+/// process, and returns that port with what `launch` gave. Panics after
+/// [`PORT_ATTEMPTS`] ports, naming `what`, the ports tried and the tail of
+/// `log`.
+pub(super) fn on_a_free_port<T>(
+    what: &str,
+    log: &Path,
+    mut launch: impl FnMut(u16) -> Result<T, PortTaken>,
+) -> (u16, T) {
+    let mut taken = Vec::new();
+    for _ in 0..PORT_ATTEMPTS {
+        let port = free_port();
+        match launch(port) {
+            Ok(started) => return (port, started),
+            Err(PortTaken) => taken.push(port),
+        }
+    }
+    panic!(
+        "{what} could not bind any of the ports {taken:?} (another process took each one \
+         first); log {}:\n{}",
+        log.display(),
+        log_tail(log)
+    );
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (found by binding port 0).
 /// Never returns the same port twice within one test process.
 pub fn free_port() -> u16 {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use super::process::{
-    DeathSignal, PORT_ATTEMPTS, PortTaken, find_on_path, free_port, kill_and_reap, lock, log_tail,
-    next_counter, random_u32, redirect_output, spawn_tied_to_test_process, temp_dir,
+    DeathSignal, PortTaken, find_on_path, kill_and_reap, lock, log_tail, next_counter,
+    on_a_free_port, random_u32, redirect_output, spawn_tied_to_test_process, temp_dir,
     wait_port_closed,
 };
 use super::wait::POLL_INTERVAL;
@@ -64,30 +64,18 @@ impl RedisServer {
         });
         let dir = temp_dir("redis");
         let log = dir.path().join("redis.log");
-        let mut taken = Vec::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
-            match launch_redis_with(&binary, dir.path(), &log, port, extra) {
-                Ok(child) => {
-                    return RedisServer {
-                        url: format!("redis://127.0.0.1:{port}"),
-                        port,
-                        binary,
-                        extra: extra.to_vec(),
-                        dir,
-                        log,
-                        child: Some(child),
-                    };
-                }
-                Err(PortTaken) => taken.push(port),
-            }
+        let (port, child) = on_a_free_port("redis-server", &log, |port| {
+            launch_redis_with(&binary, dir.path(), &log, port, extra)
+        });
+        RedisServer {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            binary,
+            extra: extra.to_vec(),
+            dir,
+            log,
+            child: Some(child),
         }
-        panic!(
-            "redis-server could not bind any of the ports {taken:?} (another process took each \
-             one first); log {}:\n{}",
-            log.display(),
-            log_tail(&log)
-        );
     }
 
     /// Kills the server (SIGKILL), waits for it, and waits until its port

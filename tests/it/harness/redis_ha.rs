@@ -9,8 +9,7 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 use super::process::{
-    PORT_ATTEMPTS, PortTaken, find_on_path, free_port, kill_and_reap, log_tail, temp_dir,
-    wait_port_closed,
+    PortTaken, find_on_path, kill_and_reap, log_tail, on_a_free_port, temp_dir, wait_port_closed,
 };
 use super::redis::{RedisServer, connect, launch, launch_redis_with};
 use super::wait::wait_until_sync;
@@ -205,23 +204,16 @@ fn cluster_args() -> Vec<String> {
 fn start_cluster_node(binary: &Path, slots: (u16, u16)) -> ClusterNode {
     let dir = temp_dir("redis-cluster");
     let log = dir.path().join("redis.log");
-    let mut taken = Vec::new();
-    for _ in 0..PORT_ATTEMPTS {
-        let port = free_port();
-        match launch_redis_with(binary, dir.path(), &log, port, &cluster_args()) {
-            Ok(child) => {
-                return ClusterNode {
-                    port,
-                    slots,
-                    dir,
-                    log,
-                    child: Some(child),
-                };
-            }
-            Err(PortTaken) => taken.push(port),
-        }
+    let (port, child) = on_a_free_port("a cluster node", &log, |port| {
+        launch_redis_with(binary, dir.path(), &log, port, &cluster_args())
+    });
+    ClusterNode {
+        port,
+        slots,
+        dir,
+        log,
+        child: Some(child),
     }
-    panic!("a cluster node could not bind any of the ports {taken:?}")
 }
 
 /// The hash slot of `key` (CRC16-XMODEM of the key or of its `{hash tag}`,
@@ -281,9 +273,7 @@ impl RedisSentinel {
         let dir = temp_dir("redis-sentinel");
         let log = dir.path().join("sentinel.log");
         let service = "main";
-        let mut taken = Vec::new();
-        for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
+        let (port, child) = on_a_free_port("redis-sentinel", &log, |port| {
             let conf = dir.path().join("sentinel.conf");
             let text = format!(
                 "port {port}\nbind 127.0.0.1\ndir {}\n\
@@ -297,27 +287,22 @@ impl RedisSentinel {
                 .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
             let mut cmd = Command::new(&binary);
             cmd.arg(&conf).current_dir(dir.path()).stdin(Stdio::null());
-            match launch("redis-sentinel", cmd, &log, port) {
-                Ok(child) => {
-                    let s = RedisSentinel {
-                        primary,
-                        replica,
-                        port,
-                        service,
-                        dir,
-                        log,
-                        child: Some(child),
-                    };
-                    wait_until_sync("Sentinel to discover the replica", SETTLE_TIMEOUT, || {
-                        redis_cmd::<Vec<Vec<String>>>(port, &["SENTINEL", "REPLICAS", service])
-                            .is_ok_and(|r| !r.is_empty())
-                    });
-                    return s;
-                }
-                Err(PortTaken) => taken.push(port),
-            }
-        }
-        panic!("redis-sentinel could not bind any of the ports {taken:?}")
+            launch("redis-sentinel", cmd, &log, port)
+        });
+        let s = RedisSentinel {
+            primary,
+            replica,
+            port,
+            service,
+            dir,
+            log,
+            child: Some(child),
+        };
+        wait_until_sync("Sentinel to discover the replica", SETTLE_TIMEOUT, || {
+            redis_cmd::<Vec<Vec<String>>>(port, &["SENTINEL", "REPLICAS", service])
+                .is_ok_and(|r| !r.is_empty())
+        });
+        s
     }
 
     /// The `redis-sentinel://` URL of the service.
