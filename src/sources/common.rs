@@ -160,7 +160,8 @@ impl Hasher for Prehashed {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // Only u64s are hashed with it; anything else is folded in.
+        // Required by `Hasher`. The set hashes u64s only (`write_u64`), so
+        // this is not called; were it, the bytes would still all count.
         for b in bytes {
             self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
