@@ -353,40 +353,40 @@ impl RedisSource {
                 return self.point_read_on(&h, agents).await;
             }
         };
-        // Agents by the primary of their key's slot (an unserved slot is
-        // read where it is not: the node says MOVED or the key is absent).
+        // Agents by the primary of their key's slot; those of a slot no
+        // node serves cannot be read at all.
         let mut groups: BTreeMap<usize, Vec<AgentId>> = BTreeMap::new();
+        let mut unserved: Vec<Reading> = Vec::new();
         let unique: BTreeSet<&AgentId> = agents.iter().collect();
         for agent in unique {
             let slot = redis_keyslot(pattern.key(agent.as_str()).as_bytes());
-            let i = shards.iter().position(|s| s.serves(slot)).unwrap_or(0);
-            groups.entry(i).or_default().push(agent.clone());
+            match shards.iter().position(|s| s.serves(slot)) {
+                Some(i) => groups.entry(i).or_default().push(agent.clone()),
+                None => unserved.push(Reading::Unreadable {
+                    agent: agent.clone(),
+                    reason: format!("hash slot {slot} is served by no node of the cluster"),
+                }),
+            }
         }
-        let reads = join_all(groups.into_iter().map(|(i, group)| {
-            let shard = shards.get(i).cloned();
-            async move {
-                let read = async {
-                    let shard = shard.as_ref().ok_or_else(|| {
-                        self.error(ErrorKind::Other, "the cluster serves no slot".into())
-                    })?;
-                    let h = self.handle(&c.conn(&shard.primary))?;
-                    self.point_read_on(&h, &group).await
-                };
-                match read.await {
-                    Ok(readings) => readings,
-                    Err(e) => {
-                        let reason = match &shard {
-                            Some(s) => format!("node {} cannot be read: {}", s.describe(), e),
-                            None => e.to_string(),
-                        };
-                        group
-                            .into_iter()
-                            .map(|agent| Reading::Unreadable {
-                                agent,
-                                reason: reason.clone(),
-                            })
-                            .collect()
-                    }
+        let groups = groups
+            .into_iter()
+            .filter_map(|(i, group)| Some((shards.get(i)?, group)));
+        let reads = join_all(groups.map(|(shard, group)| async move {
+            let read = async {
+                let h = self.handle(&c.conn(&shard.primary))?;
+                self.point_read_on(&h, &group).await
+            };
+            match read.await {
+                Ok(readings) => readings,
+                Err(e) => {
+                    let reason = format!("node {} cannot be read: {}", shard.describe(), e);
+                    group
+                        .into_iter()
+                        .map(|agent| Reading::Unreadable {
+                            agent,
+                            reason: reason.clone(),
+                        })
+                        .collect()
                 }
             }
         }))
@@ -396,6 +396,7 @@ impl RedisSource {
         let by_agent: BTreeMap<AgentId, Reading> = reads
             .into_iter()
             .flatten()
+            .chain(unserved)
             .map(|r| (r.agent().clone(), r))
             .collect();
         Ok(agents
