@@ -70,6 +70,21 @@ pub fn handoff(state: Option<PersistView>) -> StateHandoff {
     Arc::new(std::sync::Mutex::new(state))
 }
 
+/// Feed `sup` up to `n` more messages `rx` already holds.
+fn take_more(
+    sup: &mut Supervisor,
+    rx: &mut mpsc::Receiver<Observation>,
+    n: usize,
+    now: crate::core::Timestamp,
+) {
+    for _ in 0..n {
+        match rx.try_recv() {
+            Ok(obs) => sup.observe(obs, now),
+            Err(_) => break,
+        }
+    }
+}
+
 pub struct Driver {
     pub sup: Supervisor,
     /// Scan pages and what ends a scan.
@@ -109,12 +124,7 @@ impl Driver {
                     Some(obs) => {
                         let now = self.clock.now();
                         self.sup.observe(obs, now);
-                        for _ in 0..URGENT_PER_ROUND {
-                            match self.urgent.try_recv() {
-                                Ok(obs) => self.sup.observe(obs, now),
-                                Err(_) => break,
-                            }
-                        }
+                        take_more(&mut self.sup, &mut self.urgent, URGENT_PER_ROUND, now);
                     }
                     None => urgent_open = false,
                 },
@@ -124,12 +134,7 @@ impl Driver {
                         self.sup.observe(obs, now);
                         // A few more pages in one go; deadlines and the
                         // urgent lane come first again after them.
-                        for _ in 0..PAGES_PER_ROUND {
-                            match self.rx.try_recv() {
-                                Ok(obs) => self.sup.observe(obs, now),
-                                Err(_) => break,
-                            }
-                        }
+                        take_more(&mut self.sup, &mut self.rx, PAGES_PER_ROUND, now);
                     }
                     None => scans_open = false,
                 },
