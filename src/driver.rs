@@ -319,7 +319,7 @@ mod tests {
         let clock = Clock::tokio(wall);
         let mut policy = Policy::default();
         policy.defaults.stale_after = stale_after;
-        let sup = Supervisor::new(
+        let mut sup = Supervisor::new(
             policy,
             [
                 (SourceId::from("push"), SourceKind::Push, "push".to_string()),

@@ -85,9 +85,9 @@ pub async fn scan(config: &Config, timeout: Duration) -> anyhow::Result<Snapshot
 
 /// Exit code for a snapshot (see the module doc).
 pub fn exit_code(snap: &Snapshot) -> i32 {
-    if snap.views().iter().any(|a| a.state.is_alerting()) {
+    if snap.views().any(|a| a.state.is_alerting()) {
         EXIT_CRITICAL
-    } else if snap.views().iter().any(|a| a.state == State::Unknown)
+    } else if snap.views().any(|a| a.state == State::Unknown)
         || snap.sources.iter().any(|s| s.status == SourceStatus::Down)
     {
         EXIT_UNKNOWN

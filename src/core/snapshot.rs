@@ -18,20 +18,38 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::model::{AgentId, SourceFailure, SourceId, State, Status, Text, Timestamp};
 use super::policy::Labels;
 
+/// Agents are kept in chunks of this many (their views and their checks'
+/// heartbeats), each shared between snapshots until something in it
+/// changes: the core patches a snapshot into the next one by copying only
+/// the chunks where an agent changed (see [`Supervisor::snapshot`]).
+///
+/// [`Supervisor::snapshot`]: super::Supervisor::snapshot
+const CHUNK: usize = 1024;
+
 /// Everything the core knows, as of `taken_at`.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub taken_at: Timestamp,
-    /// Sorted by id; shared with the core and other snapshots.
-    agents: Vec<Arc<AgentView>>,
+    len: usize,
+    /// Sorted by id, [`CHUNK`] to a chunk; the views are shared with the
+    /// core and other snapshots.
+    views: Vec<Arc<Vec<Arc<AgentView>>>>,
     /// Every check's last heartbeat as of `taken_at` (local clock): the
-    /// checks of `agents`, agent after agent, each in its order. Kept
-    /// apart from the views, so that a heartbeat, the one thing that
-    /// changes for every agent all the time, costs a slot here rather than
-    /// a new view.
-    beats: Vec<Option<Timestamp>>,
-    /// Where each agent's checks start in `beats`.
-    first_beat: Vec<u32>,
+    /// checks of the agents of the same chunk of `views`, agent after
+    /// agent, each in its order. Kept apart from the views, so that a
+    /// heartbeat, the one thing that changes for every agent all the time,
+    /// costs a slot here rather than a new view.
+    beats: Vec<Arc<Vec<Option<Timestamp>>>>,
+    /// Where each agent's checks start, counted over the whole snapshot
+    /// (the position of a check among all checks, agent after agent).
+    /// Changes only when agents or checks come or go: shared until then.
+    first_beat: Arc<Vec<u32>>,
+    /// Where each chunk's checks start, likewise.
+    chunk_first_beat: Arc<Vec<u32>>,
+    /// Checks in all.
+    n_beats: u32,
+    /// Agents in each state, in [`State::ALL`] order.
+    counts: [usize; 5],
     /// In config order.
     pub sources: Vec<SourceView>,
 }
@@ -40,9 +58,13 @@ impl Snapshot {
     pub fn empty(taken_at: Timestamp) -> Self {
         Self {
             taken_at,
-            agents: Vec::new(),
+            len: 0,
+            views: Vec::new(),
             beats: Vec::new(),
-            first_beat: Vec::new(),
+            first_beat: Arc::default(),
+            chunk_first_beat: Arc::default(),
+            n_beats: 0,
+            counts: [0; 5],
             sources: Vec::new(),
         }
     }
@@ -50,9 +72,10 @@ impl Snapshot {
     /// Room for `agents` agents.
     pub fn with_capacity(taken_at: Timestamp, agents: usize) -> Self {
         Self {
-            agents: Vec::with_capacity(agents),
-            beats: Vec::with_capacity(agents),
-            first_beat: Vec::with_capacity(agents),
+            views: Vec::with_capacity(agents.div_ceil(CHUNK)),
+            beats: Vec::with_capacity(agents.div_ceil(CHUNK)),
+            first_beat: Arc::new(Vec::with_capacity(agents)),
+            chunk_first_beat: Arc::new(Vec::with_capacity(agents.div_ceil(CHUNK))),
             ..Self::empty(taken_at)
         }
     }
@@ -82,80 +105,218 @@ impl Snapshot {
         view: Arc<AgentView>,
         beats: impl IntoIterator<Item = Option<Timestamp>>,
     ) {
-        debug_assert!(self.agents.last().is_none_or(|a| a.id < view.id));
-        self.first_beat
-            .push(u32::try_from(self.beats.len()).unwrap_or(u32::MAX));
+        debug_assert!(
+            self.view(self.len.wrapping_sub(1))
+                .is_none_or(|a| a.id < view.id)
+        );
+        if self.len % CHUNK == 0 {
+            self.views.push(Arc::new(Vec::with_capacity(CHUNK)));
+            self.beats.push(Arc::new(Vec::with_capacity(CHUNK)));
+            Arc::make_mut(&mut self.chunk_first_beat).push(self.n_beats);
+        }
+        Arc::make_mut(&mut self.first_beat).push(self.n_beats);
         let n = view.checks.len();
-        self.beats
-            .extend(beats.into_iter().chain(std::iter::repeat(None)).take(n));
-        self.agents.push(view);
+        if let Some(chunk) = self.beats.last_mut() {
+            Arc::make_mut(chunk).extend(beats.into_iter().chain(std::iter::repeat(None)).take(n));
+        }
+        self.n_beats = self
+            .n_beats
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        self.counts[state_index(view.state)] += 1;
+        if let Some(chunk) = self.views.last_mut() {
+            Arc::make_mut(chunk).push(view);
+        }
+        self.len += 1;
+    }
+
+    /// Replace the view of the `i`-th agent by `view`, of the same agent
+    /// with as many checks (what changed when no agent or check came or
+    /// went). Copies its chunk if another snapshot shares it.
+    pub(crate) fn set_view(&mut self, i: usize, view: Arc<AgentView>) {
+        let Some(chunk) = self.views.get_mut(i / CHUNK) else {
+            return;
+        };
+        let Some(old) = chunk.get(i % CHUNK) else {
+            return;
+        };
+        if Arc::ptr_eq(old, &view) {
+            return;
+        }
+        debug_assert!(old.id == view.id && old.checks.len() == view.checks.len());
+        self.counts[state_index(old.state)] -= 1;
+        self.counts[state_index(view.state)] += 1;
+        if let Some(slot) = Arc::make_mut(chunk).get_mut(i % CHUNK) {
+            *slot = view;
+        }
+    }
+
+    /// Set the last heartbeat of the check at position `beat` (counted
+    /// over the whole snapshot, see `first_beat`). Copies its chunk if
+    /// another snapshot shares it.
+    pub(crate) fn set_beat(&mut self, beat: u32, last_seen: Option<Timestamp>) {
+        let k = self.chunk_first_beat.partition_point(|&s| s <= beat);
+        let Some(k) = k.checked_sub(1) else {
+            return;
+        };
+        let (Some(chunk), Some(&start)) = (self.beats.get_mut(k), self.chunk_first_beat.get(k))
+        else {
+            return;
+        };
+        if let Some(slot) = Arc::make_mut(chunk).get_mut((beat - start) as usize) {
+            *slot = last_seen;
+        }
+    }
+
+    /// How many chunks of views and of heartbeats this snapshot shares
+    /// with `other`.
+    #[cfg(test)]
+    pub(crate) fn shared_chunks(&self, other: &Snapshot) -> (usize, usize) {
+        let count = |a: &[Arc<Vec<_>>], b: &[Arc<Vec<_>>]| {
+            a.iter().zip(b).filter(|(a, b)| Arc::ptr_eq(a, b)).count()
+        };
+        (
+            self.views
+                .iter()
+                .zip(&other.views)
+                .filter(|(a, b)| Arc::ptr_eq(a, b))
+                .count(),
+            count(&self.beats, &other.beats),
+        )
     }
 
     pub fn len(&self) -> usize {
-        self.agents.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.agents.is_empty()
+        self.len == 0
+    }
+
+    /// Checks in all.
+    pub fn checks_len(&self) -> usize {
+        self.n_beats as usize
+    }
+
+    /// The view of the `i`-th agent by id.
+    pub fn view(&self, i: usize) -> Option<&Arc<AgentView>> {
+        self.views.get(i / CHUNK)?.get(i % CHUNK)
     }
 
     /// The `i`-th agent by id.
     pub fn get(&self, i: usize) -> Option<Entry<'_>> {
-        let view = self.agents.get(i)?;
-        let from = *self.first_beat.get(i)? as usize;
+        let view = self.view(i)?;
+        let k = i / CHUNK;
+        let from = (*self.first_beat.get(i)? - *self.chunk_first_beat.get(k)?) as usize;
         let beats = self
             .beats
+            .get(k)?
             .get(from..from + view.checks.len())
             .unwrap_or(&[]);
         Some(Entry { view, beats })
     }
 
     /// Every agent, by id.
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = Entry<'_>> + ExactSizeIterator {
-        self.agents
-            .iter()
-            .zip(&self.first_beat)
-            .map(|(view, &from)| Entry {
-                view,
-                beats: self
-                    .beats
-                    .get(from as usize..from as usize + view.checks.len())
-                    .unwrap_or(&[]),
-            })
+    pub fn iter(&self) -> Iter<'_, Entry<'_>> {
+        Iter::new(self, Snapshot::get)
     }
 
     /// The views alone, by id.
-    pub fn views(&self) -> &[Arc<AgentView>] {
-        &self.agents
+    pub fn views(&self) -> Iter<'_, &Arc<AgentView>> {
+        Iter::new(self, Snapshot::view)
     }
 
     /// Index of the first agent whose id sorts after `id`.
     pub fn after(&self, id: &str) -> usize {
-        self.agents.partition_point(|a| a.id.as_str() <= id)
+        self.partition_point(|a| a.id.as_str() <= id)
     }
 
     pub fn agent(&self, id: &str) -> Option<Entry<'_>> {
-        self.agents
-            .binary_search_by(|a| a.id.as_str().cmp(id))
-            .ok()
-            .and_then(|i| self.get(i))
+        let i = self.partition_point(|a| a.id.as_str() < id);
+        self.get(i).filter(|e| e.id.as_str() == id)
+    }
+
+    /// The first index whose agent is not `before` (which holds for a
+    /// prefix of the agents, those are sorted by id).
+    fn partition_point(&self, before: impl Fn(&AgentView) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.view(mid).is_some_and(|a| before(a)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// Number of agents in each state, in [`State::ALL`] order.
     pub fn counts(&self) -> [(State, usize); 5] {
-        let mut counts = State::ALL.map(|s| (s, 0));
-        for a in &self.agents {
-            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == a.state) {
-                c.1 += 1;
-            }
-        }
-        counts
+        let mut i = 0;
+        State::ALL.map(|s| {
+            let n = (s, self.counts[i]);
+            i += 1;
+            n
+        })
     }
+}
+
+/// The agents of a snapshot in order, each as `at` gives it.
+pub struct Iter<'a, T> {
+    snap: &'a Snapshot,
+    front: usize,
+    back: usize,
+    at: fn(&'a Snapshot, usize) -> Option<T>,
+}
+
+impl<'a, T> Iter<'a, T> {
+    fn new(snap: &'a Snapshot, at: fn(&'a Snapshot, usize) -> Option<T>) -> Self {
+        Iter {
+            snap,
+            front: 0,
+            back: snap.len,
+            at,
+        }
+    }
+}
+
+impl<T> Iterator for Iter<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        if self.front >= self.back {
+            return None;
+        }
+        self.front += 1;
+        (self.at)(self.snap, self.front - 1)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.back - self.front;
+        (n, Some(n))
+    }
+}
+
+impl<T> DoubleEndedIterator for Iter<'_, T> {
+    fn next_back(&mut self) -> Option<T> {
+        if self.front >= self.back {
+            return None;
+        }
+        self.back -= 1;
+        (self.at)(self.snap, self.back)
+    }
+}
+
+impl<T> ExactSizeIterator for Iter<'_, T> {}
+
+/// Position of `state` in [`State::ALL`].
+fn state_index(state: State) -> usize {
+    State::ALL.iter().position(|s| *s == state).unwrap_or(0)
 }
 
 /// One agent of a snapshot: its view and its checks' last heartbeats.
 /// Dereferences to the view.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Entry<'a> {
     pub view: &'a Arc<AgentView>,
     /// One per check of the view, in order.
@@ -384,7 +545,7 @@ impl Serialize for PersistChecks<'_> {
         use serde::ser::SerializeSeq;
         let snap = &self.0.snap;
         let mut raw = self.0.raw_last_seen.iter().peekable();
-        let mut seq = serializer.serialize_seq(Some(snap.beats.len()))?;
+        let mut seq = serializer.serialize_seq(Some(snap.checks_len()))?;
         let mut n = 0u32;
         for agent in snap.iter() {
             for (c, last_seen) in agent.checks() {
@@ -415,7 +576,7 @@ struct PersistAgents<'a>(&'a Snapshot);
 
 impl Serialize for PersistAgents<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.views().iter().map(|a| PersistedAgentRef {
+        serializer.collect_seq(self.0.views().map(|a| PersistedAgentRef {
             agent: &a.id,
             state: a.state,
             since: a.since,

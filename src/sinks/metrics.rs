@@ -214,8 +214,9 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
             idx.extend(
                 (0..snap.len())
                     .filter(|&i| {
-                        let a = &snap.views()[i];
-                        pushed_only(a) == pushed && (a.state == State::Healthy) == healthy
+                        snap.view(i).is_some_and(|a| {
+                            pushed_only(a) == pushed && (a.state == State::Healthy) == healthy
+                        })
                     })
                     .take(room),
             );
@@ -243,7 +244,9 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
     const STATE_HEAD: &str = "agent_supervisor_agent_state{agent=\"";
     let state_tails = State::ALL.map(|s| (s, format!("\",state=\"{}\"}} ", s.as_str())));
     for &i in &chosen {
-        let a = &snap.views()[i];
+        let Some(a) = snap.view(i) else {
+            continue;
+        };
         for (s, tail) in &state_tails {
             let v = Val::Int(i64::from(*s == a.state));
             agent_line(out, STATE_HEAD, a.id.as_str(), tail, v);
@@ -251,7 +254,9 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
     }
     header(out, "agent_up", "1 when the agent is healthy, else 0.");
     for &i in &chosen {
-        let a = &snap.views()[i];
+        let Some(a) = snap.view(i) else {
+            continue;
+        };
         let up = Val::Int(i64::from(a.state == State::Healthy));
         agent_line(
             out,
@@ -291,7 +296,9 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
         "Threshold after which each check's heartbeat is stale.",
     );
     for &i in &chosen {
-        let a = &snap.views()[i];
+        let Some(a) = snap.view(i) else {
+            continue;
+        };
         for c in &a.checks {
             agent_line(
                 out,
@@ -312,7 +319,9 @@ pub fn render_agents(snap: &Snapshot, max: usize, out: &mut String) {
     let mut info_tail = String::new();
     let mut info_of: Option<&Arc<crate::core::Labels>> = None;
     for &i in &chosen {
-        let a = &snap.views()[i];
+        let Some(a) = snap.view(i) else {
+            continue;
+        };
         if !info_of.is_some_and(|l| Arc::ptr_eq(l, &a.labels)) {
             info_tail.clear();
             info_tail.push('"');

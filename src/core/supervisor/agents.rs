@@ -20,8 +20,10 @@ impl Supervisor {
                 sources: SmallVec::new(),
                 view: RefCell::new(None),
                 history: None,
+                slot: Cell::new(u32::MAX),
             },
         );
+        self.published.reshape();
         self.data = true;
     }
 
@@ -54,6 +56,7 @@ impl Supervisor {
         let Some(agent) = self.agents.get_mut(id) else {
             return;
         };
+        self.published.view_changed(agent.slot.get());
         agent.reason = reason.clone();
         if agent.state != state {
             let from = agent.state;
@@ -160,6 +163,7 @@ impl Supervisor {
             .collect();
         for key in old {
             self.checks.remove(&key);
+            self.published.reshape();
             if let Some(src) = self.source_mut(&key.source) {
                 src.rechecking.remove(&key.agent);
             }

@@ -26,6 +26,7 @@ impl Supervisor {
                 key.clone(),
                 Check::new(State::Unknown, now, stale_after, now),
             );
+            self.published.reshape();
             if let Some(agent) = self.agents.get_mut(&key.agent) {
                 agent.add_source(source);
             }
@@ -39,6 +40,7 @@ impl Supervisor {
             c.seen_gen = g;
         }
         c.confirming = None;
+        let (last_seen_was, status_was) = (c.last_seen, c.status.clone());
         match reading {
             Reading::Heartbeat {
                 last_seen, status, ..
@@ -111,7 +113,18 @@ impl Supervisor {
                 c.set_unreadable(reason.into());
             }
         }
+        if c.last_seen != last_seen_was {
+            self.published.beat_changed(c.beat, c.last_seen);
+        }
+        let status_changed = c.status != status_was;
         self.data = true;
+        if status_changed {
+            // Shown in the agent's view (the state it may imply is
+            // decided below).
+            if let Some(a) = self.agents.get(&key.agent) {
+                self.published.view_changed(a.slot.get());
+            }
+        }
         if let Some((kind, detail)) = problem {
             self.events.push(Event::SourceProblem {
                 source: source.clone(),

@@ -19,7 +19,7 @@
 //! - a `last_seen` too far in the future is counted and taken as "now" the
 //!   first time it is seen, so a skewed writer still goes stale.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -122,6 +122,9 @@ struct Check {
     seen_gen: u32,
     /// Last time any reading arrived (for `forget_after`).
     observed_at: Timestamp,
+    /// Its position among all checks of the last snapshot (see
+    /// [`Published`]); `u32::MAX` before it is in one.
+    beat: u32,
 }
 
 impl Check {
@@ -140,6 +143,7 @@ impl Check {
             queued: None,
             seen_gen: u32::MAX,
             observed_at: now,
+            beat: u32::MAX,
         }
     }
 
@@ -243,6 +247,9 @@ struct Agent {
     /// Its last transitions, shared with its views: nothing until it
     /// changes state after its first verdict (see `refresh_agent`).
     history: Option<History>,
+    /// Its position in the last snapshot (see [`Published`]); `u32::MAX`
+    /// before it is in one.
+    slot: Cell<u32>,
 }
 
 impl Agent {
@@ -281,6 +288,49 @@ pub struct Supervisor {
     dependents: HashMap<CheckKey, Vec<SourceId>>,
     /// When stale and missing checks are next re-read.
     next_recheck: Timestamp,
+    /// The last snapshot, and what changed since.
+    published: Published,
+}
+
+/// The last snapshot taken, and what changed since, so that the next one is
+/// the last one patched (see [`Supervisor::snapshot`]): a snapshot costs
+/// what changed, not the fleet.
+#[derive(Debug, Default)]
+struct Published {
+    last: Option<Snapshot>,
+    /// An agent or a check came or went: the next snapshot is built whole
+    /// (agents' positions moved).
+    reshaped: bool,
+    /// Positions of the agents whose view may have changed (an agent's
+    /// state, reason or history, or a check's state, reason or status).
+    views: Vec<u32>,
+    /// Checks whose heartbeat changed: position, new value.
+    beats: Vec<(u32, Option<Timestamp>)>,
+    /// Checks of each source (in config order) in the last snapshot.
+    checks_per_source: Vec<usize>,
+}
+
+impl Published {
+    /// The agent at `slot` may look different now.
+    fn view_changed(&mut self, slot: u32) {
+        if !self.reshaped && slot != u32::MAX {
+            self.views.push(slot);
+        }
+    }
+
+    /// The check at position `beat` was last seen at `last_seen` now.
+    fn beat_changed(&mut self, beat: u32, last_seen: Option<Timestamp>) {
+        if !self.reshaped && beat != u32::MAX {
+            self.beats.push((beat, last_seen));
+        }
+    }
+
+    /// Agents or checks came or went.
+    fn reshape(&mut self) {
+        self.reshaped = true;
+        self.views = Vec::new();
+        self.beats = Vec::new();
+    }
 }
 
 /// What changed since the caller last asked.
@@ -340,6 +390,7 @@ impl Supervisor {
             data: false,
             dependents: HashMap::new(),
             next_recheck: now,
+            published: Published::default(),
             policy,
         };
         for id in sup.policy.expected_agents() {

@@ -27,6 +27,7 @@ impl Supervisor {
                     ..Check::new(pc.state, pc.since, stale_after, now)
                 },
             );
+            self.published.reshape();
             if let Some(agent) = self.agents.get_mut(&pc.agent) {
                 agent.add_source(&pc.source);
             }
@@ -49,6 +50,7 @@ impl Supervisor {
                 let keep = pa.history.len().min(HISTORY_MAX);
                 agent.history =
                     (keep > 0).then(|| Arc::new(pa.history[pa.history.len() - keep..].to_vec()));
+                self.published.view_changed(agent.slot.get());
             }
         }
         self.data = true;
@@ -58,18 +60,15 @@ impl Supervisor {
     /// be this supervisor's latest snapshot (taken since the last change):
     /// the fleet is not copied again for the state file.
     pub fn persist_view(&self, snap: Arc<Snapshot>) -> PersistView {
-        let mut raw_last_seen = Vec::new();
-        let mut n = 0u32;
-        for (id, a) in &self.agents {
-            for source in &a.sources {
-                if let Some(c) = self.checks.get(&key_of(id, source)) {
-                    if c.raw_last_seen != c.last_seen {
-                        raw_last_seen.push((n, c.raw_last_seen));
-                    }
-                    n += 1;
-                }
-            }
-        }
+        // Each check knows its position in the latest snapshot: the few
+        // whose reported value differs are found without a lookup per agent.
+        let mut raw_last_seen: Vec<(u32, Option<Timestamp>)> = self
+            .checks
+            .values()
+            .filter(|c| c.raw_last_seen != c.last_seen && c.beat != u32::MAX)
+            .map(|c| (c.beat, c.raw_last_seen))
+            .collect();
+        raw_last_seen.sort_unstable_by_key(|(beat, _)| *beat);
         PersistView {
             snap,
             raw_last_seen,

@@ -3,65 +3,156 @@
 use super::*;
 
 impl Supervisor {
-    /// Everything as of `now`. An agent whose view in the last snapshot is
-    /// still exact is shared with it (compared field by field, so no change
-    /// can be missed); only agents that changed are built again.
-    pub fn snapshot(&self, now: Timestamp) -> Snapshot {
+    /// Everything as of `now`.
+    ///
+    /// The last snapshot patched: its chunks where agents changed are
+    /// copied and updated, the others shared, so a snapshot costs what
+    /// changed since the last one (every agent a scan saw has a new
+    /// heartbeat, a few bytes each; a new view only where an agent's state,
+    /// reason or a check changed). When agents or checks came or went, it
+    /// is built whole; an agent whose view is still exact is then shared
+    /// with the last one (compared field by field, so no change can be
+    /// missed). Test builds check every patched snapshot against the whole
+    /// one.
+    pub fn snapshot(&mut self, now: Timestamp) -> Snapshot {
+        let patched = match self.published.last.take() {
+            Some(last) if !self.published.reshaped => Some(self.patch(last, now)),
+            _ => None,
+        };
+        let mut snap = match patched {
+            Some(snap) => snap,
+            None => {
+                let snap = self.build(now, true);
+                self.published.reshaped = false;
+                snap
+            }
+        };
+        self.published.views = Vec::new();
+        self.published.beats = Vec::new();
+        snap.sources = self.source_views();
+        #[cfg(debug_assertions)]
+        {
+            let whole = self.build(now, false);
+            assert!(
+                snap.iter().eq(whole.iter()) && snap.counts() == whole.counts(),
+                "a patched snapshot differs from the whole one"
+            );
+        }
+        self.published.last = Some(snap.clone());
+        snap
+    }
+
+    /// `last` with what changed since.
+    fn patch(&mut self, mut last: Snapshot, now: Timestamp) -> Snapshot {
+        last.taken_at = now;
+        for (beat, last_seen) in self.published.beats.drain(..) {
+            last.set_beat(beat, last_seen);
+        }
+        let mut slots = std::mem::take(&mut self.published.views);
+        slots.sort_unstable();
+        slots.dedup();
+        for slot in slots {
+            let Some(id) = last.view(slot as usize).map(|v| v.id.clone()) else {
+                continue;
+            };
+            if let Some(a) = self.agents.get(&id) {
+                let checks = self.checks_of(&id, a);
+                last.set_view(slot as usize, self.view_of(&id, a, &checks));
+            }
+        }
+        last
+    }
+
+    /// The whole snapshot, every agent visited. With `place`, each agent
+    /// and check learns its position in it (which patches use).
+    fn build(&mut self, now: Timestamp, place: bool) -> Snapshot {
         let mut snap = Snapshot::with_capacity(now, self.agents.len());
         let mut per_source = vec![0usize; self.sources.len()];
-        for (id, a) in &self.agents {
-            // Its checks, looked up once (one or two in practice).
-            let checks: SmallVec<[(&SourceId, &Check); 2]> = a
-                .sources
-                .iter()
-                .filter_map(|source| Some((source, self.checks.get(&key_of(id, source))?)))
-                .collect();
-            let mut cached = a.view.borrow_mut();
-            let still = cached.as_ref().filter(|v| {
-                v.state == a.state
-                    && v.since == a.since
-                    && v.reason == a.reason
-                    && v.expected == a.expected
-                    && Arc::ptr_eq(&v.labels, &a.labels)
-                    && same_history(&v.history, &a.history)
-                    && v.checks.len() == checks.len()
-                    && v.checks
-                        .iter()
-                        .zip(&checks)
-                        .all(|(cv, (source, c))| self.check_view_is(cv, source, c))
-            });
-            let view = match still {
-                Some(v) => v.clone(),
-                None => {
-                    let v = Arc::new(AgentView {
-                        id: id.clone(),
-                        state: a.state,
-                        since: a.since,
-                        reason: a.reason.clone(),
-                        expected: a.expected,
-                        labels: a.labels.clone(),
-                        checks: checks
-                            .iter()
-                            .map(|(source, c)| self.check_view(source, c))
-                            .collect(),
-                        history: a.history.clone(),
-                    });
-                    *cached = Some(v.clone());
-                    v
-                }
-            };
+        let mut beat = 0u32;
+        let mut places: Vec<(CheckKey, u32)> = Vec::new();
+        for (slot, (id, a)) in self.agents.iter().enumerate() {
+            let checks = self.checks_of(id, a);
+            let view = self.view_of(id, a, &checks);
             for (source, _) in &checks {
                 if let Some(i) = self.sources.iter().position(|(s, _)| s == *source) {
                     per_source[i] += 1;
                 }
+                if place {
+                    places.push((key_of(id, source), beat));
+                }
+                beat = beat.saturating_add(1);
+            }
+            if place {
+                a.slot.set(u32::try_from(slot).unwrap_or(u32::MAX));
             }
             snap.push(view, checks.iter().map(|(_, c)| c.last_seen));
         }
-        let sources = self
-            .sources
+        for (key, beat) in places {
+            if let Some(c) = self.checks.get_mut(&key) {
+                c.beat = beat;
+            }
+        }
+        if place {
+            self.published.checks_per_source = per_source;
+        }
+        snap
+    }
+
+    /// Its checks, looked up once (one or two in practice).
+    fn checks_of<'a>(
+        &'a self,
+        id: &AgentId,
+        a: &'a Agent,
+    ) -> SmallVec<[(&'a SourceId, &'a Check); 2]> {
+        a.sources
             .iter()
-            .zip(per_source)
-            .map(|((id, s), checks)| SourceView {
+            .filter_map(|source| Some((source, self.checks.get(&key_of(id, source))?)))
+            .collect()
+    }
+
+    /// Its view: the one it had while still exact, else a new one.
+    fn view_of(&self, id: &AgentId, a: &Agent, checks: &[(&SourceId, &Check)]) -> Arc<AgentView> {
+        let mut cached = a.view.borrow_mut();
+        let still = cached.as_ref().filter(|v| {
+            v.state == a.state
+                && v.since == a.since
+                && v.reason == a.reason
+                && v.expected == a.expected
+                && Arc::ptr_eq(&v.labels, &a.labels)
+                && same_history(&v.history, &a.history)
+                && v.checks.len() == checks.len()
+                && v.checks
+                    .iter()
+                    .zip(checks)
+                    .all(|(cv, (source, c))| self.check_view_is(cv, source, c))
+        });
+        match still {
+            Some(v) => v.clone(),
+            None => {
+                let v = Arc::new(AgentView {
+                    id: id.clone(),
+                    state: a.state,
+                    since: a.since,
+                    reason: a.reason.clone(),
+                    expected: a.expected,
+                    labels: a.labels.clone(),
+                    checks: checks
+                        .iter()
+                        .map(|(source, c)| self.check_view(source, c))
+                        .collect(),
+                    history: a.history.clone(),
+                });
+                *cached = Some(v.clone());
+                v
+            }
+        }
+    }
+
+    fn source_views(&self) -> Vec<SourceView> {
+        self.sources
+            .iter()
+            .enumerate()
+            .map(|(i, (id, s))| SourceView {
                 name: id.clone(),
                 kind: s.type_name.clone(),
                 status: s.status,
@@ -69,11 +160,14 @@ impl Supervisor {
                 last_success: s.last_success,
                 last_scan_started: s.last_scan_started,
                 error: s.error.clone(),
-                checks,
+                checks: self
+                    .published
+                    .checks_per_source
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0),
             })
-            .collect();
-        snap.sources = sources;
-        snap
+            .collect()
     }
 }
 
