@@ -368,7 +368,6 @@ impl App {
             snapshot: snapshot_rx,
             metrics: metrics.clone(),
             liveness: liveness.clone(),
-            rendered: Default::default(),
             remedy: remedy_rx,
         };
         // Alerts stop with the core: after the sources, so the last snapshot

@@ -16,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
@@ -37,8 +38,6 @@ pub struct HttpState {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub metrics: Arc<Metrics>,
     pub liveness: Liveness,
-    /// `/metrics`' per-agent text, rendered once per snapshot.
-    pub rendered: Arc<crate::sinks::metrics::Rendered>,
     /// Remediation: an agent's open case and last report.
     pub remedy: watch::Receiver<Arc<RemedyView>>,
 }
@@ -137,35 +136,19 @@ fn open_to_all(path: &str) -> bool {
     matches!(path, "/metrics" | "/healthz" | "/readyz")
 }
 
-/// Text shared with the `/metrics` cache, as a body chunk.
-struct SharedText(Arc<String>);
-
-impl AsRef<[u8]> for SharedText {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
 fn latest(s: &HttpState) -> Arc<Snapshot> {
     s.snapshot.borrow().clone()
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
-    let snap = latest(&s);
-    let (registry, agents) = s.rendered.parts(&s.metrics, &snap);
-    drop(snap);
-    // Two chunks: the per-agent text is shared by every scrape of the same
-    // snapshot, so it is sent from where it is rather than copied.
-    let chunks = [Bytes::from(registry), Bytes::from_owner(SharedText(agents))];
-    let body = Body::from_stream(futures::stream::iter(
-        chunks.map(Ok::<_, std::convert::Infallible>),
-    ));
+    let body = crate::sinks::metrics::stream(&s.metrics, latest(&s))
+        .map(|part| Ok::<_, std::convert::Infallible>(Bytes::from(part)));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        body,
+        Body::from_stream(body),
     )
         .into_response()
 }
