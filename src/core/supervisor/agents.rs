@@ -18,7 +18,7 @@ impl Supervisor {
                 labels: resolved.labels,
                 expected: resolved.expected,
                 sources: SmallVec::new(),
-                view: RefCell::new(None),
+                view: ViewCache::default(),
                 history: None,
                 slot: Cell::new(u32::MAX),
             },

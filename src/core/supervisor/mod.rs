@@ -19,7 +19,7 @@
 //! - a `last_seen` too far in the future is counted and taken as "now" the
 //!   first time it is seen, so a skewed writer still goes stale.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -243,13 +243,24 @@ struct Agent {
     /// Its view in the last snapshot, handed out again while it is still
     /// what the agent and its checks say (see [`Supervisor::snapshot`]). A
     /// cache, filled while taking a snapshot (which only reads the state).
-    view: RefCell<Option<Arc<AgentView>>>,
+    view: ViewCache,
     /// Its last transitions, shared with its views: nothing until it
     /// changes state after its first verdict (see `refresh_agent`).
     history: Option<History>,
     /// Its position in the last snapshot (see [`Published`]); `u32::MAX`
     /// before it is in one.
     slot: Cell<u32>,
+}
+
+/// An agent's last view: a `Cell`, taken and put back (no borrow flag to
+/// pay for, as a `RefCell` would).
+#[derive(Default)]
+struct ViewCache(Cell<Option<Arc<AgentView>>>);
+
+impl std::fmt::Debug for ViewCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ViewCache")
+    }
 }
 
 impl Agent {

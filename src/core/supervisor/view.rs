@@ -112,8 +112,8 @@ impl Supervisor {
 
     /// Its view: the one it had while still exact, else a new one.
     fn view_of(&self, id: &AgentId, a: &Agent, checks: &[(&SourceId, &Check)]) -> Arc<AgentView> {
-        let mut cached = a.view.borrow_mut();
-        let still = cached.as_ref().filter(|v| {
+        let cached = a.view.0.take();
+        let still = cached.filter(|v| {
             v.state == a.state
                 && v.since == a.since
                 && v.reason == a.reason
@@ -126,26 +126,23 @@ impl Supervisor {
                     .zip(checks)
                     .all(|(cv, (source, c))| self.check_view_is(cv, source, c))
         });
-        match still {
-            Some(v) => v.clone(),
-            None => {
-                let v = Arc::new(AgentView {
-                    id: id.clone(),
-                    state: a.state,
-                    since: a.since,
-                    reason: a.reason.clone(),
-                    expected: a.expected,
-                    labels: a.labels.clone(),
-                    checks: checks
-                        .iter()
-                        .map(|(source, c)| self.check_view(source, c))
-                        .collect(),
-                    history: a.history.clone(),
-                });
-                *cached = Some(v.clone());
-                v
-            }
-        }
+        let view = still.unwrap_or_else(|| {
+            Arc::new(AgentView {
+                id: id.clone(),
+                state: a.state,
+                since: a.since,
+                reason: a.reason.clone(),
+                expected: a.expected,
+                labels: a.labels.clone(),
+                checks: checks
+                    .iter()
+                    .map(|(source, c)| self.check_view(source, c))
+                    .collect(),
+                history: a.history.clone(),
+            })
+        });
+        a.view.0.set(Some(view.clone()));
+        view
     }
 
     fn source_views(&self) -> Vec<SourceView> {
