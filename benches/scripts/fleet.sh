@@ -18,8 +18,11 @@
 # window. Then an agent `stopper` (stale_after 15s) beats once: `detect` is
 # how long after its deadline the API first shows it stale (polled every
 # 50 ms), `/metrics` and `stale API` the time curl takes for `GET /metrics`
-# and `GET /api/v1/agents?state=stale` (the slowest of three). AGENT_SUPERVISOR_BIN runs that binary instead of building one (to
-# compare two builds in one run). Set MALLOC_ARENA_MAX or other allocator settings in the
+# and `GET /api/v1/agents?state=stale` (the slowest of three).
+# AGENT_SUPERVISOR_BIN runs that binary instead of building one;
+# AGENT_SUPERVISOR_BIN_B runs a second binary side by side with it, on the
+# same datastore, writer and window (one row each, named by file name): an
+# A/B comparison under the same load. Set MALLOC_ARENA_MAX or other allocator settings in the
 # environment to measure them: the sidecar inherits it. WRAP runs the
 # sidecar under a profiler (`WRAP="heaptrack -o /tmp/hp"`); its figures are
 # then the profiler's, not the sidecar's. Everything runs on
@@ -148,8 +151,8 @@ stop_writer() {
   wait "$writer" 2>/dev/null || true
 }
 
-# The stopper beats once, now; prints how long after its deadline
-# (last_seen + 15 s) the API first says it is stale.
+# The stopper beats once, now; prints, for each sidecar (by its port), how
+# long after its deadline (last_seen + 15 s) its API first says it is stale.
 beat_once_and_time_detection() {
   local ts
   ts=$(date +%s.%N)
@@ -159,79 +162,95 @@ beat_once_and_time_detection() {
     zset) redis-cli -p "$rport" zadd agents:last_seen "$ts" stopper > /dev/null ;;
     postgres) psql -X -q -d "$pgurl" -c "insert into hb values ('stopper', -1, to_timestamp($ts))
       on conflict (agent_id) do update set last_seen = excluded.last_seen" ;;
-    push) curl -sf -o /dev/null -X POST "http://127.0.0.1:$aport/api/v1/heartbeats/stopper" ;;
+    push) curl -sf -o /dev/null -X POST "http://127.0.0.1:${aports[0]}/api/v1/heartbeats/stopper" ;;
   esac
-  python3 - "$port" "$ts" <<'PY'
+  python3 - "$ts" "${ports[@]}" <<'PY'
 import json, sys, time, urllib.request
-port, ts = int(sys.argv[1]), float(sys.argv[2])
+ts, ports = float(sys.argv[1]), [int(p) for p in sys.argv[2:]]
 deadline = ts + 15
-while time.time() < deadline + 60:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/agents/stopper", timeout=5) as r:
-            state = json.load(r)["agent"]["state"]
-    except OSError:
-        state = None  # not found by a scan yet
-    if state == "stale":
-        print(f"{time.time() - deadline:+.2f} s")
-        break
+found = {}
+while time.time() < deadline + 60 and len(found) < len(ports):
+    for port in ports:
+        if port in found:
+            continue
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/agents/stopper", timeout=5) as r:
+                state = json.load(r)["agent"]["state"]
+        except OSError:
+            state = None  # not found by a scan yet
+        if state == "stale":
+            found[port] = f"{time.time() - deadline:+.2f} s"
     time.sleep(0.05)
-else:
-    print("not stale")
+print(" ".join(found.get(p, "not-stale").replace(" ", "_") for p in ports))
 PY
 }
 
-idle_kb=
 printf '| layout | agents | RSS | (RSS - idle) / agent | peak | CPU (one core) | scan | detect | /metrics | stale API |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+bins=("$bin")
+if [[ -n ${AGENT_SUPERVISOR_BIN_B:-} ]]; then
+  [[ $layout != push ]] || { echo "AGENT_SUPERVISOR_BIN_B: not with push (one writer, one sidecar)" >&2; exit 64; }
+  bins+=("$AGENT_SUPERVISOR_BIN_B")
+fi
+idle_kbs=()
 for n in 0 "${sizes[@]}"; do
-  port=$(free_port)
-  aport=$(free_port)
+  ports=()
+  aports=()
+  sups=()
   [[ $layout == push ]] || start_writer "$n"
-  rm -rf "$work/state"
-  cat > "$work/config.yaml" <<YAML
-listen: 127.0.0.1:$port
-admin_listen: 127.0.0.1:$aport
+  for j in "${!bins[@]}"; do
+    ports+=("$(free_port)")
+    aports+=("$(free_port)")
+    rm -rf "$work/state$j"
+    cat > "$work/config$j.yaml" <<YAML
+listen: 127.0.0.1:${ports[j]}
+admin_listen: 127.0.0.1:${aports[j]}
 startup_grace: 5s
-state: {path: "$work/state"}
+state: {path: "$work/state$j"}
 defaults: {stale_after: 60s}
 agents: [{match: stopper, stale_after: 15s}]
 sources: [$source_yaml]
 YAML
-  # shellcheck disable=SC2086 # WRAP is a command line, split on purpose
-  AGENT_SUPERVISOR_LOG=warn ${WRAP:-} "$bin" run --config "$work/config.yaml" > "$work/sidecar.log" 2>&1 &
-  sup=$!
-  pids+=("$sup")
-  for _ in $(seq 300); do
-    curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && break
-    sleep 0.1
+    # shellcheck disable=SC2086 # WRAP is a command line, split on purpose
+    AGENT_SUPERVISOR_LOG=warn ${WRAP:-} "${bins[j]}" run --config "$work/config$j.yaml" > "$work/sidecar$j.log" 2>&1 &
+    sups+=($!)
+    pids+=($!)
   done
+  for port in "${ports[@]}"; do
+    for _ in $(seq 300); do
+      curl -sf "http://127.0.0.1:$port/readyz" > /dev/null && break
+      sleep 0.1
+    done
+  done
+  aport=${aports[0]}
   [[ $layout != push ]] || start_writer "$n"
   sleep "$warmup"
   scan() {
-    curl -sf "http://127.0.0.1:$port/metrics" |
+    curl -sf "http://127.0.0.1:$1/metrics" |
       awk '/^agent_supervisor_source_scan_duration_seconds_(sum|count)/ {print $2}' | paste -sd' '
   }
-  ticks() { awk '{print $14 + $15}' "/proc/$sup/stat"; }
-  s0=$(scan)
-  t0=$(ticks)
+  ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+  s0=() t0=() s1=() t1=()
+  for j in "${!bins[@]}"; do s0+=("$(scan "${ports[j]}")"); t0+=("$(ticks "${sups[j]}")"); done
   sleep "$window"
-  t1=$(ticks)
-  s1=$(scan)
-  rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$sup/status")
-  hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$sup/status")
-  seen=$(curl -sf "http://127.0.0.1:$port/api/v1/agents?limit=1" |
-    python3 -c 'import json,sys; c=json.load(sys.stdin)["counts"]; print(sum(c.values()), c.get("healthy", 0))')
-  detect=$(beat_once_and_time_detection)
+  for j in "${!bins[@]}"; do t1+=("$(ticks "${sups[j]}")"); s1+=("$(scan "${ports[j]}")"); done
+  read -r -a detects <<< "$(beat_once_and_time_detection)"
   slowest() {
-    for _ in 1 2 3; do curl -sf -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$port$1"; done |
+    for _ in 1 2 3; do curl -sf -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$1$2"; done |
       sort -n | tail -1
   }
-  metrics_s=$(slowest /metrics)
-  stale_s=$(slowest "/api/v1/agents?state=stale")
-  kill "$sup"
-  wait "$sup" 2>/dev/null || true
-  stop_writer
-  [[ -n $idle_kb ]] || idle_kb=$rss_kb
-  python3 - "$layout" "$n" "$rss_kb" "$hwm_kb" "$idle_kb" "$t0" "$t1" "$(getconf CLK_TCK)" "$window" "$s0" "$s1" "$seen" "$detect" "$metrics_s" "$stale_s" <<'PY'
+  for j in "${!bins[@]}"; do
+    sup=${sups[j]}
+    port=${ports[j]}
+    rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$sup/status")
+    hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$sup/status")
+    seen=$(curl -sf "http://127.0.0.1:$port/api/v1/agents?limit=1" |
+      python3 -c 'import json,sys; c=json.load(sys.stdin)["counts"]; print(sum(c.values()), c.get("healthy", 0))')
+    metrics_s=$(slowest "$port" /metrics)
+    stale_s=$(slowest "$port" "/api/v1/agents?state=stale")
+    [[ -n ${idle_kbs[j]:-} ]] || idle_kbs[j]=$rss_kb
+    name=$layout
+    ((${#bins[@]} == 1)) || name="$layout ($(basename "${bins[j]}"))"
+    python3 - "$name" "$n" "$rss_kb" "$hwm_kb" "${idle_kbs[j]}" "${t0[j]}" "${t1[j]}" "$(getconf CLK_TCK)" "$window" "${s0[j]}" "${s1[j]}" "$seen" "${detects[j]//_/ }" "$metrics_s" "$stale_s" <<'PY'
 import sys
 layout, n, rss, hwm, idle, t0, t1, hz, window, s0, s1, seen, detect, metrics_s, stale_s = sys.argv[1:]
 n, rss, hwm, idle = int(n), int(rss), int(hwm), int(idle)
@@ -245,5 +264,11 @@ ms = lambda s: f"{float(s) * 1e3:.0f} ms"
 print(f"| {layout} | {n}{note} | {rss / 1024:.1f} MiB | {per} | {hwm / 1024:.1f} MiB | {cpu:.2f} % | {scan} "
       f"| {detect} | {ms(metrics_s)} | {ms(stale_s)} |")
 PY
+  done
+  for sup in "${sups[@]}"; do
+    kill "$sup"
+    wait "$sup" 2>/dev/null || true
+  done
+  stop_writer
 done
 versions_line
