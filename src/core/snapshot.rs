@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::model::{AgentId, SourceFailure, SourceId, State, Status, Text, Timestamp};
 use super::policy::Labels;
+use super::timestamp::rfc3339::{self, Rfc3339};
 
 /// Agents are kept in chunks of this many (their views and their checks'
 /// heartbeats), each shared between snapshots until something in it
@@ -353,6 +354,7 @@ impl<'a> Entry<'a> {
 pub struct AgentView {
     pub id: AgentId,
     pub state: State,
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub since: Timestamp,
     /// Why the agent is in this state (the worst check's reason).
     pub reason: Text,
@@ -377,6 +379,7 @@ pub type History = Arc<Vec<Transition>>;
 /// One step of an agent's history: the state it entered, and when.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub at: Timestamp,
     pub state: State,
 }
@@ -440,6 +443,7 @@ impl AgentView {
 pub struct CheckView {
     pub source: SourceId,
     pub state: State,
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub since: Timestamp,
     pub reason: Text,
     pub threshold_seconds: f64,
@@ -469,7 +473,7 @@ impl Serialize for AgentAt<'_> {
         let mut st = serializer.serialize_struct("AgentView", 8)?;
         st.serialize_field("id", &v.id)?;
         st.serialize_field("state", &v.state)?;
-        st.serialize_field("since", &v.since)?;
+        st.serialize_field("since", &Rfc3339(v.since))?;
         st.serialize_field("reason", &v.reason)?;
         st.serialize_field("expected", &v.expected)?;
         st.serialize_field("labels", &v.labels)?;
@@ -491,6 +495,7 @@ impl Serialize for AgentAt<'_> {
 struct CheckAt<'a> {
     #[serde(flatten)]
     check: &'a CheckView,
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     last_seen: Option<Timestamp>,
     /// `taken_at - last_seen`, in seconds.
     age_seconds: Option<f64>,
@@ -503,8 +508,11 @@ pub struct SourceView {
     pub kind: String,
     /// `pending` until the first read, then `up` or `down`.
     pub status: SourceStatus,
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub since: Timestamp,
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub last_success: Option<Timestamp>,
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub last_scan_started: Option<Timestamp>,
     pub error: Option<SourceFailure>,
     pub checks: usize,
@@ -592,9 +600,12 @@ struct PersistedCheckRef<'a> {
     agent: &'a AgentId,
     source: &'a SourceId,
     state: State,
+    #[serde(serialize_with = "rfc3339::serialize")]
     since: Timestamp,
     reason: &'a Text,
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     last_seen: Option<Timestamp>,
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     raw_last_seen: Option<Timestamp>,
 }
 
@@ -603,6 +614,7 @@ struct PersistedCheckRef<'a> {
 struct PersistedAgentRef<'a> {
     agent: &'a AgentId,
     state: State,
+    #[serde(serialize_with = "rfc3339::serialize")]
     since: Timestamp,
     reason: &'a Text,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -621,10 +633,13 @@ pub struct PersistedCheck {
     pub agent: AgentId,
     pub source: SourceId,
     pub state: State,
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub since: Timestamp,
     #[serde(default)]
     pub reason: Text,
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub last_seen: Option<Timestamp>,
+    #[serde(serialize_with = "rfc3339::serialize_opt")]
     pub raw_last_seen: Option<Timestamp>,
 }
 
@@ -632,6 +647,7 @@ pub struct PersistedCheck {
 pub struct PersistedAgent {
     pub agent: AgentId,
     pub state: State,
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub since: Timestamp,
     #[serde(default)]
     pub reason: Text,

@@ -145,6 +145,95 @@ fn preview(s: &str) -> String {
     }
 }
 
+/// Timestamps serialized exactly as chrono's serde support writes them
+/// (RFC 3339 in UTC with `Z`, the fraction in 0, 3, 6 or 9 digits as
+/// needed), but written in one piece: a fleet's state file and the API's
+/// agent lists are mostly timestamps, and chrono's goes through the
+/// formatter a few characters at a time (a fifth of the sidecar's CPU at
+/// 10,000 agents, with the state file written every minute).
+pub mod rfc3339 {
+    use chrono::{Datelike, Timelike};
+    use serde::Serializer;
+
+    use super::Timestamp;
+
+    /// `t` as chrono writes it, or `None` for the years it writes with a
+    /// sign (before 0, after 9999).
+    pub fn write<'a>(t: &Timestamp, buf: &'a mut [u8; 30]) -> Option<&'a str> {
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            return None;
+        }
+        let (mut sec, mut nano) = (t.second(), t.nanosecond());
+        if nano >= 1_000_000_000 {
+            // A leap second.
+            sec += 1;
+            nano -= 1_000_000_000;
+        }
+        let digits = |buf: &mut [u8], mut v: u32| {
+            for d in buf.iter_mut().rev() {
+                *d = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        digits(&mut buf[0..4], year as u32);
+        buf[4] = b'-';
+        digits(&mut buf[5..7], t.month());
+        buf[7] = b'-';
+        digits(&mut buf[8..10], t.day());
+        buf[10] = b'T';
+        digits(&mut buf[11..13], t.hour());
+        buf[13] = b':';
+        digits(&mut buf[14..16], t.minute());
+        buf[16] = b':';
+        digits(&mut buf[17..19], sec);
+        let mut end = 19;
+        let (value, width) = if nano == 0 {
+            (0, 0)
+        } else if nano % 1_000_000 == 0 {
+            (nano / 1_000_000, 3)
+        } else if nano % 1_000 == 0 {
+            (nano / 1_000, 6)
+        } else {
+            (nano, 9)
+        };
+        if width > 0 {
+            buf[end] = b'.';
+            digits(&mut buf[end + 1..end + 1 + width], value);
+            end += 1 + width;
+        }
+        buf[end] = b'Z';
+        std::str::from_utf8(&buf[..=end]).ok()
+    }
+
+    /// For `#[serde(serialize_with)]`.
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0; 30];
+        match write(t, &mut buf) {
+            Some(text) => s.serialize_str(text),
+            None => serde::Serialize::serialize(t, s),
+        }
+    }
+
+    /// For `#[serde(serialize_with)]` on an `Option`.
+    pub fn serialize_opt<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&Rfc3339(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// A timestamp that serializes with [`serialize`].
+    #[derive(Clone, Copy, Debug)]
+    pub struct Rfc3339(pub Timestamp);
+
+    impl serde::Serialize for Rfc3339 {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            serialize(&self.0, s)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +344,57 @@ mod tests {
                 parse_text(&ms.to_string(), None).unwrap(),
                 Utc.timestamp_millis_opt(ms).unwrap()
             );
+        }
+    }
+
+    /// Written by hand, a timestamp is what chrono's serde support writes,
+    /// leap seconds, whole seconds and every fraction width included.
+    mod rfc3339_like_chrono {
+        use super::super::rfc3339::Rfc3339;
+        use chrono::{DateTime, NaiveDate, Utc};
+        use proptest::prelude::*;
+
+        fn both(t: DateTime<Utc>) -> (String, String) {
+            (
+                serde_json::to_string(&Rfc3339(t)).unwrap(),
+                serde_json::to_string(&t).unwrap(),
+            )
+        }
+
+        #[test]
+        fn edges() {
+            let day = NaiveDate::from_ymd_opt(2026, 12, 31).unwrap();
+            for (nano, sec) in [
+                (0, 59),
+                (5_000_000, 0),
+                (5_000, 1),
+                (5, 2),
+                (999_999_999, 59),
+                (1_500_000_000, 59),
+            ] {
+                let t = day.and_hms_nano_opt(23, 59, sec, nano).unwrap().and_utc();
+                let (ours, theirs) = both(t);
+                assert_eq!(ours, theirs);
+            }
+            for year in [0, 9999, -1, 10000] {
+                let t = NaiveDate::from_ymd_opt(year, 1, 2)
+                    .unwrap()
+                    .and_hms_opt(3, 4, 5)
+                    .unwrap()
+                    .and_utc();
+                let (ours, theirs) = both(t);
+                assert_eq!(ours, theirs);
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn any(secs in -62_000_000_000i64..300_000_000_000i64, nanos in 0u32..1_000_000_000u32, width in 0usize..4) {
+                let nanos = [0, nanos / 1_000_000 * 1_000_000, nanos / 1000 * 1000, nanos][width];
+                let t = DateTime::from_timestamp(secs, nanos).unwrap();
+                let (ours, theirs) = both(t);
+                prop_assert_eq!(ours, theirs);
+            }
         }
     }
 }

@@ -508,7 +508,11 @@ mod tests {
         let now = Utc::now();
         let agents = (0..300)
             .map(|i| {
-                let state = if i % 7 == 0 { State::Stale } else { State::Healthy };
+                let state = if i % 7 == 0 {
+                    State::Stale
+                } else {
+                    State::Healthy
+                };
                 agent(&format!("agent_{i:03}"), state)
             })
             .collect();
