@@ -3,7 +3,7 @@
 //! has seen and the clock offset of a datastore.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -123,24 +123,17 @@ pub fn is_tls_failure(text: &str) -> bool {
 /// The agent ids a scan has delivered, to leave out an entry met again (a
 /// Redis `SCAN` may return a key twice, a query two rows for one agent).
 ///
-/// Kept as 64-bit hashes (keyed per scan): 8 bytes an id and nothing
+/// Kept as 64-bit hashes (foldhash's quality variant, seeded per scan: the
+/// hash stands for the id, so it is the variant that mixes fully): 8 bytes an id and nothing
 /// allocated per id, where a set of the ids themselves kept every one alive
 /// until the scan ended. Two ids with one hash (about one chance in 10^7 in
 /// a scan of a million) leave the second out of that scan only; an agent a
 /// scan leaves out is confirmed by a point read when its deadline passes,
 /// as any agent missing from a scan is, and found by the next scan if new.
+#[derive(Default)]
 pub struct SeenIds {
-    keys: RandomState,
+    keys: foldhash::quality::RandomState,
     hashes: HashSet<u64, BuildHasherDefault<Prehashed>>,
-}
-
-impl Default for SeenIds {
-    fn default() -> Self {
-        Self {
-            keys: RandomState::new(),
-            hashes: HashSet::default(),
-        }
-    }
 }
 
 impl SeenIds {
