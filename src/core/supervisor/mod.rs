@@ -313,11 +313,12 @@ pub struct Supervisor {
 /// The last snapshot taken, and what changed since, so that the next one is
 /// the last one patched (see [`Supervisor::snapshot`]): a snapshot costs
 /// what changed, not the fleet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Published {
     last: Option<Snapshot>,
-    /// An agent or a check came or went: the next snapshot is built whole
-    /// (agents' positions moved).
+    /// An agent or a check came or went, or there is no last snapshot: the
+    /// next snapshot is built whole (agents' positions moved), and nothing
+    /// is recorded until then.
     reshaped: bool,
     /// Positions of the agents whose view may have changed (an agent's
     /// state, reason or history, or a check's state, reason or status).
@@ -326,6 +327,23 @@ struct Published {
     beats: Vec<(u32, Option<Timestamp>)>,
     /// Checks of each source (in config order) in the last snapshot.
     checks_per_source: Vec<usize>,
+    /// Past this many changes recorded, the next snapshot is built whole
+    /// instead (cheaper than patching every place, and the records stay
+    /// bounded however long no snapshot is taken).
+    most: usize,
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Published {
+            last: None,
+            reshaped: true,
+            views: Vec::new(),
+            beats: Vec::new(),
+            checks_per_source: Vec::new(),
+            most: 0,
+        }
+    }
 }
 
 impl Published {
@@ -333,6 +351,9 @@ impl Published {
     fn view_changed(&mut self, slot: u32) {
         if !self.reshaped && slot != u32::MAX {
             self.views.push(slot);
+            if self.views.len() > self.most {
+                self.reshape();
+            }
         }
     }
 
@@ -340,6 +361,9 @@ impl Published {
     fn beat_changed(&mut self, beat: u32, last_seen: Option<Timestamp>) {
         if !self.reshaped && beat != u32::MAX {
             self.beats.push((beat, last_seen));
+            if self.beats.len() > self.most {
+                self.reshape();
+            }
         }
     }
 

@@ -1434,3 +1434,33 @@ fn a_snapshot_shares_the_chunks_where_nothing_changed() {
     assert_eq!(same_views, 5001);
     assert_eq!(second.shared_chunks(&first), (5, 4));
 }
+
+#[test]
+fn changes_recorded_for_the_next_snapshot_stay_bounded_without_one() {
+    let mut s = sup();
+    // Nothing is recorded before the first snapshot.
+    for i in 0..3000 {
+        scan(
+            &mut s,
+            at(0.0),
+            at(0.0),
+            vec![hb("a", at(f64::from(i) * 0.001))],
+        );
+    }
+    assert!(s.published.beats.is_empty());
+    let _ = s.snapshot(at(3.0));
+    // Then at most `most` (here the floor, 1024): past it the next
+    // snapshot is built whole, and right.
+    for i in 0..3000 {
+        scan(
+            &mut s,
+            at(3.0),
+            at(3.0),
+            vec![hb("a", at(3.0 + f64::from(i) * 0.001))],
+        );
+        assert!(s.published.beats.len() <= s.published.most);
+    }
+    assert!(s.published.reshaped);
+    let snap = s.snapshot(at(6.0));
+    assert_eq!(snap.agent("a").unwrap().last_seen(0), Some(at(3.0 + 2.999)));
+}

@@ -94,6 +94,8 @@ impl Supervisor {
         }
         if place {
             self.published.checks_per_source = per_source;
+            // Twice the fleet: a scan's worth of heartbeats and then some.
+            self.published.most = 2 * (beat as usize).max(self.agents.len()).max(512);
         }
         snap
     }
