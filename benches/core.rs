@@ -3,6 +3,9 @@
 //! a scan runs), against the baseline of the same run: a snapshot taken
 //! when nothing changed.
 //!
+//! Also a snapshot built whole, after a new agent came (as while a first
+//! scan discovers the fleet).
+//!
 //! Run: `cargo bench --bench core` (`CORE_AGENTS=1000000` for a million).
 
 use std::hint::black_box;
@@ -119,6 +122,23 @@ fn bench(c: &mut Criterion) {
                 }
                 let begun = Instant::now();
                 black_box(sup.snapshot(t));
+                spent += begun.elapsed();
+            }
+            spent
+        })
+    });
+    // A new agent: the snapshot after it is built whole (agents' places
+    // moved), as while a first scan discovers the fleet.
+    let mut new_agents = 0usize;
+    g.bench_function("snapshot after a new agent", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                new_agents += 1;
+                let id = AgentId::new(format!("new_{new_agents:07}").as_str());
+                sup.observe(page(&source, &[id], t0, t0), t0);
+                let begun = Instant::now();
+                black_box(sup.snapshot(t0));
                 spent += begun.elapsed();
             }
             spent

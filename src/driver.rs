@@ -14,7 +14,8 @@
 //!   that does not fit is dropped and counted, and the core asks again after
 //!   `confirm_timeout`;
 //! - snapshots out: a `watch` (latest wins), published within 100 ms of a
-//!   state transition and otherwise at most once a second; the alert engine
+//!   state transition and otherwise at most once a second, and spaced so
+//!   that taking them is at most a fifth of the core's time; the alert engine
 //!   follows them (level-triggered, so nothing it needs can be dropped);
 //! - state to the store: a `watch` (latest wins), at most once per
 //!   `state.flush_interval`, and once more at shutdown. It carries a
@@ -60,6 +61,12 @@ const PERSIST_DATA_EVERY: Duration = Duration::from_secs(60);
 /// After a transition, a snapshot follows within this (bounding the cost of
 /// rebuilding it during a storm of transitions in a large fleet).
 const SNAPSHOT_AFTER_TRANSITION: Duration = Duration::from_millis(100);
+/// A snapshot is taken at most once per this many times what the last one
+/// cost: a snapshot built whole (agents still being discovered: the first
+/// scan of a million takes a second or more each time) never takes more
+/// than a fifth of the core from the scan. Patched snapshots cost
+/// milliseconds, so this leaves their timing alone.
+const SNAPSHOT_COST_SHARE: u32 = 5;
 
 /// What the core hands the state writer: the state to save, taken out by
 /// the writer (so nothing holds it once written).
@@ -105,6 +112,9 @@ impl Driver {
         self.liveness.register("core", Duration::from_secs(10));
         let mut snapshot_due: Option<Instant> = None;
         let mut last_snapshot = Instant::now();
+        // What the last snapshot took, and the earliest the next may be
+        // taken given that (see SNAPSHOT_COST_SHARE).
+        let mut not_before = Instant::now();
         let mut persist_due: Option<Instant> = None;
         let mut last_persist = instant_before(Instant::now(), self.persist_every);
         self.publish(&mut last_snapshot);
@@ -153,11 +163,13 @@ impl Driver {
                 None
             };
             if let Some(wait) = wait {
-                let at = last_snapshot + wait;
+                let at = (last_snapshot + wait).max(not_before);
                 snapshot_due = Some(snapshot_due.map_or(at, |d| d.min(at)));
             }
             if snapshot_due.is_some_and(|d| d <= Instant::now()) {
+                let begun = Instant::now();
                 self.publish(&mut last_snapshot);
+                not_before = last_snapshot + (last_snapshot - begun) * (SNAPSHOT_COST_SHARE - 1);
                 snapshot_due = None;
             }
             // State changes are saved within `persist_every`; mere heartbeat

@@ -619,6 +619,8 @@ async fn prometheus_fires_agent_stale_and_every_dashboard_query_returns_data() {
         r#"
 startup_grace: 1s
 receivers: [{{name: hook, type: webhook, url: "{hook_url}"}}]
+# Never called: its zero series feed the remediation panels.
+actions: [{{name: agent_status, method: GET, url: "{hook_url}status/{{agent}}"}}]
 routing: {{group_wait: 0s, group_interval: 1s, receivers: [hook]}}
 sources:
   - {{name: redis, type: redis, url: "{url}", interval: 500ms, timeout: 1s,

@@ -114,7 +114,7 @@ impl Supervisor {
             }
         }
         if c.last_seen != last_seen_was {
-            self.published.beat_changed(c.beat, c.last_seen);
+            self.published.beat_changed(c.beat.get(), c.last_seen);
         }
         let status_changed = c.status != status_was;
         self.data = true;

@@ -131,7 +131,8 @@ struct Check {
     observed_at: Timestamp,
     /// Its position among all checks of the last snapshot (see
     /// [`Published`]); `u32::MAX` before it is in one.
-    beat: u32,
+    /// (A `Cell`: set while a snapshot is built from shared references.)
+    beat: Cell<u32>,
 }
 
 impl Check {
@@ -150,7 +151,7 @@ impl Check {
             queued: None,
             seen_gen: u32::MAX,
             observed_at: now,
-            beat: u32::MAX,
+            beat: Cell::new(u32::MAX),
         }
     }
 

@@ -65,8 +65,8 @@ impl Supervisor {
         let mut raw_last_seen: Vec<(u32, Option<Timestamp>)> = self
             .checks
             .values()
-            .filter(|c| c.raw_last_seen != c.last_seen && c.beat != u32::MAX)
-            .map(|c| (c.beat, c.raw_last_seen))
+            .filter(|c| c.raw_last_seen != c.last_seen && c.beat.get() != u32::MAX)
+            .map(|c| (c.beat.get(), c.raw_last_seen))
             .collect();
         raw_last_seen.sort_unstable_by_key(|(beat, _)| *beat);
         PersistView {

@@ -69,16 +69,15 @@ impl Supervisor {
         let mut snap = Snapshot::with_capacity(now, self.agents.len());
         let mut per_source = vec![0usize; self.sources.len()];
         let mut beat = 0u32;
-        let mut places: Vec<(CheckKey, u32)> = Vec::new();
         for (slot, (id, a)) in self.agents.iter().enumerate() {
             let checks = self.checks_of(id, a);
             let view = self.view_of(id, a, &checks);
-            for (source, _) in &checks {
+            for (source, c) in &checks {
                 if let Some(i) = self.sources.iter().position(|(s, _)| s == *source) {
                     per_source[i] += 1;
                 }
                 if place {
-                    places.push((key_of(id, source), beat));
+                    c.beat.set(beat);
                 }
                 beat = beat.saturating_add(1);
             }
@@ -86,11 +85,6 @@ impl Supervisor {
                 a.slot.set(u32::try_from(slot).unwrap_or(u32::MAX));
             }
             snap.push(view, checks.iter().map(|(_, c)| c.last_seen));
-        }
-        for (key, beat) in places {
-            if let Some(c) = self.checks.get_mut(&key) {
-                c.beat = beat;
-            }
         }
         if place {
             self.published.checks_per_source = per_source;
