@@ -51,6 +51,9 @@ pub struct Snapshot {
     n_beats: u32,
     /// Agents in each state, in [`State::ALL`] order.
     counts: [usize; 5],
+    /// The same for each chunk: a look for the agents in one state (the
+    /// stale ones of a million) skips the chunks that have none.
+    chunk_counts: Vec<[u32; 5]>,
     /// In config order.
     pub sources: Vec<SourceView>,
 }
@@ -66,6 +69,7 @@ impl Snapshot {
             chunk_first_beat: Arc::default(),
             n_beats: 0,
             counts: [0; 5],
+            chunk_counts: Vec::new(),
             sources: Vec::new(),
         }
     }
@@ -114,6 +118,7 @@ impl Snapshot {
             self.views.push(Arc::new(Vec::with_capacity(CHUNK)));
             self.beats.push(Arc::new(Vec::with_capacity(CHUNK)));
             Arc::make_mut(&mut self.chunk_first_beat).push(self.n_beats);
+            self.chunk_counts.push([0; 5]);
         }
         Arc::make_mut(&mut self.first_beat).push(self.n_beats);
         let n = view.checks.len();
@@ -124,6 +129,9 @@ impl Snapshot {
             .n_beats
             .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
         self.counts[state_index(view.state)] += 1;
+        if let Some(c) = self.chunk_counts.last_mut() {
+            c[state_index(view.state)] += 1;
+        }
         if let Some(chunk) = self.views.last_mut() {
             Arc::make_mut(chunk).push(view);
         }
@@ -146,6 +154,10 @@ impl Snapshot {
         debug_assert!(old.id == view.id && old.checks.len() == view.checks.len());
         self.counts[state_index(old.state)] -= 1;
         self.counts[state_index(view.state)] += 1;
+        if let Some(c) = self.chunk_counts.get_mut(i / CHUNK) {
+            c[state_index(old.state)] -= 1;
+            c[state_index(view.state)] += 1;
+        }
         if let Some(slot) = Arc::make_mut(chunk).get_mut(i % CHUNK) {
             *slot = view;
         }
@@ -226,6 +238,23 @@ impl Snapshot {
         Iter::new(self, Snapshot::view)
     }
 
+    /// The agents in `state` from the `from`-th on, by id, each with its
+    /// index: chunks without one are skipped, so finding the few stale
+    /// agents of a large fleet costs little.
+    pub fn in_state(&self, state: State, from: usize) -> impl Iterator<Item = (usize, Entry<'_>)> {
+        let s = state_index(state);
+        self.chunk_counts
+            .iter()
+            .enumerate()
+            .skip(from / CHUNK)
+            .filter(move |(_, c)| c[s] > 0)
+            .flat_map(move |(k, _)| {
+                let first = (k * CHUNK).max(from);
+                (first..((k + 1) * CHUNK).min(self.len))
+                    .filter_map(move |i| self.get(i).filter(|e| e.state == state).map(|e| (i, e)))
+            })
+    }
+
     /// Index of the first agent whose id sorts after `id`.
     pub fn after(&self, id: &str) -> usize {
         self.partition_point(|a| a.id.as_str() <= id)
@@ -295,6 +324,11 @@ impl<T> Iterator for Iter<'_, T> {
     fn size_hint(&self) -> (usize, Option<usize>) {
         let n = self.back - self.front;
         (n, Some(n))
+    }
+
+    fn nth(&mut self, n: usize) -> Option<T> {
+        self.front = self.front.saturating_add(n).min(self.back);
+        self.next()
     }
 }
 

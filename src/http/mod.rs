@@ -25,7 +25,7 @@ use crate::actions::api::{self as actions_api, ActionsApi};
 use crate::alerts::api::{self as alerts_api, AlertsApi};
 use crate::auth;
 use crate::core::remedy::RemedyView;
-use crate::core::snapshot::AgentAt;
+use crate::core::snapshot::{AgentAt, Entry};
 use crate::core::{Snapshot, State as AgentState};
 use crate::liveness::Liveness;
 use crate::sources::push::{self, PushState};
@@ -193,10 +193,11 @@ async fn agents(State(s): State<HttpState>, Query(q): Query<AgentsQuery>) -> Res
     let snap = latest(&s);
     let limit = q.limit.unwrap_or(PAGE_MAX).clamp(1, PAGE_MAX);
     let start = q.after.as_deref().map_or(0, |after| snap.after(after));
-    let mut matching = snap
-        .iter()
-        .skip(start)
-        .filter(|a| q.state.is_none_or(|st| a.state == st));
+    let mut matching: Box<dyn Iterator<Item = Entry<'_>>> = match q.state {
+        // Only the chunks of the snapshot holding an agent in that state.
+        Some(st) => Box::new(snap.in_state(st, start).map(|(_, e)| e)),
+        None => Box::new(snap.iter().skip(start)),
+    };
     let list: Vec<AgentAt<'_>> = matching
         .by_ref()
         .take(limit)

@@ -352,7 +352,10 @@ impl<S: std::ops::Deref<Target = Snapshot>> AgentText<S> {
 /// The `max` agents rendered when there are more, by index, in order:
 /// configured or polled agents before agents only pushes created (anyone
 /// who may push must not crowd real agents out), the ones not healthy
-/// first within each.
+/// first within each. The agents not healthy are found by the snapshot's
+/// chunks that hold some, and healthy ones are taken from the start until
+/// there is room for no more: a scrape of a large fleet visits about `max`
+/// agents, not the fleet.
 fn choose(snap: &Snapshot, max: usize) -> Vec<usize> {
     let push: Vec<&str> = snap
         .sources
@@ -365,18 +368,26 @@ fn choose(snap: &Snapshot, max: usize) -> Vec<usize> {
             && !a.checks.is_empty()
             && a.checks.iter().all(|c| push.contains(&c.source.as_str()))
     };
+    let not_healthy: Vec<State> = State::ALL
+        .into_iter()
+        .filter(|s| *s != State::Healthy)
+        .collect();
     let mut idx: Vec<usize> = Vec::with_capacity(max);
     for (pushed, healthy) in [(false, false), (false, true), (true, false), (true, true)] {
-        let room = max - idx.len();
-        idx.extend(
-            (0..snap.len())
-                .filter(|&i| {
-                    snap.view(i).is_some_and(|a| {
-                        pushed_only(a) == pushed && (a.state == State::Healthy) == healthy
-                    })
-                })
-                .take(room),
-        );
+        let states: &[State] = if healthy {
+            &[State::Healthy]
+        } else {
+            &not_healthy
+        };
+        for &state in states {
+            let room = max - idx.len();
+            idx.extend(
+                snap.in_state(state, 0)
+                    .filter(|(_, a)| pushed_only(a) == pushed)
+                    .map(|(i, _)| i)
+                    .take(room),
+            );
+        }
     }
     idx.sort_unstable();
     idx

@@ -1464,3 +1464,47 @@ fn changes_recorded_for_the_next_snapshot_stay_bounded_without_one() {
     let snap = s.snapshot(at(6.0));
     assert_eq!(snap.agent("a").unwrap().last_seen(0), Some(at(3.0 + 2.999)));
 }
+
+#[test]
+fn agents_in_one_state_are_found_by_their_chunks_from_any_start() {
+    let mut s = sup();
+    let agents: Vec<String> = (0..3000).map(|i| format!("agent_{i:05}")).collect();
+    scan(
+        &mut s,
+        at(0.0),
+        at(0.0),
+        agents.iter().map(|a| hb(a, at(0.0))).collect(),
+    );
+    let _ = s.snapshot(at(0.0));
+    // Three agents stop, in three chunks; the others beat on.
+    let stopped = ["agent_00005", "agent_01500", "agent_02999"];
+    let beating = agents
+        .iter()
+        .filter(|a| !stopped.contains(&a.as_str()))
+        .map(|a| hb(a, at(9.0)))
+        .collect();
+    scan(&mut s, at(9.0), at(9.0), beating);
+    s.tick(at(10.5));
+    confirm(
+        &mut s,
+        at(10.5),
+        stopped.iter().map(|a| hb(a, at(0.0))).collect(),
+    );
+    let snap = s.snapshot(at(10.5));
+    let all: Vec<(usize, String)> = snap
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.state == State::Stale)
+        .map(|(i, e)| (i, e.id.to_string()))
+        .collect();
+    assert_eq!(all.len(), 3, "{all:?}");
+    for from in [0, 5, 6, 1024, 1500, 1501, 2999, 3000, 5000] {
+        let found: Vec<(usize, String)> = snap
+            .in_state(State::Stale, from)
+            .map(|(i, e)| (i, e.id.to_string()))
+            .collect();
+        let want: Vec<(usize, String)> = all.iter().filter(|(i, _)| *i >= from).cloned().collect();
+        assert_eq!(found, want, "from {from}");
+    }
+    assert_eq!(snap.in_state(State::Healthy, 0).count(), 2997);
+}
