@@ -68,6 +68,12 @@ const SNAPSHOT_AFTER_TRANSITION: Duration = Duration::from_millis(100);
 /// milliseconds, so this leaves their timing alone.
 const SNAPSHOT_COST_SHARE: u32 = 5;
 
+/// The earliest the next snapshot may be taken, after one begun at `begun`
+/// and done at `done` (see [`SNAPSHOT_COST_SHARE`]).
+fn spaced(begun: Instant, done: Instant) -> Instant {
+    done + (done - begun) * (SNAPSHOT_COST_SHARE - 1)
+}
+
 /// What the core hands the state writer: the state to save, taken out by
 /// the writer (so nothing holds it once written).
 pub type StateHandoff = Arc<std::sync::Mutex<Option<PersistView>>>;
@@ -169,7 +175,7 @@ impl Driver {
             if snapshot_due.is_some_and(|d| d <= Instant::now()) {
                 let begun = Instant::now();
                 self.publish(&mut last_snapshot);
-                not_before = last_snapshot + (last_snapshot - begun) * (SNAPSHOT_COST_SHARE - 1);
+                not_before = spaced(begun, last_snapshot);
                 snapshot_due = None;
             }
             // State changes are saved within `persist_every`; mere heartbeat
@@ -189,7 +195,9 @@ impl Driver {
             if persist_due.is_some_and(|d| d <= Instant::now()) {
                 // Saved from a snapshot taken now (published too): the
                 // state file is a view over it, not a second copy.
+                let begun = Instant::now();
                 let snap = self.publish(&mut last_snapshot);
+                not_before = spaced(begun, last_snapshot);
                 snapshot_due = None;
                 self.persist(snap);
                 last_persist = Instant::now();

@@ -251,7 +251,8 @@ impl Snapshot {
             .flat_map(move |(k, _)| {
                 let first = (k * CHUNK).max(from);
                 (first..((k + 1) * CHUNK).min(self.len))
-                    .filter_map(move |i| self.get(i).filter(|e| e.state == state).map(|e| (i, e)))
+                    .filter(move |&i| self.view(i).is_some_and(|v| v.state == state))
+                    .filter_map(move |i| self.get(i).map(|e| (i, e)))
             })
     }
 
@@ -282,12 +283,7 @@ impl Snapshot {
 
     /// Number of agents in each state, in [`State::ALL`] order.
     pub fn counts(&self) -> [(State, usize); 5] {
-        let mut i = 0;
-        State::ALL.map(|s| {
-            let n = (s, self.counts[i]);
-            i += 1;
-            n
-        })
+        std::array::from_fn(|i| (State::ALL[i], self.counts[i]))
     }
 }
 
@@ -346,7 +342,13 @@ impl<T> ExactSizeIterator for Iter<'_, T> {}
 
 /// Position of `state` in [`State::ALL`].
 fn state_index(state: State) -> usize {
-    State::ALL.iter().position(|s| *s == state).unwrap_or(0)
+    match state {
+        State::Healthy => 0,
+        State::Stale => 1,
+        State::Failing => 2,
+        State::Missing => 3,
+        State::Unknown => 4,
+    }
 }
 
 /// One agent of a snapshot: its view and its checks' last heartbeats.
@@ -689,4 +691,16 @@ pub struct PersistedAgent {
     /// and for agents that never changed state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Transition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_index_is_the_position_in_all() {
+        for (i, s) in State::ALL.into_iter().enumerate() {
+            assert_eq!(state_index(s), i, "{s:?}");
+        }
+    }
 }

@@ -40,7 +40,9 @@ impl Supervisor {
             c.seen_gen = g;
         }
         c.confirming = None;
-        let (last_seen_was, status_was) = (c.last_seen, c.status.clone());
+        let last_seen_was = c.last_seen;
+        // Compared where a reading sets it, not cloned up front.
+        let mut status_changed = false;
         match reading {
             Reading::Heartbeat {
                 last_seen, status, ..
@@ -48,6 +50,7 @@ impl Supervisor {
                 c.observed_at = now;
                 c.absent = false;
                 c.read_again(now);
+                status_changed = c.status != status;
                 c.status = status;
                 let effective = if last_seen > plus(now, skew) {
                     if c.raw_last_seen == Some(last_seen) {
@@ -81,7 +84,9 @@ impl Supervisor {
                 c.observed_at = now;
                 c.absent = false;
                 c.read_again(now);
-                c.status = Some(status);
+                let status = Some(status);
+                status_changed = c.status != status;
+                c.status = status;
             }
             Reading::Absent { .. } => {
                 c.absent = true;
@@ -116,7 +121,6 @@ impl Supervisor {
         if c.last_seen != last_seen_was {
             self.published.beat_changed(c.beat.get(), c.last_seen);
         }
-        let status_changed = c.status != status_was;
         self.data = true;
         if status_changed {
             // Shown in the agent's view (the state it may imply is
