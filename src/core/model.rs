@@ -430,7 +430,8 @@ pub enum Event {
         from: Option<State>,
         to: State,
         at: Timestamp,
-        reason: String,
+        /// Shared with the agent's view: no copy per transition.
+        reason: Text,
     },
     /// A check's state changed.
     CheckChanged {
@@ -438,7 +439,7 @@ pub enum Event {
         from: Option<State>,
         to: State,
         at: Timestamp,
-        reason: String,
+        reason: Text,
     },
     /// A source went up or down.
     SourceChanged {

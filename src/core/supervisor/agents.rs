@@ -81,7 +81,7 @@ impl Supervisor {
                 from: Some(from),
                 to: state,
                 at: now,
-                reason: reason.to_string(),
+                reason,
             });
         }
     }

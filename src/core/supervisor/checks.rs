@@ -349,7 +349,7 @@ impl Supervisor {
             from: Some(from),
             to: state,
             at: now,
-            reason: reason.to_string(),
+            reason,
         });
         self.refresh_agent(&key.agent, now);
         self.track_recheck(key, state, now);
