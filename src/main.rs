@@ -101,7 +101,7 @@ fn main() -> ExitCode {
     // failpoints out and never read the variable.
     let _failpoints = fail::has_failpoints().then(fail::FailScenario::setup);
     if let Some(Command::Schema) = cli.command {
-        print!("{}", config::schema::json_schema());
+        print!("{}", config::schema::JSON_SCHEMA);
         return ExitCode::SUCCESS;
     }
     let command = cli.command.unwrap_or(Command::Run);

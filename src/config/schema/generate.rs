@@ -1,6 +1,5 @@
-//! The JSON Schema of `config.yaml`, for editors (completion, hover, checks
-//! as you type) and CI: `agent-supervisor schema` prints it, and the
-//! repository keeps a copy in `config.schema.json`.
+//! The schema generated from mirror types of what the loader reads (test
+//! builds only).
 //!
 //! The loader reads the YAML with its own walker so that it can collect
 //! every problem at once; the types here mirror what it reads, key by key,
@@ -19,7 +18,7 @@ use std::collections::BTreeMap;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 
 /// The JSON Schema of `config.yaml`, pretty-printed, ending with a newline.
-pub fn json_schema() -> String {
+pub(super) fn json_schema() -> String {
     let schema = schemars::schema_for!(ConfigFile);
     let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
     text.push('\n');
@@ -818,6 +817,3 @@ struct Delivery {
     #[schemars(schema_with = "int_max_pending")]
     max_pending: Option<u64>,
 }
-
-#[cfg(test)]
-mod tests;
