@@ -160,7 +160,9 @@ fn block_on(command: impl Future<Output = ExitCode>) -> ExitCode {
         .enable_all()
         .build()
     {
-        Ok(runtime) => runtime.block_on(command),
+        // Boxed: the whole sidecar's future would otherwise live (and be
+        // moved) on the main thread's stack, whose pages stay resident.
+        Ok(runtime) => runtime.block_on(Box::pin(command)),
         Err(e) => {
             eprintln!("agent-supervisor: cannot start the runtime: {e}");
             ExitCode::FAILURE

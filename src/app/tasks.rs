@@ -126,7 +126,14 @@ impl Tasks {
         }
     }
 
+    // Boxed first and not inlined: a task's future (the alert engine's and
+    // the HA lease's are over 20 KiB) was moved several times on the way
+    // into tokio's task cell, and with a dozen call sites inlined into
+    // `App::run` those copies made its stack frame 270 KiB, pages the main
+    // thread then keeps resident.
+    #[inline(never)]
     pub(super) fn spawn(&mut self, name: String, task: impl Future<Output = ()> + Send + 'static) {
+        let task = Box::pin(task);
         let guard = ExitGuard {
             name: name.clone(),
             cancel: self.cancel.clone(),
