@@ -463,6 +463,9 @@ fn dockerfile_matches_the_documented_paths_and_user() {
         "USER 65532:65532",
         "EXPOSE 9464",
         "ENTRYPOINT [\"/usr/local/bin/agent-supervisor\"]",
+        // What the build reads outside src/: the schema the binary prints
+        // (include_str!).
+        "COPY config.schema.json ./",
     ] {
         assert!(d.contains(want), "Dockerfile lacks {want:?}");
     }
