@@ -15,7 +15,7 @@ WORKDIR /build
 
 # 1. Dependencies: the manifests, the bench sources Cargo.toml names, and a
 #    dummy lib/main.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY benches ./benches
 RUN mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \

@@ -463,8 +463,9 @@ fn dockerfile_matches_the_documented_paths_and_user() {
         "USER 65532:65532",
         "EXPOSE 9464",
         "ENTRYPOINT [\"/usr/local/bin/agent-supervisor\"]",
-        // What the build reads outside src/: the schema the binary prints
-        // (include_str!).
+        // What the build reads outside src/: the build script and the
+        // schema the binary prints (include_str!).
+        "COPY Cargo.toml Cargo.lock build.rs ./",
         "COPY config.schema.json ./",
     ] {
         assert!(d.contains(want), "Dockerfile lacks {want:?}");
