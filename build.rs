@@ -10,7 +10,7 @@ fn main() {
         // position-independent binary's relocation table shrinks from about
         // 300 KiB to 4 KiB, and with it what the loader reads at start and
         // keeps resident: about 0.4 MiB of an idle sidecar's RSS
-        // (benches/scripts/fleet.sh).
+        // (docs/benchmarks.md, "A smaller resident sidecar").
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
 }
