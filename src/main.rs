@@ -208,6 +208,23 @@ mod math {
             assert_eq!(super::log10(1.0), 0.0);
             assert_eq!(super::log10(0.0), f64::NEG_INFINITY);
         }
+
+        /// What redis-protocol computes with it: a length's decimal digits,
+        /// `floor(log10(n)) + 1`, right on both sides of every power of ten
+        /// up to a terabyte (a Redis value is at most 512 MB). At 10^15 - 1
+        /// the formula itself fails, with any correctly rounded log10: its
+        /// log10 rounds to 15.0.
+        #[test]
+        fn log10_counts_the_digits_of_every_length() {
+            let mut p: u64 = 1;
+            for _ in 1..=12 {
+                for n in [p, p + 1, p * 10 - 1] {
+                    let counted = super::log10(n as f64).floor() as usize + 1;
+                    assert_eq!(counted, n.to_string().len(), "{n}");
+                }
+                p *= 10;
+            }
+        }
     }
 }
 
