@@ -107,6 +107,12 @@ pub fn metrics_text(data: &[u8]) -> Option<(String, Vec<String>)> {
     Some((out, seen.into_iter().map(str::to_string).collect()))
 }
 
+/// PostgreSQL's binary `COPY` data, as a scan reads it, and every value
+/// decoder on each row.
+pub fn copy_data(data: &[u8]) {
+    crate::sources::postgres::fuzz_copy_data(data);
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -132,7 +138,7 @@ mod tests {
     fn committed_fuzz_corpora_replay_without_a_panic() {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         type Target = fn(&[u8]);
-        let targets: [(&str, Target); 7] = [
+        let targets: [(&str, Target); 8] = [
             ("timestamp", super::timestamp),
             ("config", super::config),
             ("state_files", super::state_files),
@@ -140,6 +146,7 @@ mod tests {
             ("health_body", super::health_body),
             ("silence", super::silence),
             ("metrics_text", metrics_text_parses),
+            ("copy_data", super::copy_data),
         ];
         for (name, target) in targets {
             let dir = root.join(name);

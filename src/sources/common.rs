@@ -137,6 +137,19 @@ pub struct SeenIds {
 }
 
 impl SeenIds {
+    /// A set with room for `n` ids (the last scan's count) without growing.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            keys: foldhash::quality::RandomState::default(),
+            hashes: HashSet::with_capacity_and_hasher(n, BuildHasherDefault::default()),
+        }
+    }
+
+    /// How many ids were seen.
+    pub fn count(&self) -> usize {
+        self.hashes.len()
+    }
+
     /// True the first time `id` is offered in this scan.
     pub fn first_time(&mut self, id: &str) -> bool {
         self.hashes.insert(self.keys.hash_one(id))

@@ -110,6 +110,13 @@ async fn database(test: &str) -> String {
     shared_postgres().create_database(test).await
 }
 
+/// A database of its own with `sql` run in it.
+async fn database_with(test: &str, sql: &str) -> String {
+    let url = database(test).await;
+    exec(&url, sql).await;
+    url
+}
+
 /// A time with whole microseconds (what PostgreSQL stores).
 fn base_time() -> Timestamp {
     DateTime::parse_from_rfc3339("2026-11-27T21:00:00.123456Z")
@@ -323,6 +330,41 @@ async fn infinite_and_far_off_timestamps_are_unreadable_not_a_panic() {
             assert_invalid(by.get("inf"), "'infinity'", "inf");
             assert_invalid(by.get("neg"), "'-infinity'", "neg");
             assert_invalid(by.get("far"), "out of range", "far");
+        }
+    }
+}
+
+#[tokio::test]
+async fn table_pages_resume_after_ids_with_quotes_and_backslashes() {
+    let url = database_with(
+        "pg_keyset",
+        r#"CREATE TABLE hb (agent_id text PRIMARY KEY, last_seen timestamptz NOT NULL);
+           INSERT INTO hb VALUES ('', now()), ('a''b', now()), ('a\b', now()),
+             ('a\''b', now()), ('a\\', now()), ('é ü', now()), ('z', now());"#,
+    )
+    .await;
+    let mut want: Vec<String> = ["a'b", r"a\b", r"a\'b", r"a\\", "é ü", "z"]
+        .map(str::to_string)
+        .to_vec();
+    want.sort();
+    let db = url.rsplit('/').next().expect("db name").to_string();
+    // The escaped literal reads the same whatever the server's string
+    // setting.
+    for conforming in ["on", "off"] {
+        exec(
+            &url,
+            &format!("ALTER DATABASE \"{db}\" SET standard_conforming_strings = {conforming}"),
+        )
+        .await;
+        for page in [1, 2, 3] {
+            let mut cfg = config(&url, table("hb", "agent_id", "last_seen", None));
+            cfg.page_size = NonZeroUsize::new(page).expect("non-zero");
+            let scanned = scan(&source(&cfg)).await.expect("scan");
+            let got: Vec<String> = scanned.by_agent().into_keys().collect();
+            assert_eq!(
+                got, want,
+                "page size {page}, standard_conforming_strings {conforming}"
+            );
         }
     }
 }
@@ -608,7 +650,30 @@ async fn reads_are_read_only() {
         &url,
         query("select agent_id, last_seen from hb; commit; insert into victim values (2)"),
     ));
-    scan(&src).await.expect_err("one statement only");
+    let e = scan(&src).await.expect_err("one statement only");
+    let refused = |e: &SourceError| {
+        let m = e.to_string();
+        // Refused as several commands, or as a syntax error (42601).
+        m.contains("multiple commands") || m.contains("SQLSTATE 42601")
+    };
+    assert!(refused(&e), "{e}");
+    // Nor can a query that closes the parentheses it is read in.
+    let src = source(&config(
+        &url,
+        query(
+            "select agent_id, last_seen from hb) to stdout; commit; \
+             insert into victim values (3); copy (select 1",
+        ),
+    ));
+    let e = scan(&src).await.expect_err("one statement only");
+    assert!(refused(&e), "{e}");
+    let mut cfg = config(&url, table("hb", "agent_id", "last_seen", None));
+    if let PostgresRead::Table(t) = &mut cfg.read {
+        t.filter = Some(
+            "true) order by 1) to stdout; commit; insert into victim values (4); select ((1".into(),
+        );
+    }
+    scan(&source(&cfg)).await.expect_err("one statement only");
     let mut cfg = config(&url, table("hb", "agent_id", "last_seen", None));
     if let PostgresRead::Table(t) = &mut cfg.read {
         t.filter = Some("w() = 1".into());
@@ -619,7 +684,7 @@ async fn reads_are_read_only() {
 }
 
 #[tokio::test]
-async fn a_slow_query_hits_the_statement_timeout() {
+async fn a_query_that_sends_no_row_within_timeout_fails_the_scan() {
     let url = database("pg_slow").await;
     let mut cfg = config(&url, query("select 'a', now() from pg_sleep(5)"));
     cfg.timeout = Duration::from_millis(300);
@@ -627,7 +692,7 @@ async fn a_slow_query_hits_the_statement_timeout() {
     let began = Instant::now();
     let e = scan(&src).await.expect_err("too slow");
     assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
-    assert!(e.to_string().contains("statement timed out"), "{e}");
+    assert!(e.to_string().contains("no answer within 300ms"), "{e}");
     assert!(
         began.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -636,6 +701,75 @@ async fn a_slow_query_hits_the_statement_timeout() {
     // The connection is usable again (a fresh one replaces it).
     let ok = source(&config(&url, query("select 'a', now()")));
     scan(&ok).await.expect("fast query");
+}
+
+#[tokio::test]
+async fn a_slow_table_page_hits_the_statement_timeout() {
+    let url = database_with(
+        "pg_slow_page",
+        "CREATE TABLE hb (agent_id text PRIMARY KEY, last_seen timestamptz);
+         INSERT INTO hb VALUES ('a', now());",
+    )
+    .await;
+    let mut cfg = config(&url, table("hb", "agent_id", "last_seen", None));
+    if let PostgresRead::Table(t) = &mut cfg.read {
+        t.filter = Some("pg_sleep(5) IS NOT NULL".into());
+    }
+    cfg.timeout = Duration::from_millis(300);
+    let began = Instant::now();
+    let e = scan(&source(&cfg)).await.expect_err("too slow");
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+    assert!(
+        e.to_string().contains("statement timed out after 300ms"),
+        "{e}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+}
+
+/// A query whose rows come 1 ms apart, 2,000 of them (about 2 s), each
+/// with 500 bytes of details so that the server sends them as they come
+/// (it sends 8 KiB at a time).
+const TRICKLE: &str = "select 'agent-' || g, now(), 'ok', repeat('x', 500) \
+     from generate_series(1, 2000) g where pg_sleep(0.001) is not null";
+
+#[tokio::test]
+async fn a_scan_may_outlast_timeout_while_rows_keep_coming() {
+    let url = database("pg_trickle").await;
+    let mut cfg = config(&url, query(TRICKLE));
+    cfg.timeout = Duration::from_millis(500);
+    let began = Instant::now();
+    let scanned = scan(&source(&cfg)).await.expect("rows keep coming");
+    assert_eq!(scanned.by_agent().len(), 2000);
+    assert!(
+        began.elapsed() > cfg.timeout * 2,
+        "the scan should outlast timeout: {:?}",
+        began.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_scan_longer_than_its_interval_is_cancelled_by_the_server() {
+    let url = database("pg_trickle_cut").await;
+    let mut cfg = config(&url, query(TRICKLE));
+    cfg.timeout = Duration::from_millis(500);
+    cfg.interval = Duration::from_millis(800);
+    let began = Instant::now();
+    let e = scan(&source(&cfg)).await.expect_err("longer than interval");
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+    assert!(
+        e.to_string()
+            .contains("the scan ran longer than 800ms, the longer of `timeout` and `interval`"),
+        "{e}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_millis(1800),
+        "{:?}",
+        began.elapsed()
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -17,8 +17,10 @@ pub struct PostgresConfig {
     pub url: SecretUrl,
     /// Full scan period.
     pub interval: Duration,
-    /// `statement_timeout` of every read, and the bound on connecting and
-    /// on waiting for a free connection.
+    /// `statement_timeout` of every read (a query-form scan: the longest
+    /// wait for more rows, the scan itself bounded by the longer of this
+    /// and `interval`), and the bound on connecting and on waiting for a
+    /// free connection.
     pub timeout: Duration,
     /// At most this many connections (1..=10).
     pub max_connections: usize,

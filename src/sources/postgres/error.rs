@@ -8,6 +8,28 @@ use crate::sources::common::{classify_io, is_tls_failure};
 use super::PostgresSource;
 
 impl PostgresSource {
+    /// An error of the query form's scan statement, which runs under a
+    /// `statement_timeout` of `limit` rather than `timeout`.
+    pub(super) fn scan_sql_error(
+        &self,
+        e: &sqlx::Error,
+        limit: std::time::Duration,
+    ) -> SourceError {
+        match e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => self.error(
+                ErrorKind::Timeout,
+                format!(
+                    "the scan ran longer than {}, the longer of `timeout` and `interval`, and \
+                     was cancelled ({}): {}",
+                    humantime::format_duration(limit),
+                    self.endpoint,
+                    db.message()
+                ),
+            ),
+            _ => self.sql_error(e),
+        }
+    }
+
     /// An error from sqlx as a kind and a message without secrets.
     pub(super) fn sql_error(&self, e: &sqlx::Error) -> SourceError {
         let ep = &self.endpoint;

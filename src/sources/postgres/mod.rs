@@ -1,6 +1,6 @@
-//! PostgreSQL heartbeats (Supabase included): a table read with keyset
-//! pagination, or any query read through a server-side cursor; point reads
-//! with `= ANY($1)`.
+//! PostgreSQL heartbeats (Supabase included): a table read in keyset pages,
+//! or any query read in one statement, both in binary `COPY` format; point
+//! reads with `= ANY($1)`.
 //!
 //! # Columns
 //!
@@ -24,22 +24,37 @@
 //! [`Reading::Invalid`] for that agent; the scan goes on. A row whose id is
 //! `NULL` names no agent and is skipped (logged when their number changes).
 //!
-//! # Paging
+//! # Reading: `COPY`, described first
 //!
-//! - Table form: keyset pagination on the id: `WHERE id::text > $last ORDER
-//!   BY id::text LIMIT page_size`, one short read-only transaction per page
-//!   (no snapshot is held across pages, so vacuum is never held back). With
-//!   an index on the id column (a primary key), each page is an index range
-//!   scan, and a row is never read twice in one scan.
-//! - Query form: the query cannot be rewritten safely, so it runs once as a
-//!   `NO SCROLL` cursor in one read-only transaction and is fetched
-//!   `page_size` rows at a time (`FETCH FORWARD`): memory stays bounded by
-//!   one page, the rows come from one snapshot (no duplicates, none missed),
-//!   and the query is executed once, not once per page as `LIMIT/OFFSET`
-//!   would (which is also quadratic and shifts when rows change). The
-//!   transaction lasts as long as the scan.
+//! Rows are read with `COPY (<select>) TO STDOUT (FORMAT binary)`: the
+//! server streams them, each as its fields' binary values
+//! (`copy::CopyParser`), with no row object, type check or stream step per
+//! row on this side. That is what lets a million rows be read about as fast
+//! as `psql` copies them (docs/benchmarks.md); a query result read row by
+//! row through sqlx took twice as long. A `COPY` carries no column types, so
+//! each read first *describes* its select: `SELECT q.* FROM (VALUES (1))
+//! LEFT JOIN (<select>) AS q ON false`, one row of NULLs with the select's
+//! column types, which the planner answers without running the select
+//! (the joined side is provably empty). The description and the `COPY` run
+//! in one transaction, whose lock on the tables keeps their columns as
+//! described.
 //!
-//! In both forms page *n+1* is fetched while page *n* is delivered.
+//! - Table form: keyset pages on the id, `COPY (SELECT .. WHERE id::text >
+//!   '<last id>' ORDER BY id::text LIMIT page_size)`, one short read-only
+//!   transaction per page (described again in it, in the same round trip as
+//!   the `COMMIT`/`BEGIN`): no snapshot is held across pages, so vacuum is
+//!   never held back. With an index on the id column (a primary key), each
+//!   page is an index range scan, and a row is never read twice in one
+//!   scan. The last id goes in as an escape-string literal (`E'..'`, quotes
+//!   and backslashes doubled), read the same whatever
+//!   `standard_conforming_strings` is.
+//! - Query form: the query cannot be rewritten safely, so it runs once, as
+//!   one `COPY`, in one read-only transaction: the rows come from one
+//!   snapshot (no duplicates, none missed). The server streams them as fast
+//!   as they are read and waits (TCP back-pressure) while the core is busy,
+//!   so memory stays bounded by a page of `page_size` readings, each page
+//!   delivered while the next is read. The transaction lasts as long as
+//!   the scan.
 //!
 //! # Sessions, poolers and safety
 //!
@@ -55,10 +70,27 @@
 //!
 //! Statements are never named prepared statements (they break through a
 //! transaction-mode pooler): every statement is unnamed (`persistent(false)`)
-//! and runs inside the transaction, which pins one server connection for
-//! its duration. The `query` is executed with the extended protocol, which
-//! accepts one statement only, so a `;` cannot smuggle a `COMMIT` and escape
-//! the read-only transaction.
+//! or a simple query, and runs inside the transaction, which pins one
+//! server connection for its duration.
+//!
+//! A `COPY` is a simple query, which would run several statements. So each
+//! read's SQL is first described with the extended protocol, which accepts
+//! one statement only: a `;` in the `query` or `where` (at the top level:
+//! it is a syntax error inside the parentheses they are read in) cannot
+//! smuggle a `COMMIT` and escape the read-only transaction. The `COPY`
+//! holds the same SQL in the same parentheses, so it is one statement too.
+//!
+//! # Time limits
+//!
+//! Connecting, waiting for a free connection and every statement are
+//! bounded by `timeout`: on the server by `statement_timeout`, and here by
+//! `timeout` plus a second in case the network, not the server, is stuck.
+//! A table page is one statement. The query form's `COPY` is the whole
+//! scan, so it is bounded differently: the server cancels it after the
+//! longer of `timeout` and `interval` (a scan longer than its interval
+//! cannot keep up anyway), and here each wait for more rows is bounded by
+//! `timeout` (the server sends 8 KiB at a time), while time spent
+//! delivering rows to a busy core does not count.
 //!
 //! # Connections
 //!
@@ -67,11 +99,8 @@
 //! ([`IDLE_MAX`] at most). sqlx's own pool is not used: it retries a refused
 //! connection silently until its acquire timeout and then reports only
 //! "pool timed out", while an outage must be reported at once and with its
-//! cause (`connection refused`, authentication, TLS, DNS). Connecting,
-//! waiting for a free connection and every statement are bounded by
-//! `timeout` (statements on the server by `statement_timeout`, and here by
-//! `timeout` plus a second in case the network, not the server, is stuck).
-//! A reused connection that turns out to be dead is replaced once, so a
+//! cause (`connection refused`, authentication, TLS, DNS). A reused
+//! connection that turns out to be dead is replaced once, so a
 //! PostgreSQL restart costs no failed scan. A connection that saw an error
 //! is closed, never reused.
 //!
@@ -81,20 +110,20 @@
 //! rule 5) and moves each time onto the local clock (`local = stored -
 //! offset`), the offset measured at the round trip's midpoint.
 
+mod copy;
 mod decode;
 mod error;
 mod plan;
 mod pool;
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::str::FromStr as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::TimeDelta;
 use secrecy::SecretString;
-use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgRow};
 use tokio::sync::Semaphore;
 
@@ -104,14 +133,19 @@ use crate::core::{AgentId, ErrorKind, Reading, SourceId};
 
 use super::common::{ClockOffset, SeenIds, SkipLog};
 use super::{PollSource, ScanSink, SourceError};
-use decode::{agent_id, reading};
+use bytes::Bytes;
+use copy::{CopyError, CopyParser, FeedError, Values};
+use decode::{Columns, values};
 use plan::{Plan, plan};
-use pool::{Bind, Idle, Session};
+use pool::{Idle, Rows, Session};
 
 pub use plan::quote_ident;
 pub use pool::IDLE_MAX;
 
 const SYSTEM: &str = "postgres";
+/// Readings reserved for a page up front (a page of `page_size` rows may
+/// hold fewer).
+const PAGE_RESERVE: usize = 4096;
 /// Logged when rows are skipped (see [`SkipLog`]).
 const SKIPPED_ROWS: &str = "Rows whose agent id is NULL or empty name no agent; skipped.";
 
@@ -135,6 +169,9 @@ pub struct PostgresSource {
     offset: ClockOffset,
     /// Rows skipped because their agent id is NULL or empty.
     skipped: SkipLog,
+    /// Agents the last query-form scan delivered, to size the next one's
+    /// set of seen ids.
+    last_scan_agents: AtomicUsize,
 }
 
 impl PostgresSource {
@@ -186,6 +223,7 @@ impl PostgresSource {
             permits: Semaphore::new(cfg.max_connections),
             offset: ClockOffset::default(),
             skipped: SkipLog::default(),
+            last_scan_agents: AtomicUsize::new(0),
         })
     }
 
@@ -194,125 +232,271 @@ impl PostgresSource {
         SourceError::scrubbed(kind, SYSTEM, &self.secrets, message)
     }
 
-    /// Readings of a page. Rows of agents already seen in this read are left
-    /// out: those `seen` remembers (a query may return rows in any order),
-    /// or, without it (the table form, ordered by id), a row with the id of
-    /// the row before it. Returns the readings and the id of the page's last
-    /// row.
-    fn readings(
-        &self,
-        rows: &[PgRow],
-        offset: TimeDelta,
-        mut seen: Option<&mut SeenIds>,
-        skipped: &mut usize,
-    ) -> Result<(Vec<Reading>, Option<String>), SourceError> {
-        let mut out = Vec::with_capacity(rows.len());
-        let mut last: Option<Cow<'_, str>> = None;
-        for row in rows {
-            if row.columns().len() < 2 {
-                return Err(self.error(
-                    ErrorKind::BadValue,
-                    format!(
-                        "the query returns {} column(s); it must return the agent id, then the \
-                         heartbeat time ({})",
-                        row.columns().len(),
-                        self.endpoint
-                    ),
-                ));
-            }
-            let id = agent_id(row).map_err(|e| {
-                self.error(
-                    ErrorKind::BadValue,
-                    format!("first column (agent id): {e} ({})", self.endpoint),
-                )
-            })?;
-            let Some(id) = id else {
-                *skipped += 1;
-                continue;
-            };
-            let again = match seen.as_deref_mut() {
-                Some(seen) => !seen.first_time(&id),
-                None => last.as_deref() == Some(&*id),
-            };
-            if !again {
-                out.push(reading(row, AgentId::new(id.as_ref()), offset));
-            }
-            last = Some(id);
-        }
-        Ok((out, last.map(Cow::into_owned)))
+    /// The server's bound on the scan statement of the query form: the
+    /// longer of `timeout` and `interval` (see the module doc).
+    fn scan_limit(&self) -> Duration {
+        self.timeout.max(self.interval)
+    }
+
+    /// The columns of the rows `describe` describes.
+    fn columns(&self, described: &PgRow) -> Result<Columns, SourceError> {
+        Columns::of(described)
+            .map_err(|e| self.error(ErrorKind::BadValue, format!("{e} ({})", self.endpoint)))
     }
 
     async fn scan_query(
         &self,
         s: &mut Session<'_>,
-        declare: &str,
-        fetch: &str,
+        describe: &str,
+        copy: &str,
         offset: TimeDelta,
         sink: &mut ScanSink,
     ) -> Result<bool, SourceError> {
-        s.execute(declare).await?;
-        let mut seen = SeenIds::default();
-        let mut skipped = 0usize;
+        let columns = self.columns(&s.describe(describe).await?)?;
+        let limit = self.scan_limit();
+        s.statement_timeout(limit).await?;
+        let seen = SeenIds::with_capacity(self.last_scan_agents.load(Ordering::Relaxed));
+        let mut reader = Reader::new(self, columns, offset, Dedupe::Seen(seen));
+        let mut data = s.copy(copy).await?.limited(limit);
         let mut pending: Vec<Reading> = Vec::new();
-        let mut done = false;
-        while !done {
-            let (rows, delivered) =
-                tokio::join!(biased; s.fetch(fetch, None), sink.send(std::mem::take(&mut pending)));
+        loop {
+            let (page, delivered) = tokio::join!(
+                biased;
+                reader.page(&mut data, self.page_size),
+                sink.send(std::mem::take(&mut pending))
+            );
             if !delivered {
                 return Ok(false);
             }
-            let rows = rows?;
-            done = rows.len() < self.page_size;
-            pending = self
-                .readings(&rows, offset, Some(&mut seen), &mut skipped)?
-                .0;
+            let page = page?;
+            pending = page.readings;
+            if page.ended {
+                break;
+            }
         }
-        self.skipped.note(&self.id, skipped, SKIPPED_ROWS);
+        if let Dedupe::Seen(seen) = &reader.dedupe {
+            self.last_scan_agents.store(seen.count(), Ordering::Relaxed);
+        }
+        self.skipped.note(&self.id, reader.skipped, SKIPPED_ROWS);
         Ok(sink.send(pending).await)
     }
 
     async fn scan_table(
         &self,
         s: &mut Session<'_>,
-        first: &str,
-        next: &str,
+        describe: &str,
         offset: TimeDelta,
         sink: &mut ScanSink,
     ) -> Result<bool, SourceError> {
-        let mut skipped = 0usize;
+        let columns = self.columns(&s.describe(describe).await?)?;
+        // Ordered by id: a repeated id is the row before's, and each page
+        // starts after the last id of the one before.
+        let mut reader = Reader::new(self, columns, offset, Dedupe::Ordered(None));
         let mut pending: Vec<Reading> = Vec::new();
         let mut after: Option<String> = None;
-        let mut page = 0usize;
         loop {
             let fetch = async {
-                if page > 0 {
-                    // One short transaction per page.
-                    s.renew().await?;
-                }
-                match after.clone() {
-                    None => s.fetch(first, None).await,
-                    Some(last) => s.fetch(next, Some(Bind::Text(last))).await,
+                if let Some(after) = &after {
+                    // One short transaction per page, its columns described
+                    // again in it (the table may have changed since).
+                    let described = s.renew_and_describe(describe).await?;
+                    reader.columns = self.columns(&described)?;
+                    reader.parser = CopyParser::new(reader.columns.count());
+                    let copy = self.plan.page(Some(after)).unwrap_or_default();
+                    let mut data = s.copy(&copy).await?;
+                    reader.page(&mut data, usize::MAX).await
+                } else {
+                    let copy = self.plan.page(None).unwrap_or_default();
+                    let mut data = s.copy(&copy).await?;
+                    reader.page(&mut data, usize::MAX).await
                 }
             };
-            let (rows, delivered) =
+            let (page, delivered) =
                 tokio::join!(biased; fetch, sink.send(std::mem::take(&mut pending)));
             if !delivered {
                 return Ok(false);
             }
-            let rows = rows?;
-            page += 1;
-            let full = rows.len() >= self.page_size;
-            // Ordered by id, and each page starts after the last id of the
-            // one before: a repeated id is the row before's.
-            let (readings, last) = self.readings(&rows, offset, None, &mut skipped)?;
-            pending = readings;
-            match last {
-                Some(last) if full => after = Some(last),
-                _ => break,
+            let page = page?;
+            pending = page.readings;
+            if page.rows < self.page_size {
+                break;
+            }
+            // The page's `LIMIT` was reached: the next starts after its last
+            // id (empty ids, skipped, sort first).
+            after = Some(reader.last_id().to_string());
+        }
+        self.skipped.note(&self.id, reader.skipped, SKIPPED_ROWS);
+        Ok(sink.send(pending).await)
+    }
+}
+
+/// How a read leaves out the rows of agents it already delivered.
+enum Dedupe {
+    /// Rows in any order (a query): the ids seen in this read.
+    Seen(SeenIds),
+    /// Rows ordered by id (the table form): the id of the row before.
+    Ordered(Option<AgentId>),
+}
+
+/// Rows read as readings, page by page, for one read.
+struct Reader<'s> {
+    src: &'s PostgresSource,
+    offset: TimeDelta,
+    columns: Columns,
+    /// The `COPY` data of the statement being read.
+    parser: CopyParser,
+    dedupe: Dedupe,
+    /// Rows skipped because their agent id is NULL or empty.
+    skipped: usize,
+}
+
+/// One page of a read.
+struct Page {
+    readings: Vec<Reading>,
+    /// Rows read, skipped and repeated ones included.
+    rows: usize,
+    /// The statement's data ended.
+    ended: bool,
+}
+
+impl<'s> Reader<'s> {
+    fn new(src: &'s PostgresSource, columns: Columns, offset: TimeDelta, dedupe: Dedupe) -> Self {
+        Self {
+            src,
+            offset,
+            parser: CopyParser::new(columns.count()),
+            columns,
+            dedupe,
+            skipped: 0,
+        }
+    }
+
+    /// Rows of `data` as readings, each read as it arrives, until `limit`
+    /// rows or the end of the data.
+    async fn page(
+        &mut self,
+        data: &mut Rows<'_, Bytes>,
+        limit: usize,
+    ) -> Result<Page, SourceError> {
+        let mut readings = Vec::with_capacity(limit.min(PAGE_RESERVE));
+        let mut rows = 0usize;
+        while rows < limit {
+            let Some(chunk) = data.next().await? else {
+                self.parser.finish().map_err(|e| self.src.copy_error(&e))?;
+                return Ok(Page {
+                    readings,
+                    rows,
+                    ended: true,
+                });
+            };
+            let Self {
+                src,
+                offset,
+                columns,
+                parser,
+                dedupe,
+                skipped,
+            } = self;
+            rows += parser
+                .feed(&chunk, |values| {
+                    read(
+                        src,
+                        columns,
+                        *offset,
+                        dedupe,
+                        skipped,
+                        values,
+                        &mut readings,
+                    )
+                })
+                .map_err(|e| match e {
+                    FeedError::Copy(e) => src.copy_error(&e),
+                    FeedError::Row(e) => e,
+                })?;
+        }
+        Ok(Page {
+            readings,
+            rows,
+            ended: false,
+        })
+    }
+
+    /// The id of the last agent delivered (empty if none).
+    fn last_id(&self) -> &str {
+        match &self.dedupe {
+            Dedupe::Ordered(Some(agent)) => agent.as_str(),
+            _ => "",
+        }
+    }
+}
+
+/// A row as a reading in `out`, unless its id is NULL or empty or was
+/// delivered already.
+fn read(
+    src: &PostgresSource,
+    columns: &Columns,
+    offset: TimeDelta,
+    dedupe: &mut Dedupe,
+    skipped: &mut usize,
+    values: &Values<'_>,
+    out: &mut Vec<Reading>,
+) -> Result<(), SourceError> {
+    let Some(id) = columns.agent_id(values).map_err(|e| src.id_error(e))? else {
+        *skipped += 1;
+        return Ok(());
+    };
+    let agent = match dedupe {
+        Dedupe::Seen(seen) => seen.first_time(&id).then(|| AgentId::new(&*id)),
+        Dedupe::Ordered(before) => {
+            if before.as_ref().is_some_and(|b| b.as_str() == id) {
+                None
+            } else {
+                let agent = AgentId::new(&*id);
+                *before = Some(agent.clone());
+                Some(agent)
             }
         }
-        self.skipped.note(&self.id, skipped, SKIPPED_ROWS);
-        Ok(sink.send(pending).await)
+    };
+    if let Some(agent) = agent {
+        out.push(columns.reading(values, agent, offset));
+    }
+    Ok(())
+}
+
+/// `COPY` data as the server might send it, read and decoded every way:
+/// the first byte gives the number of columns, the second where the rest is
+/// cut in two chunks. Must not panic.
+pub(crate) fn fuzz_copy_data(data: &[u8]) {
+    let [columns, cut, rest @ ..] = data else {
+        return;
+    };
+    let mut parser = CopyParser::new(usize::from(columns % 8));
+    let cut = usize::from(*cut).min(rest.len());
+    let (a, b) = rest.split_at(cut);
+    for chunk in [a, b] {
+        let fed = parser.feed(chunk, |values| {
+            decode::decode_every_way(values);
+            Ok::<(), ()>(())
+        });
+        if fed.is_err() {
+            return;
+        }
+    }
+    let _ = parser.finish();
+}
+
+impl PostgresSource {
+    /// An agent id that cannot be read.
+    fn id_error(&self, e: String) -> SourceError {
+        self.error(
+            ErrorKind::BadValue,
+            format!("first column (agent id): {e} ({})", self.endpoint),
+        )
+    }
+
+    /// `COPY` data that cannot be read.
+    fn copy_error(&self, e: &CopyError) -> SourceError {
+        self.error(ErrorKind::Protocol, format!("{e} ({})", self.endpoint))
     }
 }
 
@@ -337,13 +521,11 @@ impl PollSource for PostgresSource {
         let mut s = self.open().await?;
         let offset = s.measure_offset().await?;
         let delivered = match &self.plan {
-            Plan::Query { declare, fetch, .. } => {
-                self.scan_query(&mut s, declare, fetch, offset, sink)
+            Plan::Query { describe, copy, .. } => {
+                self.scan_query(&mut s, describe, copy, offset, sink)
                     .await?
             }
-            Plan::Table { first, next, .. } => {
-                self.scan_table(&mut s, first, next, offset, sink).await?
-            }
+            Plan::Table { describe, .. } => self.scan_table(&mut s, describe, offset, sink).await?,
         };
         if delivered {
             s.release().await?;
@@ -361,11 +543,31 @@ impl PollSource for PostgresSource {
         let mut s = self.open().await?;
         let offset = s.measure_offset().await?;
         let mut found: HashMap<AgentId, Reading> = HashMap::new();
+        let mut dedupe = Dedupe::Ordered(None);
         let mut skipped = 0usize;
+        let mut columns: Option<Columns> = None;
         for chunk in agents.chunks(self.page_size) {
             let ids: Vec<String> = chunk.iter().map(|a| a.as_str().to_string()).collect();
-            let rows = s.fetch(point, Some(Bind::TextArray(ids))).await?;
-            let (readings, _) = self.readings(&rows, offset, None, &mut skipped)?;
+            let mut rows = s.rows(point, ids);
+            let mut readings = Vec::new();
+            while let Some(row) = rows.next().await? {
+                let columns = match &columns {
+                    Some(c) => c,
+                    None => columns.insert(self.columns(&row)?),
+                };
+                let values = values(&row).map_err(|e| {
+                    self.error(ErrorKind::BadValue, format!("{e} ({})", self.endpoint))
+                })?;
+                read(
+                    self,
+                    columns,
+                    offset,
+                    &mut dedupe,
+                    &mut skipped,
+                    &values,
+                    &mut readings,
+                )?;
+            }
             for r in readings {
                 found.entry(r.agent().clone()).or_insert(r);
             }

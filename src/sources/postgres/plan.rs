@@ -4,23 +4,53 @@
 
 use crate::config::{PostgresRead, PostgresTable};
 
-/// Name of the scan cursor (the query form).
-const CURSOR: &str = "agent_supervisor_scan";
 /// Name given to the query's first column for point reads.
 const ID_ALIAS: &str = "agent_supervisor_id";
+/// Name of the described query.
+const DESCRIBED: &str = "agent_supervisor_q";
 
 /// The SQL a source runs, built once.
 pub(super) enum Plan {
     Query {
-        declare: String,
-        fetch: String,
+        /// A row of NULLs with the query's column types.
+        describe: String,
+        /// The query's rows in binary `COPY` format.
+        copy: String,
         point: String,
     },
     Table {
-        first: String,
-        next: String,
+        /// A row of NULLs with the page's column types.
+        describe: String,
+        /// The rows to read, without order or limit.
+        select: String,
+        /// The id column, quoted.
+        id: String,
+        page_size: usize,
         point: String,
     },
+}
+
+impl Plan {
+    /// The `COPY` of the table form's page after the id `after` (the first
+    /// page without).
+    pub(super) fn page(&self, after: Option<&str>) -> Option<String> {
+        let Plan::Table {
+            select,
+            id,
+            page_size,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let after = match after {
+            Some(last) => format!(" AND {id}::text > {}", text_literal(last)),
+            None => String::new(),
+        };
+        Some(copy(&format!(
+            "{select}{after} ORDER BY {id}::text LIMIT {page_size}"
+        )))
+    }
 }
 
 /// `"name"`, inner quotes doubled.
@@ -28,11 +58,32 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// A text literal in the escape-string form, which reads the same whatever
+/// `standard_conforming_strings` is: backslashes and quotes doubled.
+fn text_literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// One row of NULLs typed like the rows of `select`, which is planned but
+/// not run: the planner proves the joined side empty (`ON false`) and never
+/// executes it, however costly or slow the query.
+fn describe(select: &str) -> String {
+    format!(
+        "SELECT {DESCRIBED}.* FROM (VALUES (1)) AS agent_supervisor_one(x) \
+         LEFT JOIN ({select}\n) AS {DESCRIBED} ON false"
+    )
+}
+
+/// The rows of `select` in binary `COPY` format.
+fn copy(select: &str) -> String {
+    format!("COPY ({select}\n) TO STDOUT (FORMAT binary)")
+}
+
 pub(super) fn plan(read: &PostgresRead, page_size: usize) -> Plan {
     match read {
         PostgresRead::Query(query) => Plan::Query {
-            declare: format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR {query}"),
-            fetch: format!("FETCH FORWARD {page_size} FROM {CURSOR}"),
+            describe: describe(query),
+            copy: copy(query),
             point: format!(
                 "SELECT * FROM ({query}\n) AS agent_supervisor_q({ID_ALIAS}) \
                  WHERE {ID_ALIAS}::text = ANY($1)"
@@ -61,15 +112,13 @@ fn table_plan(t: &PostgresTable, page_size: usize) -> Plan {
     if let Some(filter) = &t.filter {
         cond = format!("({filter}\n) AND {cond}");
     }
+    let select = format!("SELECT {columns} FROM {table} WHERE {cond}");
     Plan::Table {
-        first: format!(
-            "SELECT {columns} FROM {table} WHERE {cond} ORDER BY {id}::text LIMIT {page_size}"
-        ),
-        next: format!(
-            "SELECT {columns} FROM {table} WHERE {cond} AND {id}::text > $1 \
-             ORDER BY {id}::text LIMIT {page_size}"
-        ),
-        point: format!("SELECT {columns} FROM {table} WHERE {cond} AND {id}::text = ANY($1)"),
+        describe: describe(&select),
+        point: format!("{select} AND {id}::text = ANY($1)"),
+        select,
+        id,
+        page_size,
     }
 }
 
@@ -93,15 +142,30 @@ mod tests {
             status_column: Some("status".into()),
             filter: Some("kind = 'x'".into()),
         };
-        let Plan::Table { first, next, point } = table_plan(&t, 100) else {
+        let plan = table_plan(&t, 100);
+        let select = "SELECT \"agent_id\"::text, \"updated_at\", \"status\"::text FROM \
+                      \"public\".\"Agent State\" WHERE (kind = 'x'\n) AND \"agent_id\" IS NOT NULL";
+        assert_eq!(
+            plan.page(None).unwrap(),
+            format!(
+                "COPY ({select} ORDER BY \"agent_id\"::text LIMIT 100\n) TO STDOUT (FORMAT binary)"
+            )
+        );
+        let next = plan.page(Some("it's a\\b")).unwrap();
+        assert!(
+            next.contains(" AND \"agent_id\"::text > E'it''s a\\\\b' ORDER BY"),
+            "{next}"
+        );
+        let Plan::Table {
+            describe, point, ..
+        } = plan
+        else {
             panic!()
         };
-        assert_eq!(
-            first,
-            "SELECT \"agent_id\"::text, \"updated_at\", \"status\"::text FROM \"public\".\"Agent State\" \
-             WHERE (kind = 'x'\n) AND \"agent_id\" IS NOT NULL ORDER BY \"agent_id\"::text LIMIT 100"
+        assert!(
+            describe.contains(&format!("LEFT JOIN ({select}\n) AS")),
+            "{describe}"
         );
-        assert!(next.contains("\"agent_id\"::text > $1"), "{next}");
         assert!(point.ends_with("\"agent_id\"::text = ANY($1)"), "{point}");
     }
 }

@@ -4,7 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::future::FutureExt as _;
+use futures::stream::{BoxStream, TryStreamExt as _};
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{AssertSqlSafe, Connection, Row};
 use tokio::sync::SemaphorePermit;
@@ -133,22 +136,74 @@ impl PostgresSource {
         match tokio::time::timeout(self.statement_deadline(), f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.sql_error(&e)),
-            Err(_) => Err(self.error(
-                ErrorKind::Timeout,
-                format!(
-                    "no answer within {} ({})",
-                    humantime::format_duration(self.timeout),
-                    self.endpoint
-                ),
-            )),
+            Err(_) => Err(self.no_answer()),
         }
+    }
+
+    fn no_answer(&self) -> SourceError {
+        self.error(
+            ErrorKind::Timeout,
+            format!(
+                "no answer within {} ({})",
+                humantime::format_duration(self.timeout),
+                self.endpoint
+            ),
+        )
     }
 }
 
-/// A parameter of a statement.
-pub(super) enum Bind {
-    Text(String),
-    TextArray(Vec<String>),
+/// What one statement streams: its rows, or its `COPY` data. The server
+/// sends them while the ones before are read, and stops (TCP
+/// back-pressure) while they are not.
+pub(super) struct Rows<'c, T> {
+    src: &'c PostgresSource,
+    items: BoxStream<'c, Result<T, sqlx::Error>>,
+    /// The server's bound on the statement when it is not `timeout`.
+    limit: Option<Duration>,
+}
+
+impl<T> Rows<'_, T> {
+    /// The statement runs under a `statement_timeout` of `limit` (set by
+    /// [`Session::statement_timeout`]), named when it is reached.
+    pub(super) fn limited(mut self, limit: Duration) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// The longest wait for the next item: under `timeout`'s own
+    /// `statement_timeout`, a little more than `timeout` (the server's
+    /// answer, the more precise one, comes first); under a longer `limit`,
+    /// `timeout` itself (data must keep coming).
+    fn wait(&self) -> Duration {
+        match self.limit {
+            Some(_) => self.src.timeout,
+            None => self.src.statement_deadline(),
+        }
+    }
+
+    fn error(&self, e: &sqlx::Error) -> SourceError {
+        match self.limit {
+            Some(limit) => self.src.scan_sql_error(e, limit),
+            None => self.src.sql_error(e),
+        }
+    }
+
+    /// The next item; `None` after the last. Each wait for one is bounded
+    /// ([`Self::wait`]), so a stuck network or server fails the read however
+    /// long the statement is, while time the caller spends between items
+    /// (delivering them) does not count. (The server sends 8 KiB at a time:
+    /// "the next item" is in fact "8 KiB of them, or the last ones".)
+    pub(super) async fn next(&mut self) -> Result<Option<T>, SourceError> {
+        // Most items are already buffered: no timer for them.
+        let item = match self.items.try_next().now_or_never() {
+            Some(item) => item,
+            None => match tokio::time::timeout(self.wait(), self.items.try_next()).await {
+                Ok(item) => item,
+                Err(_) => return Err(self.src.no_answer()),
+            },
+        };
+        item.map_err(|e| self.error(&e))
+    }
 }
 
 impl Session<'_> {
@@ -170,38 +225,64 @@ impl Session<'_> {
         Ok(src.offset.measure(before, remote, after))
     }
 
-    pub(super) async fn execute(&mut self, sql: &str) -> Result<(), SourceError> {
-        let q = sqlx::query(AssertSqlSafe(sql.to_string())).persistent(false);
-        self.src
-            .bounded(q.execute(&mut self.conn))
-            .await
-            .map(|_| ())
-    }
-
-    pub(super) async fn fetch(
-        &mut self,
-        sql: &str,
-        bind: Option<Bind>,
-    ) -> Result<Vec<PgRow>, SourceError> {
-        let mut q = sqlx::query(AssertSqlSafe(sql.to_string())).persistent(false);
-        match bind {
-            None => {}
-            Some(Bind::Text(t)) => q = q.bind(t),
-            Some(Bind::TextArray(a)) => q = q.bind(a),
+    /// The rows of a statement whose parameter `$1` is `ids`, as they
+    /// arrive.
+    pub(super) fn rows(&mut self, sql: &str, ids: Vec<String>) -> Rows<'_, PgRow> {
+        let q = sqlx::query(AssertSqlSafe(sql.to_string()))
+            .persistent(false)
+            .bind(ids);
+        Rows {
+            src: self.src,
+            items: q.fetch(&mut self.conn),
+            limit: None,
         }
-        self.src.bounded(q.fetch_all(&mut self.conn)).await
     }
 
-    /// End the transaction and start a new one (one round trip).
-    pub(super) async fn renew(&mut self) -> Result<(), SourceError> {
-        let sql = format!(
-            "COMMIT; BEGIN READ ONLY; SET LOCAL statement_timeout = {}",
-            self.src.timeout.as_millis().max(1)
-        );
+    /// The data of a `COPY .. TO STDOUT`, as it arrives.
+    pub(super) async fn copy(&mut self, sql: &str) -> Result<Rows<'_, Bytes>, SourceError> {
+        let src = self.src;
+        let items = src.bounded(self.conn.copy_out_raw(sql)).await?;
+        Ok(Rows {
+            src,
+            items,
+            limit: None,
+        })
+    }
+
+    /// The row of NULLs a describing statement returns (its columns are
+    /// what matters). Run with the extended protocol, which refuses several
+    /// statements: once described this way, the same SQL is known to be one
+    /// statement.
+    pub(super) async fn describe(&mut self, sql: &str) -> Result<PgRow, SourceError> {
+        let q = sqlx::query(AssertSqlSafe(sql.to_string())).persistent(false);
+        self.src.bounded(q.fetch_one(&mut self.conn)).await
+    }
+
+    /// Raise the server's bound on the transaction's next statements to
+    /// `limit` (`SET LOCAL`: it ends with the transaction).
+    pub(super) async fn statement_timeout(&mut self, limit: Duration) -> Result<(), SourceError> {
+        let sql = format!("SET LOCAL statement_timeout = {}", limit.as_millis().max(1));
         self.src
             .bounded(sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut self.conn))
             .await
             .map(|_| ())
+    }
+
+    /// End the transaction, start a new one and run `describe` in it (one
+    /// round trip). `describe` must have been run by [`Self::describe`]
+    /// before: this runs it with the simple protocol, which would run
+    /// several statements.
+    pub(super) async fn renew_and_describe(
+        &mut self,
+        describe: &str,
+    ) -> Result<PgRow, SourceError> {
+        let sql = format!(
+            "COMMIT; BEGIN READ ONLY; SET LOCAL statement_timeout = {}; {describe}",
+            self.src.timeout.as_millis().max(1)
+        );
+        self.src
+            .bounded(sqlx::raw_sql(AssertSqlSafe(sql)).fetch_one(&mut self.conn))
+            .await
     }
 
     /// End the transaction and keep the connection for the next read.
