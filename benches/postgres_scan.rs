@@ -1,7 +1,7 @@
 //! One full scan of 100k and 1M rows by `PostgresSource` (through
 //! `scan_once`, the observation channel drained by another task), in the
-//! query form (a cursor fetched `page_size` rows at a time) and the table
-//! form (keyset pages on the primary key), next to the baseline: `psql`
+//! query form (one binary `COPY` of the query) and the table form (keyset
+//! pages on the primary key, a binary `COPY` each), next to the baseline: `psql`
 //! reading the same rows with `\copy (select agent_id, last_seen from ..) to
 //! /dev/null`, timed as a subprocess (process start and connection
 //! included; `psql_overhead` times the same command on zero rows).
