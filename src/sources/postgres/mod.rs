@@ -136,7 +136,7 @@ use super::{PollSource, ScanSink, SourceError};
 use bytes::Bytes;
 use copy::{CopyError, CopyParser, FeedError, Values};
 use decode::{Columns, values};
-use plan::{Plan, plan};
+use plan::{Plan, TablePlan, plan};
 use pool::{Idle, Rows, Session};
 
 pub use plan::quote_ident;
@@ -284,11 +284,11 @@ impl PostgresSource {
     async fn scan_table(
         &self,
         s: &mut Session<'_>,
-        describe: &str,
+        plan: &TablePlan,
         offset: TimeDelta,
         sink: &mut ScanSink,
     ) -> Result<bool, SourceError> {
-        let columns = self.columns(&s.describe(describe).await?)?;
+        let columns = self.columns(&s.describe(&plan.describe).await?)?;
         // Ordered by id: a repeated id is the row before's, and each page
         // starts after the last id of the one before.
         let mut reader = Reader::new(self, columns, offset, Dedupe::Ordered(None));
@@ -296,20 +296,15 @@ impl PostgresSource {
         let mut after: Option<String> = None;
         loop {
             let fetch = async {
-                if let Some(after) = &after {
+                if after.is_some() {
                     // One short transaction per page, its columns described
                     // again in it (the table may have changed since).
-                    let described = s.renew_and_describe(describe).await?;
-                    reader.columns = self.columns(&described)?;
-                    reader.parser = CopyParser::new(reader.columns.count());
-                    let copy = self.plan.page(Some(after)).unwrap_or_default();
-                    let mut data = s.copy(&copy).await?;
-                    reader.page(&mut data, usize::MAX).await
-                } else {
-                    let copy = self.plan.page(None).unwrap_or_default();
-                    let mut data = s.copy(&copy).await?;
-                    reader.page(&mut data, usize::MAX).await
+                    let described = s.renew_and_describe(&plan.describe).await?;
+                    reader.restart(self.columns(&described)?);
                 }
+                let mut data = s.copy(&plan.page(after.as_deref())).await?;
+                // The statement's `LIMIT` ends the page.
+                reader.page(&mut data, usize::MAX).await
             };
             let (page, delivered) =
                 tokio::join!(biased; fetch, sink.send(std::mem::take(&mut pending)));
@@ -421,6 +416,12 @@ impl<'s> Reader<'s> {
         })
     }
 
+    /// Read another statement's data, whose rows have `columns`.
+    fn restart(&mut self, columns: Columns) {
+        self.parser = CopyParser::new(columns.count());
+        self.columns = columns;
+    }
+
     /// The id of the last agent delivered (empty if none).
     fn last_id(&self) -> &str {
         match &self.dedupe {
@@ -525,7 +526,7 @@ impl PollSource for PostgresSource {
                 self.scan_query(&mut s, describe, copy, offset, sink)
                     .await?
             }
-            Plan::Table { describe, .. } => self.scan_table(&mut s, describe, offset, sink).await?,
+            Plan::Table(plan) => self.scan_table(&mut s, plan, offset, sink).await?,
         };
         if delivered {
             s.release().await?;
@@ -538,7 +539,7 @@ impl PollSource for PostgresSource {
             return Ok(Vec::new());
         }
         let point = match &self.plan {
-            Plan::Query { point, .. } | Plan::Table { point, .. } => point,
+            Plan::Query { point, .. } | Plan::Table(TablePlan { point, .. }) => point,
         };
         let mut s = self.open().await?;
         let offset = s.measure_offset().await?;

@@ -18,38 +18,38 @@ pub(super) enum Plan {
         copy: String,
         point: String,
     },
-    Table {
-        /// A row of NULLs with the page's column types.
-        describe: String,
-        /// The rows to read, without order or limit.
-        select: String,
-        /// The id column, quoted.
-        id: String,
-        page_size: usize,
-        point: String,
-    },
+    Table(TablePlan),
 }
 
-impl Plan {
-    /// The `COPY` of the table form's page after the id `after` (the first
-    /// page without).
-    pub(super) fn page(&self, after: Option<&str>) -> Option<String> {
-        let Plan::Table {
+/// The SQL of the table form.
+pub(super) struct TablePlan {
+    /// A row of NULLs with a page's column types.
+    pub(super) describe: String,
+    /// The rows to read, without order or limit.
+    select: String,
+    /// The id column, quoted.
+    id: String,
+    page_size: usize,
+    pub(super) point: String,
+}
+
+impl TablePlan {
+    /// The `COPY` of the page after the id `after` (the first page
+    /// without).
+    pub(super) fn page(&self, after: Option<&str>) -> String {
+        let Self {
             select,
             id,
             page_size,
             ..
-        } = self
-        else {
-            return None;
-        };
+        } = self;
         let after = match after {
             Some(last) => format!(" AND {id}::text > {}", text_literal(last)),
             None => String::new(),
         };
-        Some(copy(&format!(
+        copy(&format!(
             "{select}{after} ORDER BY {id}::text LIMIT {page_size}"
-        )))
+        ))
     }
 }
 
@@ -113,13 +113,13 @@ fn table_plan(t: &PostgresTable, page_size: usize) -> Plan {
         cond = format!("({filter}\n) AND {cond}");
     }
     let select = format!("SELECT {columns} FROM {table} WHERE {cond}");
-    Plan::Table {
+    Plan::Table(TablePlan {
         describe: describe(&select),
         point: format!("{select} AND {id}::text = ANY($1)"),
         select,
         id,
         page_size,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -142,26 +142,25 @@ mod tests {
             status_column: Some("status".into()),
             filter: Some("kind = 'x'".into()),
         };
-        let plan = table_plan(&t, 100);
+        let Plan::Table(plan) = table_plan(&t, 100) else {
+            panic!("a table plan")
+        };
         let select = "SELECT \"agent_id\"::text, \"updated_at\", \"status\"::text FROM \
                       \"public\".\"Agent State\" WHERE (kind = 'x'\n) AND \"agent_id\" IS NOT NULL";
         assert_eq!(
-            plan.page(None).unwrap(),
+            plan.page(None),
             format!(
                 "COPY ({select} ORDER BY \"agent_id\"::text LIMIT 100\n) TO STDOUT (FORMAT binary)"
             )
         );
-        let next = plan.page(Some("it's a\\b")).unwrap();
+        let next = plan.page(Some("it's a\\b"));
         assert!(
             next.contains(" AND \"agent_id\"::text > E'it''s a\\\\b' ORDER BY"),
             "{next}"
         );
-        let Plan::Table {
+        let TablePlan {
             describe, point, ..
-        } = plan
-        else {
-            panic!()
-        };
+        } = plan;
         assert!(
             describe.contains(&format!("LEFT JOIN ({select}\n) AS")),
             "{describe}"
