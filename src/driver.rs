@@ -37,8 +37,13 @@ use crate::core::{AgentId, Event, Observation, Snapshot, SourceId, State, Superv
 use crate::liveness::Liveness;
 use crate::telemetry::metrics::Metrics;
 
-/// Capacity of the scan lane (messages, each up to a page of 1000).
+/// Capacity of the scan lane (messages, each up to a page of
+/// [`SCAN_BATCH`], or Redis's `batch`).
 pub const OBSERVATION_CAPACITY: usize = 64;
+/// Readings in one scan message where the source chooses (PostgreSQL):
+/// with [`OBSERVATION_CAPACITY`], at most 64,000 readings wait for a busy
+/// core, however fast the source reads.
+pub const SCAN_BATCH: usize = 1000;
 /// Capacity of the lane of point-read answers and pushed heartbeats.
 pub const URGENT_CAPACITY: usize = 1024;
 /// Scan pages taken in one go before deadlines and the urgent lane are

@@ -467,11 +467,10 @@ async fn a_hundred_thousand_rows_are_read_in_one_scan_page_by_page_without_dupli
         let scanned = scan(&src).await.expect("scan");
         let by = scanned.by_agent();
         assert_eq!(by.len(), 100_000, "{read:?}");
-        assert!(
-            scanned.batches >= 20,
-            "{read:?}: pages of 5000 expected, got {} batches",
-            scanned.batches
-        );
+        // Delivered in messages of at most 1000 readings (what the core's
+        // lane is sized for), whatever the page size (5000).
+        assert_eq!(scanned.largest_batch, 1000, "{read:?}");
+        assert!(scanned.batches >= 100, "{read:?}: {}", scanned.batches);
         assert!(
             by.values().all(|r| matches!(r, Reading::Heartbeat { .. })),
             "{read:?}"

@@ -238,6 +238,8 @@ pub fn source_ctx(id: &str, tx: mpsc::Sender<Observation>) -> SourceCtx {
 pub struct Scanned {
     pub readings: Vec<Reading>,
     pub batches: usize,
+    /// The most readings in one batch.
+    pub largest_batch: usize,
     /// Parts of the source that could not be read.
     pub partly_down: Vec<(SourceFailure, AgentFilter)>,
 }
@@ -263,6 +265,7 @@ pub async fn scan_source<S: PollSource>(src: &S, id: &str) -> Result<Scanned, So
     let collect = async {
         let mut readings = Vec::new();
         let mut batches = 0;
+        let mut largest_batch = 0;
         let mut partly_down = Vec::new();
         loop {
             match rx
@@ -272,6 +275,7 @@ pub async fn scan_source<S: PollSource>(src: &S, id: &str) -> Result<Scanned, So
             {
                 Observation::Batch { readings: r, .. } => {
                     batches += 1;
+                    largest_batch = largest_batch.max(r.len());
                     readings.extend(r);
                 }
                 Observation::PartlyDown {
@@ -281,6 +285,7 @@ pub async fn scan_source<S: PollSource>(src: &S, id: &str) -> Result<Scanned, So
                     return Ok(Scanned {
                         readings,
                         batches,
+                        largest_batch,
                         partly_down,
                     });
                 }

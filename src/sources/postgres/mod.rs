@@ -130,6 +130,7 @@ use tokio::sync::Semaphore;
 use crate::clock::Clock;
 use crate::config::PostgresConfig;
 use crate::core::{AgentId, ErrorKind, Reading, SourceId};
+use crate::driver::SCAN_BATCH;
 
 use super::common::{ClockOffset, SeenIds, SkipLog};
 use super::{PollSource, ScanSink, SourceError};
@@ -143,9 +144,6 @@ pub use plan::quote_ident;
 pub use pool::IDLE_MAX;
 
 const SYSTEM: &str = "postgres";
-/// Readings reserved for a page up front (a page of `page_size` rows may
-/// hold fewer).
-const PAGE_RESERVE: usize = 4096;
 /// Logged when rows are skipped (see [`SkipLog`]).
 const SKIPPED_ROWS: &str = "Rows whose agent id is NULL or empty name no agent; skipped.";
 
@@ -258,18 +256,18 @@ impl PostgresSource {
         let seen = SeenIds::with_capacity(self.last_scan_agents.load(Ordering::Relaxed));
         let mut reader = Reader::new(self, columns, offset, Dedupe::Seen(seen));
         let mut data = s.copy(copy).await?.limited(limit);
-        let mut pending: Vec<Reading> = Vec::new();
+        let mut pending = Batches::default();
         loop {
             let (page, delivered) = tokio::join!(
                 biased;
-                reader.page(&mut data, self.page_size),
-                sink.send(std::mem::take(&mut pending))
+                reader.page(&mut data, SCAN_BATCH),
+                pending.deliver(sink)
             );
             if !delivered {
                 return Ok(false);
             }
             let page = page?;
-            pending = page.readings;
+            pending = page.batches;
             if page.ended {
                 break;
             }
@@ -278,7 +276,7 @@ impl PostgresSource {
             self.last_scan_agents.store(seen.count(), Ordering::Relaxed);
         }
         self.skipped.note(&self.id, reader.skipped, SKIPPED_ROWS);
-        Ok(sink.send(pending).await)
+        Ok(pending.deliver(sink).await)
     }
 
     async fn scan_table(
@@ -292,7 +290,7 @@ impl PostgresSource {
         // Ordered by id: a repeated id is the row before's, and each page
         // starts after the last id of the one before.
         let mut reader = Reader::new(self, columns, offset, Dedupe::Ordered(None));
-        let mut pending: Vec<Reading> = Vec::new();
+        let mut pending = Batches::default();
         let mut after: Option<String> = None;
         loop {
             let fetch = async {
@@ -307,12 +305,12 @@ impl PostgresSource {
                 reader.page(&mut data, usize::MAX).await
             };
             let (page, delivered) =
-                tokio::join!(biased; fetch, sink.send(std::mem::take(&mut pending)));
+                tokio::join!(biased; fetch, std::mem::take(&mut pending).deliver(sink));
             if !delivered {
                 return Ok(false);
             }
             let page = page?;
-            pending = page.readings;
+            pending = page.batches;
             if page.rows < self.page_size {
                 break;
             }
@@ -321,7 +319,36 @@ impl PostgresSource {
             after = Some(reader.last_id().to_string());
         }
         self.skipped.note(&self.id, reader.skipped, SKIPPED_ROWS);
-        Ok(sink.send(pending).await)
+        Ok(pending.deliver(sink).await)
+    }
+}
+
+/// Readings in messages of at most [`SCAN_BATCH`], as the core's lane is
+/// sized for: a table page of `page_size` rows, read whole before it is
+/// delivered, is several.
+#[derive(Default)]
+struct Batches(Vec<Vec<Reading>>);
+
+impl Batches {
+    fn push(&mut self, reading: Reading) {
+        match self.0.last_mut() {
+            Some(last) if last.len() < SCAN_BATCH => last.push(reading),
+            _ => {
+                let mut batch = Vec::with_capacity(SCAN_BATCH);
+                batch.push(reading);
+                self.0.push(batch);
+            }
+        }
+    }
+
+    /// Send every batch, in order; false when the core is gone.
+    async fn deliver(self, sink: &mut ScanSink) -> bool {
+        for batch in self.0 {
+            if !sink.send(batch).await {
+                return false;
+            }
+        }
+        true
     }
 }
 
@@ -347,7 +374,7 @@ struct Reader<'s> {
 
 /// One page of a read.
 struct Page {
-    readings: Vec<Reading>,
+    batches: Batches,
     /// Rows read, skipped and repeated ones included.
     rows: usize,
     /// The statement's data ended.
@@ -373,13 +400,13 @@ impl<'s> Reader<'s> {
         data: &mut Rows<'_, Bytes>,
         limit: usize,
     ) -> Result<Page, SourceError> {
-        let mut readings = Vec::with_capacity(limit.min(PAGE_RESERVE));
+        let mut batches = Batches::default();
         let mut rows = 0usize;
         while rows < limit {
             let Some(chunk) = data.next().await? else {
                 self.parser.finish().map_err(|e| self.src.copy_error(&e))?;
                 return Ok(Page {
-                    readings,
+                    batches,
                     rows,
                     ended: true,
                 });
@@ -394,15 +421,11 @@ impl<'s> Reader<'s> {
             } = self;
             rows += parser
                 .feed(&chunk, |values| {
-                    read(
-                        src,
-                        columns,
-                        *offset,
-                        dedupe,
-                        skipped,
-                        values,
-                        &mut readings,
-                    )
+                    let reading = read(src, columns, *offset, dedupe, skipped, values)?;
+                    if let Some(reading) = reading {
+                        batches.push(reading);
+                    }
+                    Ok(())
                 })
                 .map_err(|e| match e {
                     FeedError::Copy(e) => src.copy_error(&e),
@@ -410,7 +433,7 @@ impl<'s> Reader<'s> {
                 })?;
         }
         Ok(Page {
-            readings,
+            batches,
             rows,
             ended: false,
         })
@@ -431,8 +454,8 @@ impl<'s> Reader<'s> {
     }
 }
 
-/// A row as a reading in `out`, unless its id is NULL or empty or was
-/// delivered already.
+/// A row as a reading, unless its id is NULL or empty or was delivered
+/// already.
 fn read(
     src: &PostgresSource,
     columns: &Columns,
@@ -440,11 +463,10 @@ fn read(
     dedupe: &mut Dedupe,
     skipped: &mut usize,
     values: &Values<'_>,
-    out: &mut Vec<Reading>,
-) -> Result<(), SourceError> {
+) -> Result<Option<Reading>, SourceError> {
     let Some(id) = columns.agent_id(values).map_err(|e| src.id_error(e))? else {
         *skipped += 1;
-        return Ok(());
+        return Ok(None);
     };
     let agent = match dedupe {
         Dedupe::Seen(seen) => seen.first_time(&id).then(|| AgentId::new(&*id)),
@@ -458,10 +480,7 @@ fn read(
             }
         }
     };
-    if let Some(agent) = agent {
-        out.push(columns.reading(values, agent, offset));
-    }
-    Ok(())
+    Ok(agent.map(|agent| columns.reading(values, agent, offset)))
 }
 
 /// `COPY` data as the server might send it, read and decoded every way:
@@ -550,7 +569,6 @@ impl PollSource for PostgresSource {
         for chunk in agents.chunks(self.page_size) {
             let ids: Vec<String> = chunk.iter().map(|a| a.as_str().to_string()).collect();
             let mut rows = s.rows(point, ids);
-            let mut readings = Vec::new();
             while let Some(row) = rows.next().await? {
                 let columns = match &columns {
                     Some(c) => c,
@@ -559,18 +577,9 @@ impl PollSource for PostgresSource {
                 let values = values(&row).map_err(|e| {
                     self.error(ErrorKind::BadValue, format!("{e} ({})", self.endpoint))
                 })?;
-                read(
-                    self,
-                    columns,
-                    offset,
-                    &mut dedupe,
-                    &mut skipped,
-                    &values,
-                    &mut readings,
-                )?;
-            }
-            for r in readings {
-                found.entry(r.agent().clone()).or_insert(r);
+                if let Some(r) = read(self, columns, offset, &mut dedupe, &mut skipped, &values)? {
+                    found.entry(r.agent().clone()).or_insert(r);
+                }
             }
         }
         s.release().await?;
