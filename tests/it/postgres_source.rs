@@ -110,6 +110,16 @@ async fn database(test: &str) -> String {
     shared_postgres().create_database(test).await
 }
 
+/// A database of its own with a table `hb` holding one fresh agent, `a`.
+async fn one_agent_database(test: &str) -> String {
+    database_with(
+        test,
+        "CREATE TABLE hb (agent_id text PRIMARY KEY, last_seen timestamptz);
+         INSERT INTO hb VALUES ('a', now());",
+    )
+    .await
+}
+
 /// A database of its own with `sql` run in it.
 async fn database_with(test: &str, sql: &str) -> String {
     let url = database(test).await;
@@ -704,12 +714,7 @@ async fn a_query_that_sends_no_row_within_timeout_fails_the_scan() {
 
 #[tokio::test]
 async fn a_slow_table_page_hits_the_statement_timeout() {
-    let url = database_with(
-        "pg_slow_page",
-        "CREATE TABLE hb (agent_id text PRIMARY KEY, last_seen timestamptz);
-         INSERT INTO hb VALUES ('a', now());",
-    )
-    .await;
+    let url = one_agent_database("pg_slow_page").await;
     let mut cfg = config(&url, table("hb", "agent_id", "last_seen", None));
     if let PostgresRead::Table(t) = &mut cfg.read {
         t.filter = Some("pg_sleep(5) IS NOT NULL".into());
@@ -751,17 +756,19 @@ async fn a_scan_may_outlast_timeout_while_rows_keep_coming() {
 }
 
 #[tokio::test]
-async fn a_scan_longer_than_its_interval_is_cancelled_by_the_server() {
+async fn a_scan_longer_than_ten_intervals_is_cancelled_by_the_server() {
     let url = database("pg_trickle_cut").await;
     let mut cfg = config(&url, query(TRICKLE));
     cfg.timeout = Duration::from_millis(500);
-    cfg.interval = Duration::from_millis(800);
+    cfg.interval = Duration::from_millis(80);
     let began = Instant::now();
-    let e = scan(&source(&cfg)).await.expect_err("longer than interval");
+    let e = scan(&source(&cfg))
+        .await
+        .expect_err("longer than ten intervals");
     assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
     assert!(
         e.to_string()
-            .contains("the scan ran longer than 800ms, the longer of `timeout` and `interval`"),
+            .contains("the scan ran longer than 800ms, ten times `interval`"),
         "{e}"
     );
     assert!(
@@ -769,6 +776,32 @@ async fn a_scan_longer_than_its_interval_is_cancelled_by_the_server() {
         "{:?}",
         began.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_locked_table_fails_the_scan_within_timeout() {
+    let url = one_agent_database("pg_locked").await;
+    let mut locker = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::raw_sql("BEGIN; LOCK TABLE hb IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .expect("lock");
+    for read in [
+        query("select agent_id, last_seen from hb"),
+        table("hb", "agent_id", "last_seen", None),
+    ] {
+        let mut cfg = config(&url, read.clone());
+        cfg.timeout = Duration::from_millis(300);
+        let began = Instant::now();
+        let e = scan(&source(&cfg)).await.expect_err("locked");
+        assert_eq!(e.kind, ErrorKind::Timeout, "{read:?}: {e}");
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "{read:?}: {:?}",
+            began.elapsed()
+        );
+    }
+    let _ = locker.close().await;
 }
 
 // ---------------------------------------------------------------------------

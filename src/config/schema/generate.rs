@@ -460,8 +460,8 @@ struct PostgresSource {
     /// Full scan period. Default 10s; > 0.
     interval: Option<Duration>,
     /// statement_timeout of every read (of a query-form scan: the longest
-    /// wait for more rows; the scan itself ends after the longer of timeout
-    /// and interval); also bounds connecting. Default 5s.
+    /// wait for more rows and for a lock; the scan itself is cancelled after
+    /// ten intervals); also bounds connecting. Default 5s.
     timeout: Option<Duration>,
     /// At most this many connections. Default 2.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,8 +18,8 @@ pub struct PostgresConfig {
     /// Full scan period.
     pub interval: Duration,
     /// `statement_timeout` of every read (a query-form scan: the longest
-    /// wait for more rows, the scan itself bounded by the longer of this
-    /// and `interval`), and the bound on connecting and on waiting for a
+    /// wait for more rows and for a lock, the scan itself cancelled after
+    /// ten intervals), and the bound on connecting and on waiting for a
     /// free connection.
     pub timeout: Duration,
     /// At most this many connections (1..=10).

@@ -19,8 +19,8 @@ impl PostgresSource {
             sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => self.error(
                 ErrorKind::Timeout,
                 format!(
-                    "the scan ran longer than {}, the longer of `timeout` and `interval`, and \
-                     was cancelled ({}): {}",
+                    "the scan ran longer than {}, ten times `interval`, and was cancelled \
+                     ({}): {}",
                     humantime::format_duration(limit),
                     self.endpoint,
                     db.message()

@@ -86,11 +86,15 @@
 //! bounded by `timeout`: on the server by `statement_timeout`, and here by
 //! `timeout` plus a second in case the network, not the server, is stuck.
 //! A table page is one statement. The query form's `COPY` is the whole
-//! scan, so it is bounded differently: the server cancels it after the
-//! longer of `timeout` and `interval` (a scan longer than its interval
-//! cannot keep up anyway), and here each wait for more rows is bounded by
-//! `timeout` (the server sends 8 KiB at a time), while time spent
-//! delivering rows to a busy core does not count.
+//! scan, so it is bounded differently. Here each wait for more rows is
+//! bounded by `timeout` (the server sends 8 KiB at a time), while time
+//! spent delivering rows to a busy core does not count. On the server, the
+//! `COPY` waits for a lock at most `timeout` (`lock_timeout`), and is
+//! cancelled after ten intervals (at least `timeout`): a backstop, not a
+//! pace. Time the core spends on what it was sent counts on the server
+//! (the `COPY` waits meanwhile), and at a million agents a busy core can
+//! stretch a scan past its interval; failing it then would make every
+//! agent unknown.
 //!
 //! # Connections
 //!
@@ -144,6 +148,11 @@ pub use plan::quote_ident;
 pub use pool::IDLE_MAX;
 
 const SYSTEM: &str = "postgres";
+/// The query form's scan is cancelled by the server after this many
+/// intervals: time the core spends on what it was sent counts (the server
+/// waits meanwhile), so a large fleet's scan may take several intervals
+/// when the core is busy; ten is a scan that has gone wrong.
+const SCAN_INTERVALS: u32 = 10;
 /// Logged when rows are skipped (see [`SkipLog`]).
 const SKIPPED_ROWS: &str = "Rows whose agent id is NULL or empty name no agent; skipped.";
 
@@ -230,10 +239,11 @@ impl PostgresSource {
         SourceError::scrubbed(kind, SYSTEM, &self.secrets, message)
     }
 
-    /// The server's bound on the scan statement of the query form: the
-    /// longer of `timeout` and `interval` (see the module doc).
+    /// The server's bound on the scan statement of the query form:
+    /// [`SCAN_INTERVALS`] intervals, and at least `timeout` (see the module
+    /// doc).
     fn scan_limit(&self) -> Duration {
-        self.timeout.max(self.interval)
+        self.timeout.max(self.interval * SCAN_INTERVALS)
     }
 
     /// The columns of the rows `describe` describes.
@@ -252,7 +262,7 @@ impl PostgresSource {
     ) -> Result<bool, SourceError> {
         let columns = self.columns(&s.describe(describe).await?)?;
         let limit = self.scan_limit();
-        s.statement_timeout(limit).await?;
+        s.scan_limits(limit).await?;
         let seen = SeenIds::with_capacity(self.last_scan_agents.load(Ordering::Relaxed));
         let mut reader = Reader::new(self, columns, offset, Dedupe::Seen(seen));
         let mut data = s.copy(copy).await?.limited(limit);

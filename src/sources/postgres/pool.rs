@@ -164,7 +164,7 @@ pub(super) struct Rows<'c, T> {
 
 impl<T> Rows<'_, T> {
     /// The statement runs under a `statement_timeout` of `limit` (set by
-    /// [`Session::statement_timeout`]), named when it is reached.
+    /// [`Session::scan_limits`]), named when it is reached.
     pub(super) fn limited(mut self, limit: Duration) -> Self {
         self.limit = Some(limit);
         self
@@ -258,10 +258,15 @@ impl Session<'_> {
         self.src.bounded(q.fetch_one(&mut self.conn)).await
     }
 
-    /// Raise the server's bound on the transaction's next statements to
-    /// `limit` (`SET LOCAL`: it ends with the transaction).
-    pub(super) async fn statement_timeout(&mut self, limit: Duration) -> Result<(), SourceError> {
-        let sql = format!("SET LOCAL statement_timeout = {}", limit.as_millis().max(1));
+    /// Bound the transaction's next statements, on the server, by `limit`
+    /// in all (`statement_timeout`) and `timeout` for a lock
+    /// (`lock_timeout`). `SET LOCAL`: they end with the transaction.
+    pub(super) async fn scan_limits(&mut self, limit: Duration) -> Result<(), SourceError> {
+        let sql = format!(
+            "SET LOCAL statement_timeout = {}; SET LOCAL lock_timeout = {}",
+            limit.as_millis().max(1),
+            self.src.timeout.as_millis().max(1)
+        );
         self.src
             .bounded(sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut self.conn))
             .await
