@@ -467,7 +467,8 @@ struct PostgresSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "int_max_connections")]
     max_connections: Option<u64>,
-    /// Rows per page of a scan and agents per point-read query. Default 5000.
+    /// Rows per page of a table-form scan, and agents per point-read query
+    /// (the query form's scan is one statement). Default 5000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "int_page_size")]
     page_size: Option<u64>,

@@ -24,7 +24,8 @@ pub struct PostgresConfig {
     pub timeout: Duration,
     /// At most this many connections (1..=10).
     pub max_connections: usize,
-    /// Rows per page of a scan and agents per point-read query.
+    /// Rows per page of a table-form scan, and agents per point-read query
+    /// (the query form's scan is one statement).
     pub page_size: NonZeroUsize,
     /// PEM file of the CA(s) to verify the server's certificate with
     /// (`sslmode=verify-ca` / `verify-full`).

@@ -52,9 +52,10 @@
 //!   one `COPY`, in one read-only transaction: the rows come from one
 //!   snapshot (no duplicates, none missed). The server streams them as fast
 //!   as they are read and waits (TCP back-pressure) while the core is busy,
-//!   so memory stays bounded by a page of `page_size` readings, each page
-//!   delivered while the next is read. The transaction lasts as long as
-//!   the scan.
+//!   so memory stays bounded by a few messages of readings (at most
+//!   [`SCAN_BATCH`] each), each delivered while the next is read;
+//!   `page_size` does not matter here. The transaction lasts as long as the
+//!   scan.
 //!
 //! # Sessions, poolers and safety
 //!
